@@ -1,0 +1,1 @@
+"""Data: feature schema, Parquet streaming per rank, converters, the planted-truth generator."""

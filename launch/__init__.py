@@ -1,0 +1,1 @@
+"""The ``recscale`` command line, local launching, TorchX components and schedulers."""

@@ -1,0 +1,75 @@
+"""Config -> model: the embedding tables (on ``meta`` until sharded) and the dense arch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from recscale.configs.schema import JobConfig
+from recscale.modules.embeddings import SparseArch, table_configs
+from recscale.modules.flops import FlopCount, total
+from recscale.modules.registry import ModelInputs, get_spec
+
+
+@dataclass
+class BuiltModel:
+    """The two halves of a model, before any parallelism is applied."""
+
+    sparse: SparseArch
+    """Embedding tables (``meta`` unless built on a real device for a reference run)."""
+    dense: nn.Module
+    """Dense arch, on the training device."""
+    inputs: ModelInputs
+    """Shapes the dense arch was built for."""
+
+
+def model_inputs(cfg: JobConfig) -> ModelInputs:
+    """Input shapes of the dense arch, from the feature schema and the tables."""
+    tables = table_configs(cfg.embeddings, cfg.data.features)
+    from recscale.modules.embeddings import pooled_layout
+
+    dims = {t.name: t.dim or cfg.embeddings.dim for t in cfg.embeddings.tables}
+    return ModelInputs(
+        num_dense=len(cfg.data.features.dense),
+        pooled=pooled_layout(tables),
+        num_tasks=len(cfg.data.features.labels),
+        sequence_dims={q.name: dims[q.table] for q in cfg.data.features.sequences},
+    )
+
+
+def build_model(
+    cfg: JobConfig,
+    dense_device: torch.device | str = "cpu",
+    sparse_device: torch.device | str = "meta",
+) -> BuiltModel:
+    """Build both halves with the job's seed (identical on every rank).
+
+    Args:
+        cfg: the job.
+        dense_device: where the dense arch lives.
+        sparse_device: ``meta`` for sharding (TorchRec materialises the shards), or a real device for an
+            unsharded reference model.
+    """
+    torch.manual_seed(cfg.seed)
+    spec = get_spec(cfg.model.arch)
+    inputs = model_inputs(cfg)
+    sparse = SparseArch(table_configs(cfg.embeddings, cfg.data.features), device=torch.device(sparse_device))
+    with torch.device(dense_device):
+        dense = spec.build(cfg.model, inputs)
+    return BuiltModel(sparse=sparse, dense=dense, inputs=inputs)
+
+
+def dense_flops(cfg: JobConfig) -> dict[str, FlopCount]:
+    """Per-example FLOPs of the dense arch, by part (built on ``meta``: no memory is used)."""
+    spec = get_spec(cfg.model.arch)
+    with torch.device("meta"):
+        dense = spec.build(cfg.model, model_inputs(cfg))
+    breakdown: dict[str, FlopCount] = dense.flops()  # type: ignore[operator]
+    return breakdown
+
+
+def flops_per_example(cfg: JobConfig) -> FlopCount:
+    """Total per-example FLOPs of the dense arch (embedding lookups are bytes, not FLOPs)."""
+    return total(dense_flops(cfg))

@@ -1,0 +1,111 @@
+"""DCN-V2 dense arch: low-rank cross network + deep MLP (Wang et al. 2021, "DCN V2").
+
+Cross layer l (x0 = input, x_l = previous output, all ``[B, d]``):
+    x_{l+1} = x0 * (U_l (V_lᵀ x_l) + b_l) + x_l          (low rank r)
+    x_{l+1} = x0 * (W_l x_l + b_l) + x_l                 (full rank, ``low_rank=0``)
+``stacked``: cross network, then the deep MLP on its output. ``parallel``: both on x0, concatenated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from recscale.modules.flops import FlopCount, linear, linears
+from recscale.modules.mlp import MLP
+from recscale.modules.outputs import DenseOutput
+
+
+class CrossLayer(nn.Module):
+    """One DCN-V2 cross layer, ``x0 [B, d], x [B, d] -> [B, d]``."""
+
+    def __init__(self, dim: int, low_rank: int) -> None:
+        super().__init__()
+        self.low_rank = low_rank
+        if low_rank > 0:
+            self.down = nn.Linear(dim, low_rank, bias=False)
+            self.up = nn.Linear(low_rank, dim)
+        else:
+            self.full = nn.Linear(dim, dim)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x0 * (W x + b) + x``."""
+        wx = self.up(self.down(x)) if self.low_rank > 0 else self.full(x)
+        return x0 * wx + x
+
+    def flops(self) -> FlopCount:
+        """Per-example FLOPs (its input always needs a gradient)."""
+        if self.low_rank > 0:
+            return linear(self.down.in_features, self.low_rank) + linear(self.low_rank, self.up.out_features)
+        return linear(self.full.in_features, self.full.out_features)
+
+
+class DCNv2Dense(nn.Module):
+    """Everything of DCN-V2 except the embedding tables.
+
+    Args:
+        num_dense: dense input features N.
+        pooled_dim: width of the concatenated pooled embeddings.
+        bottom: MLP over dense features before concatenation (empty = use them raw).
+        deep: deep MLP hidden widths.
+        num_cross_layers: cross layers.
+        low_rank: rank of each cross layer (0 = full rank).
+        structure: ``stacked`` or ``parallel``.
+        num_tasks: logits per example T.
+        activation: MLP activation.
+        dropout: MLP dropout.
+    """
+
+    def __init__(
+        self,
+        num_dense: int,
+        pooled_dim: int,
+        bottom: list[int],
+        deep: list[int],
+        num_cross_layers: int,
+        low_rank: int,
+        structure: str = "stacked",
+        num_tasks: int = 1,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.structure = structure
+        self.bottom = MLP(num_dense, bottom, activation) if (bottom and num_dense > 0) else None
+        dense_out = self.bottom.out_dim if self.bottom is not None else num_dense
+        self.input_dim = dense_out + pooled_dim
+        self.num_dense = num_dense
+        self.cross = nn.ModuleList(CrossLayer(self.input_dim, low_rank) for _ in range(num_cross_layers))
+        self.deep = MLP(self.input_dim, deep, activation, dropout)
+        head_in = self.deep.out_dim + (self.input_dim if structure == "parallel" else 0)
+        self.head = nn.Linear(head_in, num_tasks)
+
+    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
+        """``dense [B, N]``, ``pooled [B, sum D]`` -> logits ``[B, T]``, aux loss 0, no diagnostics."""
+        if self.bottom is not None:
+            dense = self.bottom(dense)
+        x0 = torch.cat([dense, pooled], dim=1) if self.num_dense > 0 else pooled
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        if self.structure == "stacked":
+            h = self.deep(x)
+        else:
+            h = torch.cat([x, self.deep(x0)], dim=1)
+        logits = self.head(h)
+        return logits, logits.new_zeros(()), {}
+
+    def flops(self) -> dict[str, FlopCount]:
+        """Per-example FLOPs of each part (forward and exact backward)."""
+        cross = FlopCount()
+        for layer in self.cross:
+            cross = cross + layer.flops()
+        out = {
+            "cross": cross,
+            "deep": linears(self.deep),
+            "head": linear(self.head.in_features, self.head.out_features),
+        }
+        if self.bottom is not None:
+            out = {"bottom": linears(self.bottom, input_grad=False), **out}
+        return out

@@ -1,0 +1,84 @@
+"""The whole model: sparse arch (embedding tables) + dense arch, with the training loss.
+
+``RecModel`` is the top-level module that TorchRec's train pipeline traces: it reads
+``batch.sparse`` (so the sharded tables' input all-to-all can be pipelined) and calls the dense arch,
+which may be a plain module, a DDP module or a DeepSpeed engine. The same class holds the
+unsharded reference model and the sharded one, so both compute the loss the same way.
+
+The pipeline fx-traces ``forward`` (with the dense arch as a leaf) to find the tables' inputs, so
+it must stay traceable: no Python control flow on tensor values or shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recscale.modules.outputs import DenseOutput
+
+ModelOutput = tuple[
+    torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+]
+"""``loss, (loss.detach(), logits [B, T], labels [B, T], weights [B], diagnostics)``."""
+
+
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy, mean over tasks, weighted per example, normalised by the batch size.
+
+    Normalising by B (padding included) rather than by the weight sum keeps every real example's
+    share of the global loss equal across ranks when a padded tail batch is uneven.
+    """
+    per_example = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none").mean(dim=1)
+    return (per_example * weights).mean()
+
+
+class RecModel(nn.Module):
+    """Sparse arch + dense arch -> weighted BCE loss (+ weighted auxiliary loss).
+
+    Args:
+        sparse: embedding tables; ``sparse(kjt) -> [B, sum D]`` (maybe a DMP).
+        dense: dense arch; ``dense(dense [B, N], pooled [B, sum D]) -> DenseOutput`` (maybe DDP or a
+            DeepSpeed engine).
+        compute_dtype: dtype of the dense arch's inputs (``bfloat16`` when its weights are bf16).
+        autocast: run the dense arch under ``torch.autocast(compute_dtype)`` (DDP + bf16).
+        device_type: ``cpu`` or ``cuda``, for autocast.
+        aux_loss_weight: weight of the dense arch's auxiliary loss in the training loss.
+    """
+
+    def __init__(
+        self,
+        sparse: nn.Module,
+        dense: nn.Module,
+        compute_dtype: torch.dtype = torch.float32,
+        autocast: bool = False,
+        device_type: str = "cpu",
+        aux_loss_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.sparse = sparse
+        self.dense = dense
+        self.compute_dtype = compute_dtype
+        self.autocast = autocast
+        self.device_type = device_type
+        self.aux_loss_weight = aux_loss_weight
+
+    def forward(self, batch: Any) -> ModelOutput:
+        """``batch`` is a ``recscale.data.Batch``; returns the loss and what evaluation needs."""
+        pooled = self.sparse(batch.sparse)
+        logits, aux, diagnostics = self._dense(batch, pooled)
+        loss = weighted_bce(logits, batch.labels, batch.weights)
+        if self.aux_loss_weight:
+            loss = loss + self.aux_loss_weight * aux.float()
+        return loss, (loss.detach(), logits.detach().float(), batch.labels, batch.weights, diagnostics)
+
+    def _dense(self, batch: Any, pooled: torch.Tensor) -> DenseOutput:
+        dense = batch.dense.to(self.compute_dtype)
+        pooled = pooled.to(self.compute_dtype)
+        if self.autocast:
+            with torch.autocast(device_type=self.device_type, dtype=self.compute_dtype):
+                out: DenseOutput = self.dense(dense, pooled)
+            return out
+        return self.dense(dense, pooled)  # type: ignore[no-any-return]

@@ -1,0 +1,129 @@
+"""The model registry: architecture name -> ``ModelSpec`` (builder, checks, what inputs it reads).
+
+A spec builds the *dense* arch (everything but the embedding tables) from the model config and the
+shapes of its inputs; the embedding tables come from ``embeddings.py``. Each dense arch exposes
+``flops() -> dict[str, FlopCount]`` (per example), which MFU and ``recscale flops`` use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from recscale.configs.schema import JobConfig, ModelConfig
+from recscale.modules.dcnv2 import DCNv2Dense
+from recscale.modules.dlrm import DLRMDense
+from recscale.modules.embeddings import PooledLayout
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Shapes of what the dense arch receives."""
+
+    num_dense: int
+    """Dense float features N."""
+    pooled: PooledLayout
+    """Pooled sparse features, in the sparse arch's output order."""
+    num_tasks: int
+    """Labels (one logit each)."""
+    sequence_dims: dict[str, int] = field(default_factory=dict)
+    """Embedding dim of each event sequence, by event type (sequence models)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture."""
+
+    name: str
+    """Registry key (``model.arch``)."""
+    description: str
+    """One line for ``recscale models``."""
+    build: Callable[[ModelConfig, ModelInputs], nn.Module]
+    """Builds the dense arch."""
+    check: Callable[[JobConfig], list[str]] = lambda cfg: []
+    """Model-specific config problems (``key.path: message`` lines)."""
+    uses_sequences: bool = False
+    """The dense arch's forward also takes the sequence embeddings."""
+
+
+def _uniform_dim(cfg: JobConfig, arch: str) -> list[str]:
+    dims = {t.dim or cfg.embeddings.dim for t in cfg.embeddings.tables}
+    if len(dims) > 1:
+        return [f"embeddings.tables: {arch} needs one embedding dim for every table, got {sorted(dims)}"]
+    return []
+
+
+def _build_dlrm(m: ModelConfig, inputs: ModelInputs) -> nn.Module:
+    dim = inputs.pooled.uniform_dim()
+    assert dim is not None, "checked by _check_dlrm"
+    return DLRMDense(
+        num_dense=inputs.num_dense,
+        num_sparse=inputs.pooled.num_features,
+        embedding_dim=dim,
+        bottom=m.dense_arch,
+        top=m.over_arch,
+        num_tasks=inputs.num_tasks,
+        self_interaction=m.dlrm.interaction_self,
+        activation=m.activation,
+        dropout=m.dropout,
+    )
+
+
+def _check_dlrm(cfg: JobConfig) -> list[str]:
+    out = _uniform_dim(cfg, "dlrm")
+    dim = cfg.embeddings.tables[0].dim or cfg.embeddings.dim if cfg.embeddings.tables else cfg.embeddings.dim
+    if cfg.data.features.dense:
+        if not cfg.model.dense_arch:
+            out.append("model.dense_arch: dlrm needs a bottom MLP over the dense features (got [])")
+        elif cfg.model.dense_arch[-1] != dim:
+            out.append(
+                f"model.dense_arch: dlrm's bottom MLP must end at the embedding dim {dim}, "
+                f"got {cfg.model.dense_arch[-1]}"
+            )
+    return out
+
+
+def _build_dcnv2(m: ModelConfig, inputs: ModelInputs) -> nn.Module:
+    return DCNv2Dense(
+        num_dense=inputs.num_dense,
+        pooled_dim=inputs.pooled.total_dim,
+        bottom=m.dense_arch,
+        deep=m.over_arch,
+        num_cross_layers=m.dcnv2.num_cross_layers,
+        low_rank=m.dcnv2.low_rank,
+        structure=m.dcnv2.structure,
+        num_tasks=inputs.num_tasks,
+        activation=m.activation,
+        dropout=m.dropout,
+    )
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    "dlrm": ModelSpec(
+        name="dlrm",
+        description="DLRM: bottom MLP, pairwise dot interaction, top MLP",
+        build=_build_dlrm,
+        check=_check_dlrm,
+    ),
+    "dcnv2": ModelSpec(
+        name="dcnv2",
+        description="DCN-V2: low-rank cross network + deep MLP (stacked or parallel)",
+        build=_build_dcnv2,
+    ),
+}
+
+
+def get_spec(arch: str) -> ModelSpec:
+    """The spec of ``arch``; a clear error naming the known ones otherwise."""
+    if arch not in MODEL_SPECS:
+        raise ValueError(f"model.arch: unknown architecture {arch!r}; known: {', '.join(sorted(MODEL_SPECS))}")
+    return MODEL_SPECS[arch]
+
+
+def check_model(cfg: JobConfig) -> list[str]:
+    """Problems of the model section (unknown arch, arch-specific checks)."""
+    if cfg.model.arch not in MODEL_SPECS:
+        return [f"model.arch: unknown architecture {cfg.model.arch!r}; known: {', '.join(sorted(MODEL_SPECS))}"]
+    return MODEL_SPECS[cfg.model.arch].check(cfg)

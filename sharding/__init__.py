@@ -1,0 +1,1 @@
+"""Everything that knows ranks: planner, DMP, dense DDP / DeepSpeed, the ordered ``parallelize()``."""

@@ -1,0 +1,217 @@
+"""Owners of the dense part: plain PyTorch DDP, or a DeepSpeed engine (ZeRO 0/1/2, MoE experts).
+
+Both backends expose the same small interface to the trainer (``DenseBackend``): the module the
+model calls, ``backward``, ``step``, ``zero_grad``, the learning rate, and checkpoint state. The
+embedding tables are not here: TorchRec updates them inside backward.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from recscale.configs.schema import DenseOptimizerConfig
+
+
+class DenseBackend(Protocol):
+    """What the trainer needs from whoever owns the dense parameters."""
+
+    module: nn.Module
+    """What ``RecModel`` calls: DDP, a DeepSpeed engine, or the plain module."""
+    inner: nn.Module
+    """The unwrapped dense arch (for state dicts, FLOPs, diagnostics)."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate ``loss`` (also runs TorchRec's fused sparse update)."""
+
+    def step(self) -> None:
+        """Clip, optimizer step, learning-rate schedule step."""
+
+    def zero_grad(self) -> None:
+        """Clear dense gradients."""
+
+    def lr(self) -> float:
+        """Current learning rate of the first parameter group."""
+
+    def save(self, directory: Path) -> None:
+        """Write dense weights and optimizer state under ``directory`` (collective)."""
+
+    def load(self, directory: Path) -> None:
+        """Read what ``save`` wrote (collective)."""
+
+
+def lr_lambda(cfg: DenseOptimizerConfig, total_steps: int) -> Any:
+    """Multiplier of the peak learning rate at a step: linear warm-up, then constant/cosine/linear."""
+    warmup = cfg.warmup_steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant" or total_steps <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return factor
+
+
+def build_dense_optimizer(params: Any, cfg: DenseOptimizerConfig) -> torch.optim.Optimizer:
+    """The dense optimizer named by ``cfg`` over ``params`` (tensors or parameter groups)."""
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class DDPDense:
+    """Dense part under PyTorch DDP (or plain, on one rank) with a torch optimizer.
+
+    Args:
+        dense: the dense arch, already on its device.
+        cfg: dense optimizer settings.
+        total_steps: steps of the run (for the learning-rate schedule).
+    """
+
+    def __init__(self, dense: nn.Module, cfg: DenseOptimizerConfig, total_steps: int) -> None:
+        self.inner = dense
+        distributed = dist.is_initialized() and dist.get_world_size() > 1
+        self.module: nn.Module = DistributedDataParallel(dense) if distributed else dense
+        self.cfg = cfg
+        self.optimizer = build_dense_optimizer([p for p in dense.parameters() if p.requires_grad], cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``: DDP averages dense gradients over ranks."""
+        loss.backward()
+
+    def step(self) -> None:
+        """Clip (optional), step, advance the schedule."""
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.inner.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def zero_grad(self) -> None:
+        """Clear gradients (set to None)."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        """Current learning rate."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimizer and schedule state (plain tensors; replicated on every rank)."""
+        return {
+            "model": self.inner.state_dict(),
+            "optim": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def save(self, directory: Path) -> None:
+        """Dense state with DCP (replicated tensors are written once)."""
+        state = self.state_dict()
+        if not state["optim"]["state"]:  # DCP drops empty subtrees and then fails to load them
+            state.pop("optim")
+        dcp.save(state, checkpoint_id=str(directory))
+
+    def load(self, directory: Path) -> None:
+        """Read what ``save`` wrote, into the current layout (any world size)."""
+        state = self.state_dict()
+        meta = dcp.FileSystemReader(str(directory)).read_metadata()
+        if not any(k.startswith("optim.") or k == "optim" for k in meta.state_dict_metadata):
+            state.pop("optim")
+        dcp.load(state, checkpoint_id=str(directory))
+        self.inner.load_state_dict(state["model"])
+        if "optim" in state:
+            self.optimizer.load_state_dict(state["optim"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DeepSpeedDense:
+    """Dense part under a DeepSpeed engine: ZeRO 0/1/2 and expert-parallel MoE layers.
+
+    Expert parameters (tagged by DeepSpeed) get their own optimizer groups, as DeepSpeed requires
+    under ZeRO 1/2. Never fp16: loss scaling would reach TorchRec's fused sparse update unscaled
+    (DESIGN.md §3).
+
+    Args:
+        dense: the dense arch (its MoE layers already swapped to DeepSpeed's).
+        cfg: dense optimizer settings.
+        total_steps: steps of the run.
+        zero_stage: 0, 1 or 2.
+        micro_batch_per_rank: examples per rank per step.
+        bf16: keep the dense weights in bf16 (DeepSpeed keeps fp32 master weights).
+    """
+
+    def __init__(
+        self,
+        dense: nn.Module,
+        cfg: DenseOptimizerConfig,
+        total_steps: int,
+        zero_stage: int,
+        micro_batch_per_rank: int,
+        bf16: bool,
+    ) -> None:
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        import deepspeed
+        from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
+
+        self.inner = dense
+        self.cfg = cfg
+        params = [p for p in dense.parameters() if p.requires_grad]
+        groups = split_params_into_different_moe_groups_for_optimizer({"params": params, "name": "dense"})
+        optimizer = build_dense_optimizer(groups, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+        config: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": micro_batch_per_rank,
+            "gradient_accumulation_steps": 1,  # >1 would desynchronise the fused sparse update
+            "zero_optimization": {"stage": zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 1 << 62,
+            "wall_clock_breakdown": False,
+            "bf16": {"enabled": bf16},
+        }
+        if cfg.grad_clip > 0:
+            config["gradient_clipping"] = cfg.grad_clip
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=dense, optimizer=optimizer, lr_scheduler=scheduler, config=config
+        )
+        self.module: nn.Module = self.engine
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """The engine's backward (ZeRO gradient partitioning, expert all-reduce groups)."""
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        """The engine's step: clip, optimizer, schedule, zero grads."""
+        self.engine.step()
+
+    def zero_grad(self) -> None:
+        """The engine clears gradients itself in ``step``."""
+
+    def lr(self) -> float:
+        """Current learning rate."""
+        return float(self.engine.get_lr()[0])
+
+    def save(self, directory: Path) -> None:
+        """DeepSpeed's checkpoint layout (per-expert files, ZeRO optimizer shards); collective."""
+        self.engine.save_checkpoint(str(directory), tag="dense", save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        """Read what ``save`` wrote (same world size and ``ep_size``)."""
+        path, _ = self.engine.load_checkpoint(str(directory), tag="dense", load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed dense checkpoint under {directory}")

@@ -1,0 +1,1 @@
+"""The order of operations: build, parallelize, loop, evaluate, checkpoint, record metrics."""
