@@ -7,6 +7,12 @@ unsharded reference model and the sharded one, so both compute the loss the same
 
 The pipeline fx-traces ``forward`` (with the dense arch as a leaf) to find the tables' inputs, so
 it must stay traceable: no Python control flow on tensor values or shapes.
+
+Sequence models (``uses_sequences``) read ``batch.sequences`` (and ``batch.sequence_timestamps``)
+too; they go to the sparse arch as plain attribute reads, so the pipeline also overlaps the
+``EmbeddingCollection``'s input all-to-all, and the dense arch is called as
+``dense(dense, pooled, sequences, masks, timestamps, domain)``; the sequence inputs are dicts by
+event type of ``[B, L, D]`` fp32 embeddings, ``[B, L]`` bool masks and ``[B, L]`` int64 times.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ class RecModel(nn.Module):
         autocast: run the dense arch under ``torch.autocast(compute_dtype)`` (DDP + bf16).
         device_type: ``cpu`` or ``cuda``, for autocast.
         aux_loss_weight: weight of the dense arch's auxiliary loss in the training loss.
+        uses_sequences: the dense arch is a sequence model (``ModelSpec.uses_sequences``): the sparse arch
+            gets ``batch.sequences`` and the dense arch the padded sequences and ``batch.domain``.
+        uses_timestamps: pass ``batch.sequence_timestamps`` (some sequence has a timestamp column).
     """
 
     def __init__(
@@ -56,6 +65,8 @@ class RecModel(nn.Module):
         autocast: bool = False,
         device_type: str = "cpu",
         aux_loss_weight: float = 0.0,
+        uses_sequences: bool = False,
+        uses_timestamps: bool = False,
     ) -> None:
         super().__init__()
         self.sparse = sparse
@@ -64,21 +75,33 @@ class RecModel(nn.Module):
         self.autocast = autocast
         self.device_type = device_type
         self.aux_loss_weight = aux_loss_weight
+        self.uses_sequences = uses_sequences
+        self.uses_timestamps = uses_timestamps
 
     def forward(self, batch: Any) -> ModelOutput:
         """``batch`` is a ``recscale.data.Batch``; returns the loss and what evaluation needs."""
-        pooled = self.sparse(batch.sparse)
-        logits, aux, diagnostics = self._dense(batch, pooled)
+        if self.uses_sequences:
+            timestamps = batch.sequence_timestamps if self.uses_timestamps else None
+            out = self.sparse(batch.sparse, batch.sequences, timestamps)
+            logits, aux, diagnostics = self._dense(batch, out[0], (out[1], out[2], out[3], batch.domain))
+        else:
+            pooled = self.sparse(batch.sparse)
+            logits, aux, diagnostics = self._dense(batch, pooled)
         loss = weighted_bce(logits, batch.labels, batch.weights)
         if self.aux_loss_weight:
             loss = loss + self.aux_loss_weight * aux.float()
         return loss, (loss.detach(), logits.detach().float(), batch.labels, batch.weights, diagnostics)
 
-    def _dense(self, batch: Any, pooled: torch.Tensor) -> DenseOutput:
+    def _dense(self, batch: Any, pooled: torch.Tensor, sequence_inputs: tuple[Any, ...] = ()) -> DenseOutput:
+        """The dense arch on the cast inputs.
+
+        Sequence embeddings stay fp32 (the arch casts them to ``pooled.dtype``): a dict in a traced
+        forward cannot be iterated here.
+        """
         dense = batch.dense.to(self.compute_dtype)
         pooled = pooled.to(self.compute_dtype)
         if self.autocast:
             with torch.autocast(device_type=self.device_type, dtype=self.compute_dtype):
-                out: DenseOutput = self.dense(dense, pooled)
+                out: DenseOutput = self.dense(dense, pooled, *sequence_inputs)
             return out
-        return self.dense(dense, pooled)  # type: ignore[no-any-return]
+        return self.dense(dense, pooled, *sequence_inputs)  # type: ignore[no-any-return]

@@ -1,0 +1,207 @@
+"""What each ``recscale`` command does (argument parsing is in ``cli.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from recscale.configs import JobConfig, config_from_dict, config_to_dict, dump_config, load_config
+from recscale.launch.local import run_local
+from recscale.trainer.job import check_job
+from recscale.trainer.run_dir import CONFIG, SUMMARY, new_run_dir
+
+log = logging.getLogger("recscale")
+
+
+def _load(args: argparse.Namespace) -> JobConfig:
+    return load_config(args.config, args.overrides)
+
+
+# -------------------------------------------------------------------------------------------- train
+
+
+def train(args: argparse.Namespace) -> int:
+    """Check, plan, prepare data, then run the job on ``--nproc`` local ranks with torchrun."""
+    from recscale.data import prepare_data
+    from recscale.sharding.topology import resolve_device
+
+    resume_dir = Path(args.resume).expanduser() if args.resume else None
+    if resume_dir is not None:
+        if not (resume_dir / CONFIG).is_file():
+            raise ValueError(f"--resume {resume_dir}: not a run directory (no {CONFIG})")
+        cfg = config_from_dict(yaml.safe_load((resume_dir / CONFIG).read_text()))
+        if args.overrides:
+            raise ValueError("--resume continues a run with its own config; --set is not allowed with it")
+    else:
+        cfg = _load(args)
+    nproc = args.nproc or cfg.launch.nproc_per_node
+    device = resolve_device(cfg.trainer.device)
+    check_job(cfg, nproc, device)
+    _preflight_plan(cfg, nproc, device)
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    log.info("data: train %s | valid %s", paths.train, paths.valid)
+
+    if resume_dir is not None:
+        run_dir = resume_dir
+    elif args.run_dir:
+        run_dir = Path(args.run_dir).expanduser()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if any(run_dir.iterdir()):
+            raise ValueError(f"--run-dir {run_dir} is not empty (use --resume to continue a run)")
+    else:
+        run_dir = new_run_dir(cfg.launch.run_root, cfg.name)
+    if resume_dir is None:
+        dump_config(cfg, run_dir / CONFIG)
+    log.info("run directory: %s", run_dir)
+    code = run_local(run_dir, nproc, resume=resume_dir is not None, max_restarts=cfg.launch.max_restarts)
+    if code != 0:
+        print(
+            f"recscale train: the job failed (exit code {code}); per-rank logs in {run_dir / 'logs'}", file=sys.stderr
+        )
+        return code
+    _print_result(run_dir)
+    return 0
+
+
+def _preflight_plan(cfg: JobConfig, world_size: int, device: str) -> None:
+    """Plan the tables once here, so a job that cannot be placed fails before any rank starts."""
+    from recscale.modules.build import build_model
+    from recscale.sharding.planner import plan_embeddings
+
+    built = build_model(cfg, dense_device="meta")
+    plan_embeddings(
+        built.sparse,
+        cfg.sharding,
+        world_size=world_size,
+        local_world_size=world_size,
+        device=device,
+        batch_size_per_rank=cfg.trainer.batch_size // world_size,
+        sparse_optimizer=cfg.optimizer.sparse.name,
+    )
+
+
+def _print_result(run_dir: Path) -> None:
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    final = summary["final_eval"]
+    line = f"validation: auc {final['auc']:.4f}"
+    if "oracle_auc" in final:
+        line += f" (oracle {final['oracle_auc']:.4f}, gap {final['auc_gap']:.4f})"
+    line += f" | logloss {final['logloss']:.4f} | ne {final['ne']:.4f}"
+    tput = summary["throughput"]["examples_per_s"]
+    mfu = summary.get("mfu")
+    util = f"MFU {100 * mfu:.2f}%" if mfu is not None else "MFU unknown (no peak known for this device)"
+    print(line)
+    print(f"throughput: {tput:,.0f} examples/s on {summary['world_size']} x {summary['device']} | {util}")
+    print(f"run directory: {run_dir}")
+    report = run_dir / "report.html"
+    if report.exists():
+        print(f"report: {report}")
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+
+def plan(args: argparse.Namespace) -> int:
+    """Run the planner for a cluster of any size on a meta model and print the plan."""
+    from recscale.modules.build import build_model
+    from recscale.sharding.planner import plan_embeddings
+
+    cfg = _load(args)
+    topo = cfg.sharding.topology
+    if args.hbm_gb:
+        topo.hbm_gb = args.hbm_gb
+    if args.ddr_gb:
+        topo.ddr_gb = args.ddr_gb
+    topo.ranks_per_node = args.ranks_per_node
+    check_job(cfg, args.world_size, args.device)
+    built = build_model(cfg, dense_device="meta")
+    per_rank = args.batch_size_per_rank or max(1, cfg.trainer.batch_size // args.world_size)
+    _, described = plan_embeddings(
+        built.sparse,
+        cfg.sharding,
+        world_size=args.world_size,
+        local_world_size=args.ranks_per_node,
+        device=args.device,
+        batch_size_per_rank=per_rank,
+        sparse_optimizer=cfg.optimizer.sparse.name,
+    )
+    print(described.format_table())
+    if args.out:
+        described.save(Path(args.out))
+        print(f"plan written to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- eval
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint (any world size) on a Parquet data set; print the metrics as JSON."""
+    from recscale.launch.local import run_eval_local
+
+    result = run_eval_local(Path(args.checkpoint), args.data, args.nproc, args.batch_size)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- flops
+
+
+def flops(args: argparse.Namespace) -> int:
+    """Analytic FLOPs per example of the dense arch, per module (forward, backward, train)."""
+    from recscale.modules.build import dense_flops
+    from recscale.modules.flops import total
+
+    cfg = _load(args)
+    check_job(cfg, None, None)
+    breakdown = dense_flops(cfg)
+    whole = total(breakdown)
+    if args.json:
+        rows = {k: {"forward": v.forward, "backward": v.backward, "train": v.train} for k, v in breakdown.items()}
+        rows["total"] = {"forward": whole.forward, "backward": whole.backward, "train": whole.train}
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{cfg.model.arch}: FLOPs per example (matmuls; embedding lookups are memory traffic, not FLOPs)")
+    print(f"{'module':<32} {'forward':>14} {'backward':>14} {'train':>14} {'share':>7}")
+    for name, count in breakdown.items():
+        share = 100 * count.train / whole.train if whole.train else 0.0
+        print(f"{name:<32} {count.forward:>14,} {count.backward:>14,} {count.train:>14,} {share:>6.1f}%")
+    print(f"{'total':<32} {whole.forward:>14,} {whole.backward:>14,} {whole.train:>14,} {100.0:>6.1f}%")
+    print(f"= {whole.train / 1e6:.3f} MFLOP per training example ({whole.forward / 1e6:.3f} MFLOP forward)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ config, lists
+
+
+def show_config(args: argparse.Namespace) -> int:
+    """Print the resolved, checked config."""
+    cfg = _load(args)
+    check_job(cfg, args.world_size or None, None)
+    print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """List the registered architectures."""
+    from recscale.modules.registry import MODEL_SPECS
+
+    for name, spec in sorted(MODEL_SPECS.items()):
+        print(f"{name:<16} {spec.description}")
+    return 0
+
+
+def presets(args: argparse.Namespace) -> int:
+    """List the presets with the first comment line of each."""
+    from recscale.configs.loader import PRESET_DIR, list_presets
+
+    for name in list_presets():
+        first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[:1]
+        note = first[0].lstrip("# ").split(":", 1)[-1].strip() if first and first[0].startswith("#") else ""
+        print(f"{name:<24} {note}")
+    return 0

@@ -1,0 +1,58 @@
+"""Per-rank main of a training job: read ``<run_dir>/config.yaml``, train, exit non-zero on failure.
+
+torchrun (local, TorchX, Slurm) starts this module on every rank. A failing rank logs its error
+and exits; torchrun then stops the others, so no rank waits forever for a dead peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+from recscale.configs import config_from_dict
+from recscale.trainer.run_dir import CONFIG
+
+
+def setup_logging() -> None:
+    """Rank 0 logs INFO; other ranks only warnings (their full output is in the per-rank log files)."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[rank{rank}] %(message)s" if rank else "%(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("torchrec", "fbgemm_gpu", "torch.distributed", "DeepSpeed", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger().setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``--run-dir`` / ``--resume`` and train."""
+    parser = argparse.ArgumentParser(prog="recscale.launch.entrypoint")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging()
+    run_dir = Path(args.run_dir)
+    cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
+    from recscale.trainer.loop import train
+
+    try:
+        train(cfg, run_dir, resume=args.resume)
+    except Exception as err:  # noqa: BLE001 - reported, then the rank exits non-zero
+        logging.getLogger("recscale").error(
+            "rank %s failed: %s\n%s", os.environ.get("RANK", "0"), err, traceback.format_exc()
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Per-rank main of ``recscale eval``: load a checkpoint (any world size) and evaluate it on Parquet."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+import yaml
+
+from recscale.configs import config_from_dict
+from recscale.launch.entrypoint import setup_logging
+from recscale.trainer.run_dir import CHECKPOINTS, CONFIG, write_json
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest complete checkpoint)."""
+    from recscale.trainer.checkpoint import CheckpointManager
+
+    path = path.expanduser().resolve()
+    if (path / CONFIG).is_file():
+        found = sorted(p for p in (path / CHECKPOINTS).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+        if not found:
+            raise FileNotFoundError(f"{path}: the run directory has no complete checkpoint")
+        path = found[-1]
+    if not (path / "sparse").is_dir():
+        raise FileNotFoundError(f"{path}: not a checkpoint directory (expected <run_dir>/{CHECKPOINTS}/step_<N>)")
+    problems = CheckpointManager.verify(path)
+    if problems:
+        raise ValueError(f"{path}: damaged checkpoint:\n  " + "\n  ".join(problems))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, evaluate, write the metrics JSON (rank 0)."""
+    parser = argparse.ArgumentParser(prog="recscale.launch.eval_entrypoint")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--data", default="")
+    parser.add_argument("--batch-size", type=int, default=0)
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        result = evaluate_checkpoint(Path(args.checkpoint), args.data, args.batch_size)
+    except Exception as err:  # noqa: BLE001 - reported, then the rank exits non-zero
+        logging.getLogger("recscale").error("evaluation failed: %s\n%s", err, traceback.format_exc())
+        return 1
+    if result is not None:
+        write_json(Path(args.out), result)
+    return 0
+
+
+def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[str, object] | None:
+    """Metrics of ``checkpoint`` on ``data`` (default: the run's validation data); None on ranks > 0."""
+    from recscale.data import prepare_data
+    from recscale.modules.build import build_model
+    from recscale.sharding.apply import parallelize
+    from recscale.sharding.process_group import init_distributed
+    from recscale.trainer.checkpoint import CheckpointManager, checkpoint_run_dir
+    from recscale.trainer.data import make_eval_batches
+    from recscale.trainer.evaluate import evaluate
+
+    path = resolve_checkpoint(checkpoint)
+    run_dir = checkpoint_run_dir(path)
+    cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
+    info = init_distributed(cfg.trainer.device, cfg.sharding.plan_timeout_s)
+    per_rank = (batch_size or cfg.trainer.batch_size) // info.world_size or 1
+    parallel = parallelize(
+        build_model(cfg, dense_device=info.device),
+        cfg.sharding,
+        cfg.optimizer,
+        info=info,
+        batch_size_per_rank=per_rank,
+        total_steps=1,
+        precision=cfg.trainer.precision,
+        aux_loss_weight=cfg.trainer.aux_loss_weight,
+    )
+    manager = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
+    state = manager.load(path, parallel)
+    target = data or str(prepare_data(cfg.data, cfg.embeddings).valid)
+    metrics = evaluate(parallel.model, make_eval_batches(cfg, info, target, per_rank), info.device)
+    if not info.is_main:
+        return None
+    return {"checkpoint": str(path), "step": state["step"], "data": target, "world_size": info.world_size, **metrics}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

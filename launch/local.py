@@ -1,0 +1,73 @@
+"""Run a job's ranks on this machine with torchrun (``python -m torch.distributed.run``).
+
+The command line is a list of arguments, never a shell string, so nothing in a config can inject
+shell syntax. torchrun writes every rank's stdout/stderr under ``<run_dir>/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recscale.trainer.run_dir import LOGS
+
+
+def worker_env(nproc: int) -> dict[str, str]:
+    """Environment of the ranks: threads split between local ranks, DeepSpeed's accelerator."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    env.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def torchrun_command(
+    nproc: int, module: str, module_args: list[str], log_dir: Path, max_restarts: int = 0
+) -> list[str]:
+    """``python -m torch.distributed.run --standalone ... -m module args`` as an argument list."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        f"--max-restarts={max_restarts}",
+        f"--log-dir={log_dir}",
+        "--tee=3",
+        "--role=rank",
+        "-m",
+        module,
+        *module_args,
+    ]
+
+
+def run_local(run_dir: Path, nproc: int, resume: bool = False, max_restarts: int = 0) -> int:
+    """Train ``run_dir``'s config on ``nproc`` local ranks; returns torchrun's exit code."""
+    args = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    log_dir = run_dir / LOGS
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = torchrun_command(nproc, "recscale.launch.entrypoint", args, log_dir, max_restarts)
+    return subprocess.call(cmd, env=worker_env(nproc))
+
+
+def run_eval_local(checkpoint: Path, data: str, nproc: int, batch_size: int) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``nproc`` local ranks; returns the metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        args = ["--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", str(batch_size)]
+        if data:
+            args += ["--data", data]
+        cmd = torchrun_command(nproc, "recscale.launch.eval_entrypoint", args, Path(tmp) / "logs")
+        code = subprocess.call(cmd, env=worker_env(nproc), stdout=sys.stderr)
+        if code != 0 or not out.exists():
+            raise RuntimeError(f"evaluation failed (exit code {code})")
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result

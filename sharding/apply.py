@@ -1,0 +1,175 @@
+"""``parallelize()``: the single, ordered place where a built model becomes a distributed one.
+
+Order (aesthetics.md §7 rule 2):
+  1. fused sparse optimizer on the tables (must precede sharding),
+  2. embedding plan (planner or hand-built), on every rank,
+  3. TorchRec ``DistributedModelParallel`` over the tables only (it adds no DDP: no dense params),
+  4. dense data parallelism: DDP, or a DeepSpeed engine (ZeRO 0/1/2, expert parallelism),
+  5. the top-level ``RecModel`` the train pipeline drives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.types import ShardingEnv, ShardingPlan
+from torchrec.optim.keyed import KeyedOptimizerWrapper
+
+from recscale.configs.schema import OptimizerConfig, ShardingConfig
+from recscale.modules.build import BuiltModel
+from recscale.modules.model import RecModel
+from recscale.sharding.dense_parallel import DDPDense, DeepSpeedDense, DenseBackend
+from recscale.sharding.fused_optim import apply_sparse_optimizer, unfused_table_optimizer
+from recscale.sharding.plan import EmbeddingPlan
+from recscale.sharding.planner import PlanningError, plan_embeddings, sharders
+from recscale.sharding.process_group import DistInfo, all_ranks_agree
+
+
+class Updater:
+    """Backward and optimizer step of the whole model: the dense backend and the tables' optimizer.
+
+    Fused (TBE) tables are updated inside backward; data-parallel tables have an ordinary optimizer
+    (``unfused_table_optimizer``) that is zeroed and stepped here, after the dense one.
+    """
+
+    def __init__(self, dense: DenseBackend, table_optimizer: KeyedOptimizerWrapper | None) -> None:
+        self.dense = dense
+        self.table_optimizer = table_optimizer
+
+    def zero_grad(self) -> None:
+        """Clear dense and data-parallel-table gradients."""
+        self.dense.zero_grad()
+        if self.table_optimizer is not None:
+            self.table_optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backpropagate (fused tables update here)."""
+        self.dense.backward(loss)
+
+    def step(self) -> None:
+        """Step the dense optimizer and the data-parallel tables' optimizer."""
+        self.dense.step()
+        if self.table_optimizer is not None:
+            self.table_optimizer.step()
+
+
+@dataclass
+class ParallelModel:
+    """A model ready to train: the pieces the trainer drives and checkpoints."""
+
+    model: RecModel
+    """Top-level module (sparse DMP + dense backend module + loss)."""
+    sparse: DistributedModelParallel
+    """The sharded tables and their fused optimizer."""
+    dense: DenseBackend
+    """Owner of the dense parameters and their optimizer."""
+    plan: EmbeddingPlan
+    """Where the tables went (saved as plan.json)."""
+    sharding_plan: ShardingPlan
+    """TorchRec's form of the same plan."""
+    updater: Updater
+    """Backward and optimizer steps of both halves."""
+
+
+def parallelize(
+    built: BuiltModel,
+    sharding: ShardingConfig,
+    optimizer: OptimizerConfig,
+    *,
+    info: DistInfo,
+    batch_size_per_rank: int,
+    total_steps: int,
+    precision: str,
+    aux_loss_weight: float,
+) -> ParallelModel:
+    """Shard the tables, wrap the dense part, and assemble the model, in that order.
+
+    Args:
+        built: the model from ``recscale.modules.build.build_model`` (tables on ``meta``).
+        sharding: the ``sharding`` section.
+        optimizer: the ``optimizer`` section.
+        info: this process's rank, world and device.
+        batch_size_per_rank: examples per rank per step.
+        total_steps: steps of the run (learning-rate schedules).
+        precision: ``fp32`` or ``bf16``.
+        aux_loss_weight: weight of the dense arch's auxiliary loss.
+
+    Raises:
+        PlanningError: on every rank, with the planner's reason, when the tables cannot be placed.
+    """
+    # 1. fused optimizer on the tables
+    apply_sparse_optimizer(built.sparse, optimizer.sparse)
+
+    # 2. plan on every rank (no collective: a failure cannot leave a rank waiting)
+    error = ""
+    try:
+        plan, described = plan_embeddings(
+            built.sparse,
+            sharding,
+            world_size=info.world_size,
+            local_world_size=info.local_world_size,
+            device=info.device.type,
+            batch_size_per_rank=batch_size_per_rank,
+            sparse_optimizer=optimizer.sparse.name,
+        )
+    except PlanningError as err:
+        error = str(err)
+    if not all_ranks_agree(not error):
+        raise PlanningError(error or "the embedding planner failed on another rank; see its log")
+    _check_same_plan(described)
+
+    # 3. the tables
+    env = ShardingEnv.from_process_group(dist.GroupMember.WORLD)  # type: ignore[arg-type]
+    dmp = DistributedModelParallel(built.sparse, device=info.device, plan=plan, env=env, sharders=sharders())
+
+    # 4. the dense part
+    bf16 = precision == "bf16"
+    dense_module = built.dense.to(info.device)
+    backend: DenseBackend
+    if sharding.dense == "deepspeed":
+        backend = DeepSpeedDense(
+            dense_module,
+            optimizer.dense,
+            total_steps,
+            zero_stage=sharding.zero_stage,
+            micro_batch_per_rank=batch_size_per_rank,
+            bf16=bf16,
+        )
+    else:
+        backend = DDPDense(dense_module, optimizer.dense, total_steps)
+
+    # 5. the top-level model
+    model = RecModel(
+        sparse=dmp,
+        dense=backend.module,
+        compute_dtype=torch.bfloat16 if bf16 else torch.float32,
+        autocast=bf16 and sharding.dense == "ddp",
+        device_type=info.device.type,
+        aux_loss_weight=aux_loss_weight,
+    )
+    updater = Updater(backend, unfused_table_optimizer(dmp, optimizer.sparse))
+    return ParallelModel(model=model, sparse=dmp, dense=backend, plan=described, sharding_plan=plan, updater=updater)
+
+
+def _check_same_plan(plan: EmbeddingPlan) -> None:
+    """Every rank must have computed the same plan (the planner is deterministic; this proves it)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).digest()[:8]
+    mine = torch.tensor(list(digest), dtype=torch.int64)
+    lowest = mine.clone()
+    dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
+    if not all_ranks_agree(bool(torch.equal(mine, lowest))):
+        raise PlanningError("ranks computed different embedding plans; the planner is not deterministic here")
+
+
+def save_plan(parallel: ParallelModel, run_dir: Path) -> None:
+    """Write ``plan.json`` (rank 0's view; every rank has the same)."""
+    parallel.plan.save(run_dir / "plan.json")

@@ -1,0 +1,75 @@
+"""Process-group set-up: the backend for the device, a timeout so a stuck rank fails, not hangs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from recscale.sharding.topology import resolve_device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes shared files (metrics, summary, report)."""
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+    """Join the job's process group (torchrun's environment), or make a one-rank group without it.
+
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda``.
+        timeout_s: collective timeout; a rank stuck longer fails the job with an error.
+    """
+    if "RANK" not in os.environ:  # a plain `python` process: a group of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    kind = resolve_device(device)
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if kind == "cuda" else "gloo",
+            timeout=timedelta(seconds=timeout_s),
+            device_id=dev if kind == "cuda" else None,
+        )
+    return DistInfo(rank, world_size, local_rank, local_world_size, dev)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def all_ranks_agree(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on every rank (a MIN all-reduce)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())

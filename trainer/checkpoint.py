@@ -1,0 +1,233 @@
+"""Checkpoints: the sharded tables, the dense part, and each rank's trainer state, saved together.
+
+Layout of ``<run_dir>/checkpoints/step_<N>/``::
+
+    sparse/        torch.distributed.checkpoint: tables + fused optimizer state (reshardable)
+    dense/         the dense backend's format (DCP for DDP, DeepSpeed's for a DeepSpeed engine)
+    trainer/rank<r>.pt   step, data position, RNG states of rank r
+    manifest.json  every file with its size and SHA-256, the step, the world size
+
+A checkpoint is written under ``step_<N>.tmp`` and renamed only after every rank has finished
+writing and rank 0 has written the manifest, so a crash never leaves a directory that looks
+complete. On resume, the newest checkpoint whose files match its manifest is used; a truncated or
+corrupted one is skipped with a warning naming the bad files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from recscale.configs.schema import CheckpointConfig
+from recscale.sharding.apply import ParallelModel
+from recscale.trainer.run_dir import CHECKPOINTS, write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from (dropout, top-k noise, shuffles)."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sparse_state(parallel: ParallelModel) -> dict[str, Any]:
+    """The tables and their optimizers' state, as DCP saves/loads them.
+
+    ``optim`` is the fused (in-backward) optimizers' state, ``table_optim`` the data-parallel
+    tables' optimizer. Empty subtrees are left out: DCP drops them at save and then fails to load.
+    """
+    state: dict[str, Any] = {"model": parallel.sparse.state_dict()}
+    optim = parallel.sparse.fused_optimizer.state_dict()
+    if optim.get("state"):
+        state["optim"] = optim
+    table_optimizer = parallel.updater.table_optimizer
+    if table_optimizer is not None and table_optimizer.state_dict().get("state"):
+        state["table_optim"] = table_optimizer.state_dict()
+    return state
+
+
+class CheckpointManager:
+    """Saves, lists, verifies and loads the checkpoints of one run directory.
+
+    Args:
+        run_dir: the run directory.
+        cfg: the ``checkpoint`` section.
+        rank: this process's rank.
+        world_size: ranks in the job.
+    """
+
+    def __init__(self, run_dir: Path, cfg: CheckpointConfig, rank: int, world_size: int) -> None:
+        self.root = run_dir / CHECKPOINTS
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+
+    # ---------------------------------------------------------------------------------- saving
+
+    def save(self, step: int, parallel: ParallelModel, trainer_state: dict[str, Any]) -> Path:
+        """Write a complete checkpoint of ``step`` (collective: every rank calls it)."""
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f"step_{step:08d}.tmp"
+        if self.rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            (tmp / "trainer").mkdir(parents=True)
+        _barrier()
+        dcp.save(sparse_state(parallel), checkpoint_id=str(tmp / "sparse"))
+        parallel.dense.save(tmp / "dense")
+        mine = tmp / "trainer" / f"rank{self.rank}.pt"
+        torch.save({**trainer_state, "step": step, "world_size": self.world_size}, mine.with_suffix(".pt.tmp"))
+        mine.with_suffix(".pt.tmp").replace(mine)
+        _barrier()
+        if self.rank == 0:
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            write_json(
+                tmp / MANIFEST,
+                {
+                    "step": step,
+                    "world_size": self.world_size,
+                    "files": {
+                        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files
+                    },
+                },
+            )
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.replace(final)
+            self._prune()
+        _barrier()
+        return final
+
+    def _prune(self) -> None:
+        complete = self.list_complete()
+        for old in complete[: max(0, len(complete) - self.cfg.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in self.root.glob("step_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    # --------------------------------------------------------------------------------- finding
+
+    def list_complete(self) -> list[Path]:
+        """Renamed (complete) checkpoint directories, oldest first."""
+        if not self.root.exists():
+            return []
+        return sorted(p for p in self.root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+    @staticmethod
+    def verify(path: Path) -> list[str]:
+        """Problems of a checkpoint directory against its manifest (empty list = intact)."""
+        manifest_path = path / MANIFEST
+        try:
+            import json
+
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as err:
+            return [f"{manifest_path}: unreadable manifest ({err})"]
+        problems = []
+        for rel, meta in manifest["files"].items():
+            p = path / rel
+            if not p.is_file():
+                problems.append(f"{p}: missing")
+            elif p.stat().st_size != meta["bytes"]:
+                problems.append(f"{p}: {p.stat().st_size} bytes, expected {meta['bytes']} (truncated?)")
+            elif _sha256(p) != meta["sha256"]:
+                problems.append(f"{p}: checksum mismatch (corrupted)")
+        return problems
+
+    def latest_valid(self) -> Path | None:
+        """The newest intact checkpoint, decided on rank 0 and shared with every rank.
+
+        Broken ones are skipped with a warning that names the bad files.
+        """
+        choice = ""
+        if self.rank == 0:
+            for candidate in reversed(self.list_complete()):
+                problems = self.verify(candidate)
+                if not problems:
+                    choice = str(candidate)
+                    break
+                log.warning("skipping damaged checkpoint %s:\n  %s", candidate, "\n  ".join(problems))
+        if dist.is_initialized() and self.world_size > 1:
+            box = [choice]
+            dist.broadcast_object_list(box, src=0)
+            choice = box[0]
+        return Path(choice) if choice else None
+
+    # --------------------------------------------------------------------------------- loading
+
+    def load(self, path: Path, parallel: ParallelModel) -> dict[str, Any]:
+        """Load ``path`` into ``parallel`` (any world size and plan for the tables); return this rank's trainer state.
+
+        When the world size changed, ranks without a state file of their own get rank 0's; the data
+        position is then mapped to the same fraction of the epoch (``trainer.data.TrainData.restore``).
+        """
+        state = sparse_state(parallel)
+        dcp.load(state, checkpoint_id=str(path / "sparse"))
+        parallel.sparse.load_state_dict(state["model"])
+        if "optim" in state:
+            parallel.sparse.fused_optimizer.load_state_dict(state["optim"])
+        if "table_optim" in state and parallel.updater.table_optimizer is not None:
+            parallel.updater.table_optimizer.load_state_dict(state["table_optim"])
+        parallel.dense.load(path / "dense")
+        mine = path / "trainer" / f"rank{self.rank}.pt"
+        if not mine.exists():
+            mine = path / "trainer" / "rank0.pt"
+        trainer_state: dict[str, Any] = torch.load(mine, weights_only=False)
+        return trainer_state
+
+
+def checkpoint_run_dir(path: Path) -> Path:
+    """The run directory a checkpoint directory belongs to."""
+    path = Path(path).resolve()
+    if path.parent.name != CHECKPOINTS:
+        raise ValueError(f"{path} is not a checkpoint directory (expected <run_dir>/{CHECKPOINTS}/step_<N>)")
+    return path.parent.parent
+
+
+def remove_partial(path: Path) -> None:
+    """Delete a half-written checkpoint directory (after a crash)."""
+    if path.name.endswith(".tmp") and path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["CheckpointManager", "checkpoint_run_dir", "remove_partial", "rng_state", "set_rng_state"]

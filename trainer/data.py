@@ -1,0 +1,108 @@
+"""The trainer's view of the data: endless batches across epochs, with the position of every step.
+
+TorchRec's pipeline reads two batches ahead of the step it trains, so the reader's own position is
+not the position of the last trained step. ``TrainData`` records the reader's (tiny) state right
+after producing each batch; a checkpoint after step ``s`` saves the state after batch ``s``, and a
+resumed run continues with exactly the batch the uninterrupted run would have trained next.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from recscale.configs import JobConfig
+from recscale.data import ParquetBatchReader, prepare_data
+from recscale.data.batch import Batch
+from recscale.sharding.process_group import DistInfo
+
+log = logging.getLogger("recscale")
+
+KEEP_STATES = 16
+"""Positions remembered (the pipeline is at most 2 batches ahead of the trained step)."""
+
+
+class TrainData:
+    """Training batches of this rank, epoch after epoch, resumable at any trained step.
+
+    Args:
+        reader: this rank's reader of the training data.
+        valid_path: the validation data that goes with it.
+    """
+
+    def __init__(self, reader: ParquetBatchReader, valid_path: str) -> None:
+        self.reader = reader
+        self.valid_path = valid_path
+        self.steps_per_epoch = reader.num_batches()
+        self._states: OrderedDict[int, dict[str, int]] = OrderedDict()
+        self._start_state = reader.state_dict()
+
+    def batches(self, start_step: int) -> Iterator[Batch]:
+        """Batches from the current position on; batch ``start_step + k`` is the (k+1)-th produced."""
+        index = start_step
+        self._states[index] = self.reader.state_dict()
+        while True:
+            produced = False
+            for batch in self.reader:
+                produced = True
+                index += 1
+                self._states[index] = self.reader.state_dict()
+                while len(self._states) > KEEP_STATES:
+                    self._states.popitem(last=False)
+                yield batch
+            if not produced:
+                raise RuntimeError(f"the training data at {self.reader.path} produced no batch in an epoch")
+
+    def state_after(self, step: int) -> dict[str, Any]:
+        """The reader position right after the batch of ``step`` (what a resumed run continues from)."""
+        if step not in self._states:
+            raise RuntimeError(f"no recorded data position for step {step}; kept {list(self._states)}")
+        return dict(self._states[step])
+
+    def restore(self, state: dict[str, Any], saved_world_size: int) -> None:
+        """Continue from a checkpointed position.
+
+        With the same world size this is exact. With another world size, the stream of every rank is a
+        different one; the reader then resumes at the same fraction of the epoch, and the run says so.
+        """
+        exact = saved_world_size == self.reader.world_size
+        if not exact:
+            log.warning(
+                "resuming on %d ranks from a checkpoint of %d ranks: the data position is mapped to the same "
+                "fraction of the epoch (examples of this epoch may be seen twice or not at all)",
+                self.reader.world_size,
+                saved_world_size,
+            )
+        self.reader.load_state_dict(state, strict=exact)
+
+
+def make_train_data(cfg: JobConfig, info: DistInfo, per_rank_batch: int) -> TrainData:
+    """This rank's training data (generated first when the source is synthetic and not cached yet)."""
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    reader = ParquetBatchReader(
+        paths.train,
+        cfg.data.features,
+        cfg.embeddings,
+        cfg.data.reader,
+        batch_size=per_rank_batch,
+        rank=info.rank,
+        world_size=info.world_size,
+        mode="train",
+    )
+    return TrainData(reader, str(paths.valid))
+
+
+def make_eval_batches(cfg: JobConfig, info: DistInfo, path: str, batch_size: int = 0) -> ParquetBatchReader:
+    """This rank's share of the data at ``path``: file order, tail padded, every example read once."""
+    return ParquetBatchReader(
+        path,
+        cfg.data.features,
+        cfg.embeddings,
+        cfg.data.reader,
+        batch_size=batch_size or cfg.trainer.batch_size // info.world_size,
+        rank=info.rank,
+        world_size=info.world_size,
+        mode="eval",
+    )

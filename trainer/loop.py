@@ -1,0 +1,254 @@
+"""The training run, in order: build -> parallelize -> (resume) -> loop -> evaluate -> checkpoint -> summary.
+
+Each rank runs ``train(cfg, run_dir)``. Rank 0 writes the shared files (plan, metrics, summary);
+every rank takes part in the collectives (planning checks, evaluation, checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from recscale.configs import JobConfig, config_hash
+from recscale.modules.build import build_model, flops_per_example
+from recscale.sharding.apply import ParallelModel, parallelize
+from recscale.sharding.process_group import DistInfo, init_distributed
+from recscale.trainer.checkpoint import CheckpointManager, rng_state, set_rng_state
+from recscale.trainer.data import TrainData, make_eval_batches, make_train_data
+from recscale.trainer.evaluate import evaluate
+from recscale.trainer.metrics import MetricsLog, memory_stats, mfu
+from recscale.trainer.peaks import device_description, peak_tflops
+from recscale.trainer.pipeline import HybridTrainPipeline, PhaseTimer, PlainStepper
+from recscale.trainer.progress import Progress
+from recscale.trainer.run_dir import PLAN, SUMMARY, write_json
+from recscale.trainer.versions import versions
+
+log = logging.getLogger("recscale")
+
+WARMUP_STEPS = 2
+"""Steps left out of the run's mean throughput (first-step set-up, pipeline fill)."""
+
+
+def set_determinism(cfg: JobConfig) -> None:
+    """Seed everything and, when asked, make torch pick deterministic algorithms."""
+    import random
+
+    import numpy as np
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Run the job on this rank; returns the summary (the same on every rank).
+
+    Args:
+        cfg: the resolved job config.
+        run_dir: the run directory (``config.yaml`` already written by the launcher).
+        resume: continue from the newest intact checkpoint in ``run_dir`` (if there is one).
+    """
+    info = init_distributed(cfg.trainer.device, cfg.sharding.plan_timeout_s)
+    set_determinism(cfg)
+    t = cfg.trainer
+    per_rank_batch = t.batch_size // info.world_size
+    data = make_train_data(cfg, info, per_rank_batch)
+    total_steps = t.max_steps or data.steps_per_epoch * t.epochs
+
+    built = build_model(cfg, dense_device=info.device)
+    parallel = parallelize(
+        built,
+        cfg.sharding,
+        cfg.optimizer,
+        info=info,
+        batch_size_per_rank=per_rank_batch,
+        total_steps=total_steps,
+        precision=t.precision,
+        aux_loss_weight=t.aux_loss_weight,
+    )
+    if info.is_main:
+        parallel.plan.save(run_dir / PLAN)
+        log.info("%s", parallel.plan.format_table())
+
+    checkpoints = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
+    start_step = 0
+    if resume:
+        latest = checkpoints.latest_valid()
+        if latest is not None:
+            state = checkpoints.load(latest, parallel)
+            start_step = int(state["step"])
+            if state["world_size"] == info.world_size:
+                set_rng_state(state["rng"])
+            data.restore(state["data"], state["world_size"])
+            log.info("resumed from %s at step %d", latest, start_step)
+        else:
+            log.info("no intact checkpoint in %s; starting from step 0", checkpoints.root)
+
+    loop = _Loop(cfg, run_dir, info, parallel, data, checkpoints, total_steps, per_rank_batch)
+    return loop.run(start_step)
+
+
+class _Loop:
+    """The step loop with its logging, evaluation and checkpoint cadence."""
+
+    def __init__(
+        self,
+        cfg: JobConfig,
+        run_dir: Path,
+        info: DistInfo,
+        parallel: ParallelModel,
+        data: TrainData,
+        checkpoints: CheckpointManager,
+        total_steps: int,
+        per_rank_batch: int,
+    ) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.info = info
+        self.parallel = parallel
+        self.data = data
+        self.checkpoints = checkpoints
+        self.total_steps = total_steps
+        self.per_rank_batch = per_rank_batch
+        self.metrics = MetricsLog(run_dir, info.is_main, cfg.metrics.tensorboard)
+        self.timer = PhaseTimer(info.device)
+        stepper_cls = HybridTrainPipeline if cfg.trainer.pipeline else PlainStepper
+        self.stepper = stepper_cls(parallel.model, parallel.updater, info.device, self.timer)
+        self.flops = flops_per_example(cfg)
+        self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
+        self.progress = Progress(cfg.metrics.progress_bar, total_steps, enabled=info.is_main)
+        self.step_times: list[tuple[int, float]] = []  # (steps, seconds) of each logging window
+        self.last_eval: dict[str, float] = {}
+
+    def run(self, start_step: int) -> dict[str, Any]:
+        t = self.cfg.trainer
+        batches = self.data.batches(start_step)
+        step = start_step
+        window_loss = torch.zeros((), dtype=torch.float64)
+        window_start, window_steps = time.perf_counter(), 0
+        started = time.time()
+        self.progress.start(start_step)
+        while step < self.total_steps:
+            try:
+                loss = self.stepper.step(batches)[0]
+            except StopIteration:
+                raise RuntimeError(
+                    f"the training data ran out at step {step} of {self.total_steps}; the reader's batch count "
+                    "and the number of batches it produced disagree"
+                ) from None
+            step += 1
+            window_loss += loss.detach().double()
+            window_steps += 1
+            if step % t.log_every == 0 or step == self.total_steps:
+                elapsed = time.perf_counter() - window_start
+                self._log_train(step, window_loss / window_steps, window_steps, elapsed)
+                window_loss.zero_()
+                window_start, window_steps = time.perf_counter(), 0
+            if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
+                self._evaluate(step, t.eval_batches)
+            if self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0:
+                self._checkpoint(step)
+            # a window's timer must not include evaluation or checkpoint time
+            if window_steps == 0:
+                window_start = time.perf_counter()
+        self.progress.close()
+        final = self._evaluate(step, 0, final=True)
+        if self.cfg.checkpoint.at_end and not (
+            self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0
+        ):
+            self._checkpoint(step)
+        summary = self._summary(step, final, time.time() - started)
+        self.metrics.close()
+        if dist.is_initialized():
+            dist.barrier()
+        return summary
+
+    # ------------------------------------------------------------------------------- pieces
+
+    def _log_train(self, step: int, mean_loss: torch.Tensor, steps: int, elapsed: float) -> None:
+        loss = mean_loss.clone()
+        if dist.is_initialized():
+            dist.all_reduce(loss)
+            loss /= self.info.world_size
+        phases = self.timer.take()
+        per_rank = self.per_rank_batch * steps / max(elapsed, 1e-9)
+        if step > WARMUP_STEPS:
+            self.step_times.append((steps, elapsed))
+        achieved = self.flops.train * per_rank
+        util = mfu(self.flops.train, per_rank, self.peak)
+        record = {
+            "loss": float(loss),
+            "examples_per_s": per_rank * self.info.world_size,
+            "examples_per_s_per_rank": per_rank,
+            "tflops_per_rank": achieved / 1e12,
+            "mfu": util,
+            "lr": self.parallel.dense.lr(),
+            "step_time_s": elapsed / steps,
+            **{f"time/{k}": v / steps for k, v in phases.items()},
+            **memory_stats(self.info.device),
+        }
+        self.metrics.write("train", step, record)
+        self.progress.update(step, float(loss), per_rank * self.info.world_size, util)
+
+    def _evaluate(self, step: int, max_batches: int, final: bool = False) -> dict[str, float]:
+        model = self.stepper.detach()
+        batches = make_eval_batches(self.cfg, self.info, self.data.valid_path)
+        result = evaluate(model, batches, self.info.device, max_batches)
+        result["final"] = final
+        self.metrics.write("eval", step, result)
+        self.last_eval = result
+        if self.info.is_main:
+            self.progress.message(_format_eval(step, result))
+        return result
+
+    def _checkpoint(self, step: int) -> None:
+        state = {"data": self.data.state_after(step), "rng": rng_state()}
+        path = self.checkpoints.save(step, self.parallel, state)
+        self.metrics.write("checkpoint", step, {"path": str(path)})
+
+    def _summary(self, step: int, final: dict[str, float], wall_s: float) -> dict[str, Any]:
+        steps = sum(n for n, _ in self.step_times)
+        seconds = sum(s for _, s in self.step_times)
+        per_rank = self.per_rank_batch * steps / seconds if seconds else 0.0
+        summary = {
+            "name": self.cfg.name,
+            "run_dir": str(self.run_dir),
+            "steps": step,
+            "world_size": self.info.world_size,
+            "device": self.info.device.type,
+            "device_name": device_description(self.info.device),
+            "precision": self.cfg.trainer.precision,
+            "batch_size": self.cfg.trainer.batch_size,
+            "batch_size_per_rank": self.per_rank_batch,
+            "final_eval": final,
+            "throughput": {
+                "examples_per_s": per_rank * self.info.world_size,
+                "examples_per_s_per_rank": per_rank,
+                "steps_measured": steps,
+                "excluded_warmup_steps": WARMUP_STEPS,
+            },
+            "flops_per_example": {"forward": self.flops.forward, "train": self.flops.train},
+            "peak_tflops_per_rank": self.peak,
+            "tflops_per_rank": self.flops.train * per_rank / 1e12,
+            "mfu": mfu(self.flops.train, per_rank, self.peak),
+            "wall_time_s": wall_s,
+            "config_hash": config_hash(self.cfg),
+            "versions": versions(),
+        }
+        if self.info.is_main:
+            write_json(self.run_dir / SUMMARY, summary)
+        return summary
+
+
+def _format_eval(step: int, r: dict[str, float]) -> str:
+    text = f"eval @ step {step}: auc {r['auc']:.4f}"
+    if "oracle_auc" in r:
+        text += f" (oracle {r['oracle_auc']:.4f}, gap {r['auc_gap']:.4f})"
+    return text + f" | logloss {r['logloss']:.4f} | ne {r['ne']:.4f} | {int(r['num_examples']):,} examples"

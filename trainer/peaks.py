@@ -1,0 +1,102 @@
+"""Peak dense FLOP/s of the device a rank trains on, for MFU.
+
+GPUs: a table of vendor dense (non-sparse) peaks per dtype, matched on the device name; an unknown
+GPU gets ``None`` and MFU is reported as unknown, never as a made-up number. CPUs: the peak is
+measured once by a matmul probe with the threads the rank uses, and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+# TFLOP/s, dense. fp32 is the non-tensor-core rate; tf32 applies when TF32 matmuls are enabled.
+GPU_PEAKS_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("GB200", {"bf16": 2500.0, "tf32": 1250.0, "fp32": 80.0}),
+    ("B200", {"bf16": 2250.0, "tf32": 1100.0, "fp32": 80.0}),
+    ("H200", {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0}),
+    ("H100 NVL", {"bf16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.0}),
+    ("H100", {"bf16": 989.0, "tf32": 494.5, "fp32": 67.0}),  # SXM, and the default H100
+    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6}),
+    ("A10G", {"bf16": 70.0, "tf32": 35.0, "fp32": 31.2}),
+]
+
+
+def gpu_peak_tflops(device_name: str, dtype: str) -> float | None:
+    """Dense peak TFLOP/s of a GPU by name (``NVIDIA H100 80GB HBM3``) for ``bf16`` / ``fp32``."""
+    if dtype == "fp32" and torch.backends.cuda.matmul.allow_tf32:
+        dtype = "tf32"
+    for key, peaks in GPU_PEAKS_TFLOPS:
+        if key.lower() in device_name.lower():
+            return peaks.get(dtype)
+    return None
+
+
+def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float:
+    """Measured matmul TFLOP/s of this CPU with this process's thread count (cached per machine)."""
+    threads = torch.get_num_threads()
+    key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|{threads}t|{dtype}|torch{torch.__version__}"
+    cache = (cache_dir or Path(os.path.expanduser("~/.cache/recscale"))) / "cpu_peak.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return float(known[key])
+    value = _matmul_probe(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    known[key] = value
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(cache)
+    except OSError:
+        pass  # an unwritable cache only costs a probe next time
+    return value
+
+
+def _matmul_probe(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    iters = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        iters += 1
+    elapsed = time.perf_counter() - start
+    return 2 * n**3 * iters / elapsed / 1e12
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown-cpu"
+
+
+def device_description(device: torch.device) -> str:
+    """Human name of the device (GPU model or CPU model with threads)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def peak_tflops(device: torch.device, precision: str, override: float = 0.0) -> float | None:
+    """Dense peak TFLOP/s per rank for MFU; ``override`` (config) wins; None when unknown."""
+    if override > 0:
+        return override
+    if device.type == "cuda":
+        return gpu_peak_tflops(torch.cuda.get_device_name(device), precision)
+    return cpu_peak_tflops(precision)

@@ -1,0 +1,136 @@
+"""How one training step runs: TorchRec's sparse-dist pipeline, or a plain loop with the same numerics.
+
+``HybridTrainPipeline`` is TorchRec's ``TrainPipelineSparseDist`` (it overlaps the next batch's
+embedding input all-to-all with this batch's compute) with backward and the optimizer step handed
+to the dense backend (DDP or a DeepSpeed engine); the tables' fused optimizer runs inside backward.
+Both step drivers time their phases so runs can say where the time goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+from recscale.modules.model import RecModel, StepOutput
+from recscale.sharding.apply import Updater
+
+PHASES = ("data", "input_dist", "forward", "backward", "optimizer")
+
+
+class PhaseTimer:
+    """Accumulates wall time per phase of the step (exact on CPU, where everything is synchronous)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.totals: dict[str, float] = defaultdict(float)
+
+    def timed(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` and add its duration to ``phase``."""
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.totals[phase] += time.perf_counter() - start
+
+    def take(self) -> dict[str, float]:
+        """The totals since the last call, in seconds; resets them."""
+        out = {p: self.totals.get(p, 0.0) for p in PHASES}
+        self.totals.clear()
+        return out
+
+
+class _UpdaterAsOptimizer:
+    """What TorchRec's pipeline calls ``optimizer``: zero_grad goes to the updater."""
+
+    param_groups: list[dict[str, Any]] = []
+
+    def __init__(self, updater: Updater) -> None:
+        self.updater = updater
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.updater.zero_grad()
+
+    def step(self) -> None:  # the pipeline's _optimizer_step is overridden below
+        raise AssertionError("unreachable: HybridTrainPipeline steps the dense backend itself")
+
+
+class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
+    """TorchRec's sparse-dist pipeline with the updater (dense backend + tables) owning backward and step.
+
+    Args:
+        model: the top-level ``RecModel`` (sharded tables inside).
+        updater: backward and optimizer steps.
+        device: the training device.
+        timer: collects phase durations.
+    """
+
+    def __init__(self, model: RecModel, updater: Updater, device: torch.device, timer: PhaseTimer) -> None:
+        super().__init__(model, _UpdaterAsOptimizer(updater), device, execute_all_batches=True)  # type: ignore[arg-type]
+        self._updater = updater
+        self._timer = timer
+
+    def enqueue_batch(self, dataloader_iter: Iterator[Any]) -> bool:
+        """Read the next batch (and copy it to the device): the "data" phase."""
+        result: bool = self._timer.timed("data", super().enqueue_batch, dataloader_iter)
+        return result
+
+    def start_sparse_data_dist(self, batch: Any, context: Any) -> None:
+        """First half of the tables' input all-to-all (splits)."""
+        self._timer.timed("input_dist", super().start_sparse_data_dist, batch, context)
+
+    def wait_sparse_data_dist(self, context: Any) -> None:
+        """Second half of the tables' input all-to-all (ids)."""
+        self._timer.timed("input_dist", super().wait_sparse_data_dist, context)
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        self._timer.timed("backward", self._updater.backward, losses)
+
+    def _optimizer_step(self) -> None:
+        self._timer.timed("optimizer", self._updater.step)
+
+    def step(self, batches: Iterator[Any]) -> StepOutput:
+        """One training step; ``StopIteration`` when the data is exhausted."""
+        start = time.perf_counter()
+        before = dict(self._timer.totals)
+        out = super().progress(batches)
+        elapsed = time.perf_counter() - start
+        counted = sum(self._timer.totals[p] - before.get(p, 0.0) for p in PHASES if p != "forward")
+        self._timer.totals["forward"] += max(0.0, elapsed - counted)
+        return out  # type: ignore[no-any-return]
+
+
+class PlainStepper:
+    """The same step without pipelining (``trainer.pipeline: false``), e.g. for debugging.
+
+    Args:
+        model: the top-level ``RecModel``.
+        updater: backward and optimizer steps.
+        device: the training device.
+        timer: collects phase durations.
+    """
+
+    def __init__(self, model: RecModel, updater: Updater, device: torch.device, timer: PhaseTimer) -> None:
+        self.model = model
+        self.updater = updater
+        self.device = device
+        self._timer = timer
+
+    def step(self, batches: Iterator[Any]) -> StepOutput:
+        """One training step; ``StopIteration`` when the data is exhausted."""
+        batch = self._timer.timed("data", lambda: next(batches).to(self.device))
+        self.updater.zero_grad()
+        loss, out = self._timer.timed("forward", self.model, batch)
+        self._timer.timed("backward", self.updater.backward, loss)
+        self._timer.timed("optimizer", self.updater.step)
+        return out  # type: ignore[no-any-return]
+
+    def detach(self) -> RecModel:
+        """Nothing to undo (for symmetry with the pipeline)."""
+        return self.model
