@@ -75,7 +75,7 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     base_name = raw.pop("extends", None)
     if base_name is None:
-        return raw
+        return dict(raw)
     if not isinstance(base_name, str):
         raise ConfigError(f"{path}: 'extends' must be a preset name or a path, got {base_name!r}")
     base_path = Path(base_name)
@@ -107,7 +107,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     List items are addressed by index: ``embeddings.tables.0.num_embeddings=1000``. The types are
     checked afterwards, by the same converter as the file, so an override gets the same messages.
     """
-    out = json.loads(json.dumps(raw))  # deep copy of plain data
+    out: dict[str, Any] = json.loads(json.dumps(raw))  # deep copy of plain data
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -155,7 +155,7 @@ def _describe(tp: Any) -> str:
         return f"list of {_describe(typing.get_args(tp)[0])}"
     if origin is dict:
         return f"mapping of str to {_describe(typing.get_args(tp)[1])}"
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return f"a {tp.__name__} section"
     if tp is type(None):
         return "null"

@@ -83,7 +83,8 @@ class SyntheticConfig:
     zipf_exponent: float = 1.1
     """Exponent of the Zipf law the ids are drawn from (per feature)."""
     multi_hot_max: int = 1
-    """Ids per sparse feature bag are drawn from 1..multi_hot_max (1 = single-hot)."""
+    """Ids per sparse feature bag are drawn from 1..multi_hot_max (1 = single-hot). The first two sparse
+    features (the user and item roles of the hierarchical term) always stay single-hot."""
     id_effect_scale: float = 0.5
     """Standard deviation of the per-id logit effects."""
     interaction_rank: int = 4
@@ -100,8 +101,16 @@ class SyntheticConfig:
     """Scale of the linear effect of the dense features."""
     num_domains: int = 1
     """Number of domains written to ``data.features.domain`` (1 = single domain)."""
+    domain_scale: float = 0.3
+    """Scale of the domain term (domain bias + domain x item-category effect; needs ``num_domains > 1``)."""
+    recency_decay: float = 0.8
+    """Sequence term: an event k steps older than the newest weighs ``recency_decay**k``."""
+    task_correlation: float = 0.5
+    """Multi-task labels: correlation of each extra task's per-id effects with the first task's."""
     row_group_size: int = 16_384
     """Rows per Parquet row group."""
+    rows_per_file: int = 1_048_576
+    """Rows per Parquet file (rounded up to whole row groups); bigger splits get several files."""
     seed: int = 1234
     """Seed of the generator (the data is a pure function of the config and this seed)."""
 
@@ -126,6 +135,36 @@ class ReaderConfig:
 
 
 @dataclass(kw_only=True)
+class ConvertConfig:
+    """How raw files become Parquet (``recscale data convert``); output columns follow ``data.features``."""
+
+    categorical: Literal["hash", "vocab", "integer"] = "hash"
+    """Raw categorical value -> table row. ``hash``: row 0 = missing, else 1 + hash % (rows - 1).
+    ``vocab``: a frequency-thresholded vocabulary of the training input (row 0 = missing, 1 = out of
+    vocabulary, then by descending count, at most the table's rows). ``integer``: the value already
+    is a row (it must be < the table's rows)."""
+    min_count: int = 1
+    """``vocab``: values seen fewer times than this in the training input share the OOV row."""
+    dense_transform: Literal["log1p", "none"] = "none"
+    """Dense columns: ``log1p`` = log(1 + max(x, 0)) (negatives clamped to 0; Criteo integers), or as is."""
+    dense_missing: float = 0.0
+    """Value written for an empty dense field (counted per column in the stats)."""
+    sequence_separator: str = "^"
+    """CSV: separator of the ids inside a sequence cell (``1^5^9``)."""
+    valid_fraction: float = 0.0
+    """Send this fraction of the input rows to ``valid/`` (a seeded per-row split, streamed);
+    0 = validation rows come only from separate inputs (``--valid``)."""
+    split_seed: int = 0
+    """Seed of the train/valid split."""
+    row_group_size: int = 65_536
+    """Rows per Parquet row group of the output."""
+    rows_per_file: int = 4_194_304
+    """Rows per output Parquet file (rounded up to whole row groups)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A malformed line or bad value: raise naming file, line and column, or skip it and count it."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Where the examples come from and what they contain."""
 
@@ -144,6 +183,8 @@ class DataConfig:
     """Generator settings (``synthetic`` source)."""
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     """Reader settings."""
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    """Converter settings (``recscale data convert``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,6 +240,231 @@ class DCNv2Config:
 
 
 @dataclass(kw_only=True)
+class WukongConfig:
+    """Wukong (Zhang et al. 2024): embedding tokens -> l stacked FMB + LCB layers -> head MLP.
+
+    The head is ``model.over_arch``; the dense features go through ``model.dense_arch`` and a
+    linear layer to ``dense_tokens`` tokens. See ``docs/models/wukong.md``.
+    """
+
+    num_layers: int = 2
+    """Interaction layers l."""
+    num_fmb_tokens: int = 8
+    """Tokens n_F each Factorization Machine Block emits."""
+    num_lcb_tokens: int = 8
+    """Tokens n_L each Linear Compress Block emits."""
+    fm_rank: int = 24
+    """Columns k of the FM projection Y (optimized FM ``X (Xᵀ Y)``)."""
+    fmb_mlp: list[int] = field(default_factory=lambda: [512, 512])
+    """Hidden widths of the FMB MLP; a linear output layer to ``num_fmb_tokens * dim`` is added."""
+    attentive_fm: bool = False
+    """Input-attentive Y: computed per example from the LCB output by an MLP instead of learned."""
+    attentive_mlp: list[int] = field(default_factory=list)
+    """Hidden widths of the MLP that computes the attentive Y (empty = one linear layer)."""
+    dim: int = 0
+    """Token width d (0 = the tables' common embedding dim)."""
+    tokens_per_feature: dict[str, int] = field(default_factory=dict)
+    """Sparse features that yield several tokens (projected from their pooled embedding), by name;
+    unlisted features yield one."""
+    grouped_features: list[str] = field(default_factory=list)
+    """Small sparse features concatenated and mapped to ``grouped_tokens`` tokens by an MLP."""
+    grouped_tokens: int = 1
+    """Tokens made from ``grouped_features``."""
+    grouped_mlp: list[int] = field(default_factory=list)
+    """Hidden widths of the grouped-feature MLP."""
+    dense_tokens: int = 1
+    """Tokens made from the dense features."""
+
+
+@dataclass(kw_only=True)
+class HiLoMoEConfig:
+    """HiLoMoE: MLP Linear layers become W0 plus L hierarchically routed layers of K rank-1 experts.
+
+    See ``docs/models/hilomoe.md``.
+    """
+
+    towers: list[str] = field(default_factory=list)
+    """Dotted paths of the MLP towers to convert, ``*`` matching any list index (``deep``,
+    ``layers.*.fmb.mlp``); empty = the architecture's default towers."""
+    layers: list[int] = field(default_factory=list)
+    """Which Linear layers of each tower to convert, by position (negative counts from the end);
+    empty = all."""
+    num_experts: int = 8
+    """Rank-1 experts K per MoE layer."""
+    num_layers: int = 2
+    """Stacked MoE layers L per converted Linear."""
+    routing: Literal["dense", "topk"] = "dense"
+    """``dense``: softmax over all K experts; ``topk``: softmax over the ``top_k`` best."""
+    top_k: int = 2
+    """Experts per token and layer when ``routing: topk``."""
+    router_keys: Literal["tied", "separate"] = "tied"
+    """``tied``: the experts' down-projections V are the router keys; ``separate``: own keys."""
+    query: Literal["linear", "identity"] = "linear"
+    """First routing query: a learned linear map of the input, or the input itself."""
+    logit_scale: float = 0.0
+    """Router logits are ``q Vᵀ * logit_scale`` (0 = 1/sqrt(d_in))."""
+    expert_init_std: float = 0.0
+    """Init std of the up-projections U (0 = zeros: the model starts as its base model)."""
+    expert_compute: Literal["dense", "gather"] = "dense"
+    """Reference expert math: all K experts as two matmuls (fast for small K), or only the routed
+    experts' rows gathered per token (FLOPs = active experts)."""
+    load_balance_weight: float = 0.01
+    """Weight of the Switch load-balance loss in the dense arch's auxiliary loss."""
+    z_loss_weight: float = 0.001
+    """Weight of the router z-loss."""
+    diversity_weight: float = 0.0
+    """Weight of the expert-diversity penalty ``||V̂ V̂ᵀ - I||²`` (0 = off)."""
+    diversity_normalize: bool = True
+    """Normalise the rows of V before the diversity penalty (penalise angles, not norms)."""
+
+
+GDPAActivation = Literal["gelu", "gelu_tanh", "silu", "relu", "relu2", "leaky_relu", "hardswish", "tanh", "identity"]
+
+
+@dataclass(kw_only=True)
+class KunlunEventConfig:
+    """Event-level personalization: the sequence stack of one event type (``data.features.sequences``).
+
+    Every field with a 0 default inherits the ``model.kunlun`` value of the same meaning.
+    """
+
+    name: str
+    """Event type; must name one of ``data.features.sequences``."""
+    dim: int = 0
+    """Width d_e of this event's sequence tokens (0 = ``kunlun.dim``); the embeddings are projected."""
+    num_heads: int = 0
+    """Heads of GDPA, sliding-window attention and seed attention (0 = ``kunlun.num_heads``)."""
+    num_layers: int = 0
+    """Sequence layers of this event (0 = ``kunlun.num_layers``; at most that); after its last layer
+    the event's summary is reused unchanged by the remaining global layers."""
+    num_seeds: int = 0
+    """Learnable HSP seeds (0 = ``kunlun.num_seeds``)."""
+    num_summary_tokens: int = 0
+    """Summary tokens HSP hands to the interaction module (0 = ``kunlun.num_summary_tokens``)."""
+    window: int = -1
+    """Sliding-window half width w: a token attends to tokens with |i - j| <= w (0 = full attention,
+    -1 = ``kunlun.window``)."""
+
+
+@dataclass(kw_only=True)
+class MoWEConfig:
+    """Mixture of Wukong Experts: the non-sequence interaction module of every Kunlun layer."""
+
+    num_experts: int = 2
+    """Wukong experts E."""
+    partition: Literal["strided", "contiguous", "routed"] = "strided"
+    """How tokens reach experts (the sources do not say): ``strided`` (token i -> expert i mod E),
+    ``contiguous`` (E consecutive chunks) — each expert sees only its tokens and emits its share
+    of the output tokens — or ``routed`` (a top-k router per example; each chosen expert sees all
+    tokens and emits all output tokens, mixed by the router weights)."""
+    top_k: int = 1
+    """Experts per example when ``partition: routed``."""
+    num_layers: int = 1
+    """Stacked Wukong layers per expert."""
+    fm_rank: int = 8
+    """Columns k of each expert's optimized FM ``X (Xᵀ Y)``."""
+    fmb_mlp: list[int] = field(default_factory=lambda: [128])
+    """Hidden widths of each expert's FMB MLP."""
+    load_balance_weight: float = 0.01
+    """Weight of the Switch load-balance loss in the auxiliary loss (``routed`` only)."""
+
+
+@dataclass(kw_only=True)
+class KunlunConfig:
+    """Kunlun (papers.md §2): a non-sequence token side and per-event sequence stacks, exchanging summaries.
+
+    GDPA, hierarchical seed pooling, sliding-window attention, computation skip, event-level
+    personalization and a mixture of Wukong experts. See ``docs/models/kunlun.md``.
+    """
+
+    dim: int = 64
+    """Token width d of the non-sequence side (and the default sequence width)."""
+    num_layers: int = 2
+    """Global Kunlun layers (each: X_sum, sequence layer per event, interaction)."""
+    num_heads: int = 2
+    """Default attention heads per event."""
+    num_seeds: int = 16
+    """Default HSP seeds per event."""
+    num_summary_tokens: int = 4
+    """Default HSP summary tokens per event."""
+    window: int = 0
+    """Default sliding-window half width (0 = full self-attention)."""
+    events: list[KunlunEventConfig] = field(default_factory=list)
+    """Per-event-type settings; empty = every sequence uses the defaults, otherwise every sequence
+    must be listed exactly once."""
+    dense_tokens: int = 1
+    """Tokens made from the dense features (``model.dense_arch`` MLP, then a linear map)."""
+    num_sum_tokens: int = 4
+    """Tokens n_sum of the gated compression X_sum of the non-sequence tokens."""
+    xsum_gate: Literal["self", "sigmoid_product"] = "self"
+    """X_sum gate on the token-compressed Z: ``self`` = Z * sigmoid(Linear(Z)); ``sigmoid_product`` =
+    sigmoid(Z * Linear(Z)) (the literal reading of papers.md §2.2)."""
+    gdpa_activation: GDPAActivation = "silu"
+    """Element-wise activation that replaces softmax in GDPA."""
+    gdpa_temperature: Literal["max_length", "sqrt_dim", "one"] = "max_length"
+    """GDPA divides Q Kᵀ by: the event's max sequence length (reported best), sqrt(head dim), or 1."""
+    gdpa_scale: float = 1.0
+    """GDPA multiplies the activated scores by this (the kernel's qk_scale, applied after act)."""
+    gdpa_kv_tokens: int = 0
+    """K/V tokens GDPA generates from X_sum (0 = one per X_sum token, no token mixing)."""
+    hsp_kron_terms: int = 4
+    """Terms k of SumKronLinear (seeds -> summary tokens)."""
+    compskip: bool = True
+    """Computation skip: even sequence layers run GDPA + a fresh HSP summary, odd layers run
+    sliding-window attention and reuse the summary; off = every layer runs all three."""
+    norm: Literal["post", "pre"] = "post"
+    """Residual blocks: ``post`` = LN(s + f(s)) as in papers.md §2.4; ``pre`` = s + f(LN(s))."""
+    rope: Literal["none", "position", "time"] = "none"
+    """Rotary encoding in sliding-window attention: none, by event index, or by log time gap (ROTE)."""
+    rope_base: float = 10_000.0
+    """Rotary base (frequencies base^(-2i/d_head))."""
+    rote_time_scale: float = 60.0
+    """ROTE position of event i: log(1 + (t_newest - t_i) / rote_time_scale), seconds."""
+    swa_causal: bool = False
+    """Sliding window over older events only (j in [i - w, i]) instead of |i - j| <= w."""
+    attention_backend: Literal["reference", "sdpa", "flex"] = "sdpa"
+    """Softmax attention kernel: plain matmuls, ``scaled_dot_product_attention`` with a boolean mask,
+    or FlexAttention with a block mask (CUDA for training; forward-only on CPU)."""
+    mowe: MoWEConfig = field(default_factory=MoWEConfig)
+    """The interaction module."""
+
+
+@dataclass(kw_only=True)
+class GCAConfig:
+    """Two-domain sequence model with gated cross-attention (arch ``gca_seq``). See ``docs/models/gca.md``."""
+
+    domains: list[str] = field(default_factory=list)
+    """The two sequences (``data.features.sequences`` names), domain A then B; empty = the first two."""
+    variant: Literal["gca", "baseline", "wider_baseline"] = "gca"
+    """``gca``: with the blocks; ``baseline``: without; ``wider_baseline``: without, FFN widened until
+    its parameter count matches the ``gca`` variant's."""
+    dim: int = 32
+    """Sequence token width d."""
+    num_heads: int = 2
+    """Attention heads (self, cross and pooling attention)."""
+    num_layers: int = 2
+    """Self-attention encoder layers per domain."""
+    ffn_dim: int = 64
+    """Hidden width of each encoder layer's feed-forward block."""
+    placement: Literal["early", "stack"] = "early"
+    """``early``: one GCA after the first encoder layer; ``stack``: one after every layer."""
+    bidirectional: bool = True
+    """Domain B also queries domain A (one block per direction); false = only A queries B."""
+    gate: Literal["scalar", "data"] = "scalar"
+    """``scalar``: one learnable alpha per block; ``data``: element-wise from Linear([X, X'])."""
+    gate_activation: Literal["sigmoid", "tanh"] = "sigmoid"
+    """Squashing of the gate."""
+    gate_init: float = 0.0
+    """Initial alpha (scalar gate) or gate bias (data gate), before the activation."""
+    layer_norm: bool = True
+    """LayerNorm after the gated residual: LN(X + g * X')."""
+    num_domains: int = 2
+    """Values of the ``domain`` column (an embedding of the example's domain feeds the head)."""
+    attention_backend: Literal["reference", "sdpa"] = "sdpa"
+    """Attention kernel: plain matmuls or ``scaled_dot_product_attention``."""
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
     """The model: an architecture name from the registry plus its knobs."""
 
@@ -217,6 +483,14 @@ class ModelConfig:
     """DLRM settings (``arch: dlrm``)."""
     dcnv2: DCNv2Config = field(default_factory=DCNv2Config)
     """DCN-V2 settings (``arch: dcnv2``)."""
+    wukong: WukongConfig = field(default_factory=WukongConfig)
+    """Wukong settings (``arch: wukong``, ``wukong_hilomoe``)."""
+    hilomoe: HiLoMoEConfig = field(default_factory=HiLoMoEConfig)
+    """HiLoMoE settings (``arch: dcnv2_hilomoe``, ``wukong_hilomoe``)."""
+    kunlun: KunlunConfig = field(default_factory=KunlunConfig)
+    """Kunlun settings (``arch: kunlun``)."""
+    gca: GCAConfig = field(default_factory=GCAConfig)
+    """Gated cross-attention two-domain sequence model (``arch: gca_seq``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,6 +551,23 @@ class TopologyConfig:
 
 
 @dataclass(kw_only=True)
+class MoEParallelConfig:
+    """How HiLoMoE layers run under DeepSpeed expert parallelism (``sharding.dense: deepspeed``)."""
+
+    dispatch: Literal["one_round", "per_layer"] = "one_round"
+    """``one_round``: all L MoE layers' tokens in one all-to-all pair (routes are known after the
+    score chain); ``per_layer``: one all-to-all pair per MoE layer (for comparison)."""
+    capacity_factor: float = 0.0
+    """Expert capacity = ceil(tokens * top_k / K * capacity_factor) per rank; routes beyond it are
+    dropped (their expert term is 0). 0 = never drop (capacity = tokens per rank)."""
+    min_capacity: int = 4
+    """Lower bound of the expert capacity when ``capacity_factor`` > 0."""
+    balance_stats: Literal["global", "local"] = "global"
+    """Load-balance statistics over the global batch (one small all-reduce per layer; equal to the
+    single-device model) or over each rank's batch."""
+
+
+@dataclass(kw_only=True)
 class ShardingConfig:
     """How the model is split across ranks."""
 
@@ -286,6 +577,8 @@ class ShardingConfig:
     """DeepSpeed ZeRO stage for the dense part (``dense: deepspeed``)."""
     ep_size: int = 1
     """Expert-parallel group size (must divide the world size)."""
+    moe: MoEParallelConfig = field(default_factory=MoEParallelConfig)
+    """Expert-parallel MoE settings."""
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     """What the planner plans for."""
     storage_reservation: float = 0.15
@@ -360,6 +653,38 @@ class OptimizerConfig:
 
 
 @dataclass(kw_only=True)
+class StageConfig:
+    """One stage of a staged (HiLoMoE three-stage) schedule; see ``docs/models/hilomoe.md``.
+
+    Learning rates of a stage are the optimizer's lr times the role's scale; a role that the stage
+    does not train gets lr 0 whatever its scale. Aux-loss weights are ``model.hilomoe``'s times the
+    stage's scales.
+    """
+
+    name: str
+    """Label written at the stage boundary in ``metrics.jsonl``."""
+    train: Literal["backbone", "experts", "all"]
+    """``backbone``: everything but the MoE experts and routers, experts off (the base model);
+    ``experts``: only routers and experts, backbone (embeddings included) frozen; ``all``: jointly."""
+    steps: int
+    """Steps in this stage."""
+    backbone_lr_scale: float = 1.0
+    """Scale of the dense backbone's learning rate."""
+    expert_lr_scale: float = 1.0
+    """Scale of the rank-1 experts' (V, U) learning rate."""
+    router_lr_scale: float = 1.0
+    """Scale of the routers' (query projection, separate keys) learning rate."""
+    sparse_lr_scale: float = 1.0
+    """Scale of the embedding tables' learning rate (the backbone's sparse half)."""
+    load_balance_scale: float = 1.0
+    """Scale of ``model.hilomoe.load_balance_weight`` in this stage."""
+    z_loss_scale: float = 1.0
+    """Scale of ``model.hilomoe.z_loss_weight``."""
+    diversity_scale: float = 1.0
+    """Scale of ``model.hilomoe.diversity_weight``."""
+
+
+@dataclass(kw_only=True)
 class TrainerConfig:
     """The loop."""
 
@@ -387,6 +712,8 @@ class TrainerConfig:
     """Ask torch for deterministic algorithms (bit-exact resume on CPU)."""
     aux_loss_weight: float = 0.01
     """Weight of the model's auxiliary losses (MoE load balance etc.) in the training loss."""
+    stages: list[StageConfig] = field(default_factory=list)
+    """Staged training (HiLoMoE's three stages), run in order; empty = one stage training all."""
 
 
 @dataclass(kw_only=True)
@@ -407,8 +734,9 @@ class MetricsConfig:
 
     tensorboard: bool = True
     """Write TensorBoard event files under ``<run_dir>/tensorboard``."""
-    progress_bar: Literal["auto", "on", "off"] = "auto"
-    """Progress bar on rank 0 (``auto`` = when stderr is a terminal)."""
+    progress_bar: Literal["auto", "always", "never"] = "auto"
+    """Progress bar on rank 0 (``auto`` = when stderr is a terminal; ``never`` = plain log lines).
+    (Not on/off: YAML reads those as booleans.)"""
     peak_tflops: float = 0.0
     """Override the device's dense peak for MFU, TFLOP/s (0 = detect from the device)."""
 

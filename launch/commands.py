@@ -27,7 +27,7 @@ def _load(args: argparse.Namespace) -> JobConfig:
 
 def train(args: argparse.Namespace) -> int:
     """Check, plan, prepare data, then run the job on ``--nproc`` local ranks with torchrun."""
-    from recscale.data import prepare_data
+    from recscale.data.prepare import prepare_data
     from recscale.sharding.topology import resolve_device
 
     resume_dir = Path(args.resume).expanduser() if args.resume else None

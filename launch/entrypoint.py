@@ -11,12 +11,26 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import yaml
 
 from recscale.configs import config_from_dict
 from recscale.trainer.run_dir import CONFIG
+
+
+def quiet_known_warnings() -> None:
+    """Silence warnings that are known to be false alarms here.
+
+    FBGEMM's dense (data-parallel) embedding lookup has no registered autograd kernel and torch warns
+    that backprop through it "may be silently incorrect"; TorchRec wraps it in its own autograd
+    function, and tests/sharding/test_equivalence.py checks data-parallel tables against an unsharded
+    reference after a training step.
+    """
+    warnings.filterwarnings("ignore", message=r"fbgemm::dense_embedding_codegen_lookup_function")
+    # the train pipeline's fx tracer asks torch.fx whether it is tracing; torch logs a deprecation note
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def setup_logging() -> None:
@@ -40,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     setup_logging()
+    quiet_known_warnings()
     run_dir = Path(args.run_dir)
     cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
     from recscale.trainer.loop import train

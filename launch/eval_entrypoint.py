@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from recscale.configs import config_from_dict
-from recscale.launch.entrypoint import setup_logging
+from recscale.launch.entrypoint import quiet_known_warnings, setup_logging
 from recscale.trainer.run_dir import CHECKPOINTS, CONFIG, write_json
 
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=0)
     args = parser.parse_args(argv)
     setup_logging()
+    quiet_known_warnings()
     try:
         result = evaluate_checkpoint(Path(args.checkpoint), args.data, args.batch_size)
     except Exception as err:  # noqa: BLE001 - reported, then the rank exits non-zero
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[str, object] | None:
     """Metrics of ``checkpoint`` on ``data`` (default: the run's validation data); None on ranks > 0."""
-    from recscale.data import prepare_data
+    from recscale.data.prepare import prepare_data
     from recscale.modules.build import build_model
     from recscale.sharding.apply import parallelize
     from recscale.sharding.process_group import init_distributed

@@ -42,6 +42,7 @@ def torchrun_command(
         f"--max-restarts={max_restarts}",
         f"--log-dir={log_dir}",
         "--tee=3",
+        "--local-ranks-filter=0",  # the console shows rank 0; every rank's output is in log_dir
         "--role=rank",
         "-m",
         module,
@@ -55,7 +56,22 @@ def run_local(run_dir: Path, nproc: int, resume: bool = False, max_restarts: int
     log_dir = run_dir / LOGS
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = torchrun_command(nproc, "recscale.launch.entrypoint", args, log_dir, max_restarts)
-    return subprocess.call(cmd, env=worker_env(nproc))
+    code = subprocess.call(cmd, env=worker_env(nproc))
+    if code != 0:
+        print_failed_rank_logs(log_dir)
+    return code
+
+
+def print_failed_rank_logs(log_dir: Path, lines: int = 25) -> None:
+    """Show the end of the stderr of every rank other than 0 that reported an error."""
+    for path in sorted(log_dir.rglob("stderr.log")):
+        rank = path.parent.name
+        if rank == "0":
+            continue  # rank 0's output was on the console already
+        text = path.read_text(errors="replace").splitlines()
+        if any("Error" in line or "failed" in line for line in text):
+            print(f"--- rank {rank} ({path}) ---", file=sys.stderr)
+            print("\n".join(text[-lines:]), file=sys.stderr)
 
 
 def run_eval_local(checkpoint: Path, data: str, nproc: int, batch_size: int) -> dict[str, Any]:

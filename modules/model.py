@@ -25,10 +25,12 @@ from torch import nn
 
 from recscale.modules.outputs import DenseOutput
 
-ModelOutput = tuple[
-    torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
-]
-"""``loss, (loss.detach(), logits [B, T], labels [B, T], weights [B], diagnostics)``."""
+StepOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+"""``(loss.detach(), logits [B, T], labels [B, T], weights [B], diagnostics)``: what evaluation and
+metrics need from a forward pass (and what TorchRec's pipeline returns from a step)."""
+
+ModelOutput = tuple[torch.Tensor, StepOutput]
+"""``loss, StepOutput``: the loss to backpropagate, and the rest."""
 
 
 def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

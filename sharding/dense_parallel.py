@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -113,30 +114,28 @@ class DDPDense:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights, optimizer and schedule state (plain tensors; replicated on every rank)."""
+        """Weights, optimizer and schedule state, as DCP saves and loads them.
+
+        The optimizer's state comes from ``get_optimizer_state_dict``, which materialises Adam's
+        moments even before the first step: DCP loads *into* the tensors it is given, so a fresh
+        optimizer's empty state would silently load nothing.
+        """
         return {
             "model": self.inner.state_dict(),
-            "optim": self.optimizer.state_dict(),
+            "optim": get_optimizer_state_dict(self.inner, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def save(self, directory: Path) -> None:
         """Dense state with DCP (replicated tensors are written once)."""
-        state = self.state_dict()
-        if not state["optim"]["state"]:  # DCP drops empty subtrees and then fails to load them
-            state.pop("optim")
-        dcp.save(state, checkpoint_id=str(directory))
+        dcp.save(self.state_dict(), checkpoint_id=str(directory))
 
     def load(self, directory: Path) -> None:
         """Read what ``save`` wrote, into the current layout (any world size)."""
         state = self.state_dict()
-        meta = dcp.FileSystemReader(str(directory)).read_metadata()
-        if not any(k.startswith("optim.") or k == "optim" for k in meta.state_dict_metadata):
-            state.pop("optim")
         dcp.load(state, checkpoint_id=str(directory))
         self.inner.load_state_dict(state["model"])
-        if "optim" in state:
-            self.optimizer.load_state_dict(state["optim"])
+        set_optimizer_state_dict(self.inner, self.optimizer, state["optim"])
         self.scheduler.load_state_dict(state["scheduler"])
 
 
@@ -204,7 +203,8 @@ class DeepSpeedDense:
 
     def lr(self) -> float:
         """Current learning rate."""
-        return float(self.engine.get_lr()[0])
+        rates: list[float] = self.engine.get_lr()
+        return float(rates[0])
 
     def save(self, directory: Path) -> None:
         """DeepSpeed's checkpoint layout (per-expert files, ZeRO optimizer shards); collective."""

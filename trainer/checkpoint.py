@@ -81,9 +81,27 @@ def sparse_state(parallel: ParallelModel) -> dict[str, Any]:
     if optim.get("state"):
         state["optim"] = optim
     table_optimizer = parallel.updater.table_optimizer
-    if table_optimizer is not None and table_optimizer.state_dict().get("state"):
+    if table_optimizer is not None:
+        _materialise_state(table_optimizer)
         state["table_optim"] = table_optimizer.state_dict()
     return state
+
+
+def _materialise_state(optimizer: Any) -> None:
+    """Create a lazy optimizer's state (DCP loads into existing tensors only) without moving weights.
+
+    ``KeyedOptimizer.init_state`` takes a step with zero gradients; with weight decay that step would
+    change the weights, so the learning rate is 0 while it runs. Does nothing once state exists.
+    """
+    if optimizer.state_dict().get("state"):
+        return
+    saved = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.init_state()
+    for group, lr in zip(optimizer.param_groups, saved):
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
 
 
 class CheckpointManager:
@@ -201,19 +219,61 @@ class CheckpointManager:
         When the world size changed, ranks without a state file of their own get rank 0's; the data
         position is then mapped to the same fraction of the epoch (``trainer.data.TrainData.restore``).
         """
-        state = sparse_state(parallel)
-        dcp.load(state, checkpoint_id=str(path / "sparse"))
-        parallel.sparse.load_state_dict(state["model"])
-        if "optim" in state:
-            parallel.sparse.fused_optimizer.load_state_dict(state["optim"])
-        if "table_optim" in state and parallel.updater.table_optimizer is not None:
-            parallel.updater.table_optimizer.load_state_dict(state["table_optim"])
+        load_sparse(path / "sparse", parallel)
         parallel.dense.load(path / "dense")
         mine = path / "trainer" / f"rank{self.rank}.pt"
         if not mine.exists():
             mine = path / "trainer" / "rank0.pt"
         trainer_state: dict[str, Any] = torch.load(mine, weights_only=False)
         return trainer_state
+
+
+def _flat_keys(tree: dict[str, Any], prefix: str) -> list[str]:
+    """DCP's names of the leaves of a nested dict (``a.b.c``)."""
+    out = []
+    for key, value in tree.items():
+        name = f"{prefix}.{key}"
+        out += _flat_keys(value, name) if isinstance(value, dict) else [name]
+    return out
+
+
+def load_sparse(directory: Path, parallel: ParallelModel) -> None:
+    """Load the tables and their optimizer state into the current plan (resharding as needed).
+
+    Optimizer state is stored differently for data-parallel and model-parallel tables (TorchRec
+    issue #2394); a table whose kind changed between the saving and the loading plan keeps its
+    weights but starts with fresh optimizer state, and a warning names it. A missing weight is an error.
+    """
+    state = sparse_state(parallel)
+    saved = set(dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata)
+    missing_weights = [k for k in _flat_keys(state["model"], "model") if k not in saved]
+    if missing_weights:
+        raise ValueError(f"{directory}: the checkpoint lacks table weights: {', '.join(missing_weights[:5])}")
+    to_load: dict[str, Any] = {"model": state["model"]}
+    reset: list[str] = []
+    for sub in ("optim", "table_optim"):
+        if sub not in state:
+            continue
+        kept = {}
+        for param_key, entries in state[sub]["state"].items():
+            if all(k in saved for k in _flat_keys(entries, f"{sub}.state.{param_key}")):
+                kept[param_key] = entries  # the optimizer's own tensors: DCP copies into them
+            else:
+                reset.append(param_key)
+        if kept:
+            to_load[sub] = {"state": kept}
+    dcp.load(to_load, checkpoint_id=str(directory))
+    parallel.sparse.load_state_dict(state["model"])
+    if "optim" in state:
+        parallel.sparse.fused_optimizer.load_state_dict(state["optim"])
+    if "table_optim" in state and parallel.updater.table_optimizer is not None:
+        parallel.updater.table_optimizer.load_state_dict(state["table_optim"])
+    if reset:
+        log.warning(
+            "optimizer state of %s starts fresh: these tables changed between data-parallel and "
+            "model-parallel sharding since the checkpoint (their weights were loaded)",
+            ", ".join(sorted(reset)),
+        )
 
 
 def checkpoint_run_dir(path: Path) -> Path:

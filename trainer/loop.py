@@ -30,8 +30,9 @@ from recscale.trainer.versions import versions
 
 log = logging.getLogger("recscale")
 
-WARMUP_STEPS = 2
-"""Steps left out of the run's mean throughput (first-step set-up, pipeline fill)."""
+WARMUP_STEPS = 3
+"""Steps left out of the run's mean throughput (first-step set-up, pipeline fill). The mean is over
+the steps themselves: evaluation, checkpoints and logging are not in it."""
 
 
 def set_determinism(cfg: JobConfig) -> None:
@@ -124,7 +125,8 @@ class _Loop:
         self.flops = flops_per_example(cfg)
         self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
         self.progress = Progress(cfg.metrics.progress_bar, total_steps, enabled=info.is_main)
-        self.step_times: list[tuple[int, float]] = []  # (steps, seconds) of each logging window
+        self.steady_steps = 0  # steps after warm-up, and the seconds they took (steps only)
+        self.steady_seconds = 0.0
         self.last_eval: dict[str, float] = {}
 
     def run(self, start_step: int) -> dict[str, Any]:
@@ -136,6 +138,7 @@ class _Loop:
         started = time.time()
         self.progress.start(start_step)
         while step < self.total_steps:
+            step_start = time.perf_counter()
             try:
                 loss = self.stepper.step(batches)[0]
             except StopIteration:
@@ -144,6 +147,9 @@ class _Loop:
                     "and the number of batches it produced disagree"
                 ) from None
             step += 1
+            if step > start_step + WARMUP_STEPS:
+                self.steady_steps += 1
+                self.steady_seconds += time.perf_counter() - step_start
             window_loss += loss.detach().double()
             window_steps += 1
             if step % t.log_every == 0 or step == self.total_steps:
@@ -179,8 +185,6 @@ class _Loop:
             loss /= self.info.world_size
         phases = self.timer.take()
         per_rank = self.per_rank_batch * steps / max(elapsed, 1e-9)
-        if step > WARMUP_STEPS:
-            self.step_times.append((steps, elapsed))
         achieved = self.flops.train * per_rank
         util = mfu(self.flops.train, per_rank, self.peak)
         record = {
@@ -214,8 +218,7 @@ class _Loop:
         self.metrics.write("checkpoint", step, {"path": str(path)})
 
     def _summary(self, step: int, final: dict[str, float], wall_s: float) -> dict[str, Any]:
-        steps = sum(n for n, _ in self.step_times)
-        seconds = sum(s for _, s in self.step_times)
+        steps, seconds = self.steady_steps, self.steady_seconds
         per_rank = self.per_rank_batch * steps / seconds if seconds else 0.0
         summary = {
             "name": self.cfg.name,
@@ -232,6 +235,7 @@ class _Loop:
                 "examples_per_s": per_rank * self.info.world_size,
                 "examples_per_s_per_rank": per_rank,
                 "steps_measured": steps,
+                "mean_step_time_s": seconds / steps if steps else None,
                 "excluded_warmup_steps": WARMUP_STEPS,
             },
             "flops_per_example": {"forward": self.flops.forward, "train": self.flops.train},

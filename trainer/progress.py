@@ -13,7 +13,7 @@ class Progress:
     """Progress of the step loop.
 
     Args:
-        mode: ``auto`` (a bar when stderr is a terminal), ``on`` or ``off`` (plain log lines).
+        mode: ``auto`` (a bar when stderr is a terminal), ``always`` or ``never`` (plain log lines).
         total_steps: steps of the run.
         enabled: show anything (rank 0 only).
     """
@@ -21,7 +21,7 @@ class Progress:
     def __init__(self, mode: str, total_steps: int, enabled: bool) -> None:
         self.enabled = enabled
         self.total = total_steps
-        self.use_bar = enabled and (mode == "on" or (mode == "auto" and sys.stderr.isatty()))
+        self.use_bar = enabled and (mode == "always" or (mode == "auto" and sys.stderr.isatty()))
         self._bar: Any = None
 
     def start(self, step: int) -> None:

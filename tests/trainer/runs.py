@@ -1,0 +1,56 @@
+"""Small real training runs for trainer tests (synthetic data generated once per test session)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from recscale.configs import JobConfig, dump_config, load_config
+from recscale.data.prepare import prepare_data
+from recscale.trainer.run_dir import CONFIG, METRICS
+
+
+def small_job(cache_dir: Path, *overrides: str) -> JobConfig:
+    """quickstart shrunk: 3,072 training rows, batch 384 (divisible by 1, 2 and 3 ranks), 2 epochs."""
+    cfg = load_config(
+        "quickstart",
+        [
+            f"data.cache_dir={cache_dir}",
+            "data.synthetic.num_train=3072",
+            "data.synthetic.num_valid=1024",
+            "data.synthetic.row_group_size=512",
+            "data.reader.shuffle_buffer_rows=1024",
+            "trainer.batch_size=384",
+            "trainer.epochs=2",
+            "trainer.eval_every=0",
+            "trainer.log_every=1",
+            "metrics.tensorboard=false",
+            "metrics.progress_bar=never",
+            "checkpoint.every_steps=4",
+            "checkpoint.keep_last=10",
+            *overrides,
+        ],
+    )
+    prepare_data(cfg.data, cfg.embeddings)
+    return cfg
+
+
+def new_run(root: Path, name: str, cfg: JobConfig) -> Path:
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    dump_config(cfg, run_dir / CONFIG)
+    return run_dir
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / METRICS).read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train":
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def final_eval(run_dir: Path) -> dict[str, float]:
+    evals = [json.loads(x) for x in (run_dir / METRICS).read_text().splitlines()]
+    return [e for e in evals if e["kind"] == "eval"][-1]

@@ -1,0 +1,85 @@
+"""Checkpoint / resume: exact continuation on CPU, and resharding to other world sizes."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+
+from recscale.trainer.checkpoint import CheckpointManager
+from recscale.trainer.loop import train
+from tests.distributed import run_distributed
+from tests.trainer.runs import final_eval, losses, new_run, small_job
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+
+def _train(rank, world, cfg, run_dir, resume):
+    return train(cfg, run_dir, resume=resume)["steps"]
+
+
+def _eval_checkpoint(rank, world, checkpoint):
+    from recscale.launch.eval_entrypoint import evaluate_checkpoint
+
+    return evaluate_checkpoint(checkpoint, "", 384)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    cfg = small_job(root / "cache")
+    run_dir = new_run(root, "full", cfg)
+    assert run_distributed(_train, 2, cfg, run_dir, False) == [16, 16]  # 8 steps per epoch, 2 epochs
+    return cfg, run_dir, root
+
+
+def test_checkpoints_are_complete_and_verified(uninterrupted):
+    _, run_dir, _ = uninterrupted
+    manager = CheckpointManager(run_dir, uninterrupted[0].checkpoint, 0, 2)
+    names = [p.name for p in manager.list_complete()]
+    assert names == ["step_00000004", "step_00000008", "step_00000012", "step_00000016"]
+    for path in manager.list_complete():
+        assert CheckpointManager.verify(path) == []
+    assert not list((run_dir / "checkpoints").glob("*.tmp"))
+
+
+def test_resumed_run_equals_uninterrupted_bit_exactly(uninterrupted):
+    cfg, full, root = uninterrupted
+    resumed = new_run(root, "resumed", cfg)
+    shutil.copytree(full / "checkpoints" / "step_00000004", resumed / "checkpoints" / "step_00000004")
+    run_distributed(_train, 2, cfg, resumed, True)
+    expected, got = losses(full), losses(resumed)
+    assert sorted(got) == list(range(5, 17))  # it continued at step 5, across the epoch boundary at 8
+    assert [got[s] for s in range(5, 17)] == [expected[s] for s in range(5, 17)]
+    assert final_eval(resumed)["auc"] == final_eval(full)["auc"]
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(uninterrupted, caplog):
+    cfg, full, root = uninterrupted
+    run_dir = new_run(root, "damaged", cfg)
+    for step in ("step_00000004", "step_00000008"):
+        shutil.copytree(full / "checkpoints" / step, run_dir / "checkpoints" / step)
+    victim = next((run_dir / "checkpoints" / "step_00000008" / "sparse").glob("*.distcp"))
+    victim.write_bytes(victim.read_bytes()[:-7])  # truncated
+    manager = CheckpointManager(run_dir, cfg.checkpoint, 0, 1)
+    assert any("truncated" in p for p in CheckpointManager.verify(run_dir / "checkpoints" / "step_00000008"))
+    with caplog.at_level("WARNING"):
+        assert manager.latest_valid().name == "step_00000004"
+    assert victim.name in caplog.text
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_checkpoint_of_two_ranks_loads_on_other_world_sizes(uninterrupted, world):
+    cfg, full, root = uninterrupted
+    checkpoint = full / "checkpoints" / "step_00000008"
+    on_two = run_distributed(_eval_checkpoint, 2, checkpoint)[0]
+    here = run_distributed(_eval_checkpoint, world, checkpoint)[0]
+    assert here["num_examples"] == on_two["num_examples"] == 1024
+    assert math.isclose(here["auc"], on_two["auc"], abs_tol=1e-6)
+    assert math.isclose(here["logloss"], on_two["logloss"], abs_tol=1e-6)
+    # and training continues from it on the new world size
+    run_dir = new_run(root, f"reshard{world}", cfg)
+    shutil.copytree(checkpoint, run_dir / "checkpoints" / checkpoint.name)
+    assert run_distributed(_train, world, cfg, run_dir, True)[0] == 16
+    assert all(math.isfinite(v) for v in losses(run_dir).values())
