@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from recscale.configs import JobConfig
+from recscale.data.batch import Batch
 from recscale.data.prepare import prepare_data
 from recscale.data.reader import ParquetBatchReader
-from recscale.data.batch import Batch
 from recscale.sharding.process_group import DistInfo
 
 log = logging.getLogger("recscale")
