@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from recscale.configs.schema import JobConfig
-from recscale.modules.embeddings import SparseArch, table_configs
+from recscale.modules.embeddings import SparseArch, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
 from recscale.modules.registry import ModelInputs, get_spec
 
@@ -36,6 +36,7 @@ def model_inputs(cfg: JobConfig) -> ModelInputs:
         pooled=pooled_layout(tables),
         num_tasks=len(cfg.data.features.labels),
         sequence_dims={q.name: dims[q.table] for q in cfg.data.features.sequences},
+        sequence_lengths={q.name: q.max_length for q in cfg.data.features.sequences},
     )
 
 
@@ -55,7 +56,15 @@ def build_model(
     torch.manual_seed(cfg.seed)
     spec = get_spec(cfg.model.arch)
     inputs = model_inputs(cfg)
-    sparse = SparseArch(table_configs(cfg.embeddings, cfg.data.features), device=torch.device(sparse_device))
+    seq_tables, seq_layout = (
+        sequence_table_configs(cfg.embeddings, cfg.data.features) if spec.uses_sequences else ([], None)
+    )
+    sparse = SparseArch(
+        table_configs(cfg.embeddings, cfg.data.features),
+        device=torch.device(sparse_device),
+        sequence_tables=seq_tables,
+        sequence_layout=seq_layout,
+    )
     with torch.device(dense_device):
         dense = spec.build(cfg.model, inputs)
     return BuiltModel(sparse=sparse, dense=dense, inputs=inputs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from torch import nn
 
@@ -46,13 +47,28 @@ def linear(in_dim: int, out_dim: int, input_grad: bool = True, tokens: int = 1) 
     return matmul(tokens, in_dim, out_dim, grad_a=input_grad, grad_b=True)
 
 
+@runtime_checkable
+class LinearLike(Protocol):
+    """A layer that stands in for an ``nn.Linear`` in an MLP (e.g. a HiLoMoE layer) and counts itself."""
+
+    in_features: int
+    out_features: int
+
+    def linear_flops(self, input_grad: bool = True) -> FlopCount:
+        """Per-example FLOPs of one input vector, forward and exact backward."""
+        ...
+
+
 def linears(layers: Iterable[nn.Module], input_grad: bool = True, tokens: int = 1) -> FlopCount:
-    """The Linear layers of a stack in order; only the first may skip its input gradient."""
+    """The Linear (or ``LinearLike``) layers of a stack in order; only the first may skip its input gradient."""
     total = FlopCount()
     first = True
     for layer in layers:
         if isinstance(layer, nn.Linear):
             total = total + linear(layer.in_features, layer.out_features, input_grad or not first, tokens)
+            first = False
+        elif isinstance(layer, LinearLike):
+            total = total + layer.linear_flops(input_grad or not first).scaled(tokens)
             first = False
     return total
 

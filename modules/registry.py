@@ -16,6 +16,11 @@ from recscale.configs.schema import JobConfig, ModelConfig
 from recscale.modules.dcnv2 import DCNv2Dense
 from recscale.modules.dlrm import DLRMDense
 from recscale.modules.embeddings import PooledLayout
+from recscale.modules.gca.spec import build_gca_seq, check_gca_seq
+from recscale.modules.hilomoe.convert import build_moe_dense
+from recscale.modules.hilomoe.spec import DEFAULT_TOWERS, check_hilomoe
+from recscale.modules.kunlun.spec import build_kunlun, check_kunlun
+from recscale.modules.wukong.spec import build_wukong, check_wukong
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class ModelInputs:
     """Labels (one logit each)."""
     sequence_dims: dict[str, int] = field(default_factory=dict)
     """Embedding dim of each event sequence, by event type (sequence models)."""
+    sequence_lengths: dict[str, int] = field(default_factory=dict)
+    """Padded length (``max_length``) of each event sequence, by event type (sequence models)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,14 @@ def _build_dcnv2(m: ModelConfig, inputs: ModelInputs) -> nn.Module:
     )
 
 
+def _build_dcnv2_hilomoe(m: ModelConfig, inputs: ModelInputs) -> nn.Module:
+    return build_moe_dense(_build_dcnv2(m, inputs), m.hilomoe, DEFAULT_TOWERS["dcnv2"])
+
+
+def _build_wukong_hilomoe(m: ModelConfig, inputs: ModelInputs) -> nn.Module:
+    return build_moe_dense(build_wukong(m, inputs), m.hilomoe, DEFAULT_TOWERS["wukong"])
+
+
 MODEL_SPECS: dict[str, ModelSpec] = {
     "dlrm": ModelSpec(
         name="dlrm",
@@ -111,6 +126,38 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         name="dcnv2",
         description="DCN-V2: low-rank cross network + deep MLP (stacked or parallel)",
         build=_build_dcnv2,
+    ),
+    "wukong": ModelSpec(
+        name="wukong",
+        description="Wukong: stacked factorization-machine + linear-compress interaction layers, top MLP",
+        build=build_wukong,
+        check=check_wukong,
+    ),
+    "dcnv2_hilomoe": ModelSpec(
+        name="dcnv2_hilomoe",
+        description="DCN-V2 whose deep MLP layers are HiLoMoE blocks (hierarchical rank-1 expert routing)",
+        build=_build_dcnv2_hilomoe,
+        check=check_hilomoe,
+    ),
+    "wukong_hilomoe": ModelSpec(
+        name="wukong_hilomoe",
+        description="Wukong whose FMB MLP layers are HiLoMoE blocks",
+        build=_build_wukong_hilomoe,
+        check=lambda cfg: check_wukong(cfg) + check_hilomoe(cfg),
+    ),
+    "kunlun": ModelSpec(
+        name="kunlun",
+        description="Kunlun: GDPA + seed pooling + sliding-window attention per event type, mixture of Wukong experts",
+        build=build_kunlun,
+        check=check_kunlun,
+        uses_sequences=True,
+    ),
+    "gca_seq": ModelSpec(
+        name="gca_seq",
+        description="Two-domain sequence model with gated cross-attention (or its parameter-matched baseline)",
+        build=build_gca_seq,
+        check=check_gca_seq,
+        uses_sequences=True,
     ),
 }
 

@@ -1,0 +1,9 @@
+"""Gated cross-attention for cross-domain sequences (papers.md §4): the block and the ``gca_seq`` model.
+
+See docs/models/gca.md.
+"""
+
+from recscale.modules.gca.block import EncoderLayer, GatedCrossAttention, masked_abs_cos
+from recscale.modules.gca.model import GCASequenceDense
+
+__all__ = ["EncoderLayer", "GCASequenceDense", "GatedCrossAttention", "masked_abs_cos"]

@@ -1,0 +1,5 @@
+"""Kunlun (papers.md §2): sequence blocks, the non-sequence side, the mixture of Wukong experts, the dense arch.
+
+GDPA, hierarchical seed pooling, sliding-window attention, computation skip and event-level
+personalization; see docs/models/kunlun.md.
+"""
