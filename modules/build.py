@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from recscale.configs.schema import JobConfig
-from recscale.modules.embeddings import SparseArch, sequence_table_configs, table_configs
+from recscale.modules.embeddings import SparseArch, pooled_layout, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
+from recscale.modules.model import RecModel
 from recscale.modules.registry import ModelInputs, get_spec
 
 
@@ -23,13 +24,25 @@ class BuiltModel:
     """Dense arch, on the training device."""
     inputs: ModelInputs
     """Shapes the dense arch was built for."""
+    uses_sequences: bool = False
+    """The dense arch takes the padded event sequences (``ModelSpec.uses_sequences``)."""
+    uses_timestamps: bool = False
+    """Some event sequence has a timestamp column, passed on with the sequences."""
+
+    def rec_model(self, **kwargs: object) -> RecModel:
+        """The unsharded whole model (a reference for tests, evaluation on one process)."""
+        return RecModel(
+            sparse=self.sparse,
+            dense=self.dense,
+            uses_sequences=self.uses_sequences,
+            uses_timestamps=self.uses_timestamps,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
 
 def model_inputs(cfg: JobConfig) -> ModelInputs:
     """Input shapes of the dense arch, from the feature schema and the tables."""
     tables = table_configs(cfg.embeddings, cfg.data.features)
-    from recscale.modules.embeddings import pooled_layout
-
     dims = {t.name: t.dim or cfg.embeddings.dim for t in cfg.embeddings.tables}
     return ModelInputs(
         num_dense=len(cfg.data.features.dense),
@@ -67,7 +80,13 @@ def build_model(
     )
     with torch.device(dense_device):
         dense = spec.build(cfg.model, inputs)
-    return BuiltModel(sparse=sparse, dense=dense, inputs=inputs)
+    return BuiltModel(
+        sparse=sparse,
+        dense=dense,
+        inputs=inputs,
+        uses_sequences=spec.uses_sequences,
+        uses_timestamps=spec.uses_sequences and any(q.timestamps for q in cfg.data.features.sequences),
+    )
 
 
 def dense_flops(cfg: JobConfig) -> dict[str, FlopCount]:

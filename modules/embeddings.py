@@ -161,6 +161,7 @@ class SparseArch(nn.Module):
         self.ebc = EmbeddingBagCollection(tables=tables, device=device or torch.device("meta"))
         self.layout = pooled_layout(tables)
         self.sequence_layout = sequence_layout
+        self.ec: EmbeddingCollection | None = None
         if sequence_tables:
             assert sequence_layout is not None, "sequence_tables need a sequence_layout"
             self.ec = EmbeddingCollection(tables=sequence_tables, device=device or torch.device("meta"))

@@ -150,6 +150,8 @@ def parallelize(
         autocast=bf16 and sharding.dense == "ddp",
         device_type=info.device.type,
         aux_loss_weight=aux_loss_weight,
+        uses_sequences=built.uses_sequences,
+        uses_timestamps=built.uses_timestamps,
     )
     updater = Updater(backend, unfused_table_optimizer(dmp, optimizer.sparse))
     return ParallelModel(model=model, sparse=dmp, dense=backend, plan=described, sharding_plan=plan, updater=updater)

@@ -28,7 +28,7 @@ from torchrec.distributed.sharding_plan import (
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
 
 from recscale.configs.schema import ShardingConfig
-from recscale.modules.embeddings import SparseArch
+from recscale.modules.embeddings import SEQUENCE_TABLE_SUFFIX, SparseArch
 from recscale.sharding.plan import EmbeddingPlan, describe_plan
 from recscale.sharding.topology import build_topology
 
@@ -92,6 +92,8 @@ def plan_embeddings(
         PlanningError: the tables do not fit, or the constraints leave no option.
     """
     shapes = {t.name: (t.num_embeddings, t.embedding_dim) for t in sparse.ebc.embedding_bag_configs()}
+    if sparse.ec is not None:
+        shapes.update({t.name: (t.num_embeddings, t.embedding_dim) for t in sparse.ec.embedding_configs()})
     if cfg.manual:
         plan = manual_plan(sparse, cfg, world_size=world_size, local_world_size=local_world_size, device=device)
         return plan, describe_plan(plan, shapes, world_size, device, sparse_optimizer, "manual")
@@ -106,12 +108,14 @@ def plan_embeddings(
                 f"for row-wise on CPU"
             )
     constraints = {
-        name: ParameterConstraints(
+        table: ParameterConstraints(
             sharding_types=list(c.sharding_types) or None,
             compute_kernels=list(c.compute_kernels) or None,
             **({"pooling_factors": [c.pooling_factor]} if c.pooling_factor > 0 else {}),
         )
-        for name, c in cfg.constraints.items()
+        for table in shapes
+        for c in [cfg.constraints.get(config_table_name(table))]
+        if c is not None
     }
     topology = build_topology(cfg.topology, world_size, local_world_size, device)
     planner = EmbeddingShardingPlanner(
@@ -149,9 +153,30 @@ def manual_plan(
     Raises:
         PlanningError: a placement that TorchRec's generators cannot express.
     """
+    plans = {"ebc": _manual_module_plan(sparse.ebc, cfg, world_size, local_world_size, device)}
+    if sparse.ec is not None:
+        plans["ec"] = _manual_module_plan(sparse.ec, cfg, world_size, local_world_size, device)
+    return ShardingPlan(plans)  # type: ignore[arg-type]
+
+
+def config_table_name(table: str) -> str:
+    """The config's name of a TorchRec table (the sequence copy ``<t>__seq`` of a shared table is ``t``)."""
+    return table.removesuffix(SEQUENCE_TABLE_SUFFIX)
+
+
+def _manual_module_plan(
+    module: nn.Module, cfg: ShardingConfig, world_size: int, local_world_size: int, device: str
+) -> Any:
+    """One collection's part of a hand-built plan."""
+    names = (
+        [t.name for t in module.embedding_bag_configs()]
+        if hasattr(module, "embedding_bag_configs")
+        else [t.name for t in module.embedding_configs()]
+    )
     per_table = {}
-    for name, m in cfg.manual.items():
-        where = f"sharding.manual.{name}"
+    for name in names:
+        m = cfg.manual[config_table_name(name)]
+        where = f"sharding.manual.{config_table_name(name)}"
         if m.type == "table_wise":
             per_table[name] = table_wise(rank=m.ranks[0] if m.ranks else 0)
         elif m.type == "column_wise":
@@ -170,8 +195,8 @@ def manual_plan(
                 f"{where}.type: {m.type!r} has no hand-built form; use the planner (sharding.constraints)"
             )
     try:
-        module_plan = construct_module_sharding_plan(
-            sparse.ebc,
+        return construct_module_sharding_plan(
+            module,
             per_param_sharding=per_table,
             local_size=local_world_size,
             world_size=world_size,
@@ -179,4 +204,3 @@ def manual_plan(
         )
     except (AssertionError, ValueError, RuntimeError) as err:
         raise PlanningError(f"sharding.manual: TorchRec rejected the hand-built plan: {err}") from None
-    return ShardingPlan({"ebc": module_plan})

@@ -134,13 +134,14 @@ class _Loop:
         batches = self.data.batches(start_step)
         step = start_step
         window_loss = torch.zeros((), dtype=torch.float64)
+        window_diag: dict[str, float] = {}
         window_start, window_steps = time.perf_counter(), 0
         started = time.time()
         self.progress.start(start_step)
         while step < self.total_steps:
             step_start = time.perf_counter()
             try:
-                loss = self.stepper.step(batches)[0]
+                out = self.stepper.step(batches)
             except StopIteration:
                 raise RuntimeError(
                     f"the training data ran out at step {step} of {self.total_steps}; the reader's batch count "
@@ -150,12 +151,17 @@ class _Loop:
             if step > start_step + WARMUP_STEPS:
                 self.steady_steps += 1
                 self.steady_seconds += time.perf_counter() - step_start
-            window_loss += loss.detach().double()
+            window_loss += out[0].double()
+            for key, value in out[4].items():
+                if value.numel() == 1:
+                    window_diag[key] = window_diag.get(key, 0.0) + float(value)
             window_steps += 1
             if step % t.log_every == 0 or step == self.total_steps:
                 elapsed = time.perf_counter() - window_start
-                self._log_train(step, window_loss / window_steps, window_steps, elapsed)
+                diag = {k: v / window_steps for k, v in window_diag.items()}
+                self._log_train(step, window_loss / window_steps, window_steps, elapsed, diag)
                 window_loss.zero_()
+                window_diag.clear()
                 window_start, window_steps = time.perf_counter(), 0
             if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
                 self._evaluate(step, t.eval_batches)
@@ -178,11 +184,16 @@ class _Loop:
 
     # ------------------------------------------------------------------------------- pieces
 
-    def _log_train(self, step: int, mean_loss: torch.Tensor, steps: int, elapsed: float) -> None:
-        loss = mean_loss.clone()
+    def _log_train(
+        self, step: int, mean_loss: torch.Tensor, steps: int, elapsed: float, diagnostics: dict[str, float]
+    ) -> None:
+        """One ``train`` record: loss and diagnostics averaged over the window and the ranks."""
+        keys = sorted(diagnostics)
+        values = torch.tensor([float(mean_loss)] + [diagnostics[k] for k in keys], dtype=torch.float64)
         if dist.is_initialized():
-            dist.all_reduce(loss)
-            loss /= self.info.world_size
+            dist.all_reduce(values)
+            values /= self.info.world_size
+        loss = values[0]
         phases = self.timer.take()
         per_rank = self.per_rank_batch * steps / max(elapsed, 1e-9)
         achieved = self.flops.train * per_rank
@@ -197,6 +208,7 @@ class _Loop:
             "step_time_s": elapsed / steps,
             **{f"time/{k}": v / steps for k, v in phases.items()},
             **memory_stats(self.info.device),
+            **{k: float(v) for k, v in zip(keys, values[1:])},
         }
         self.metrics.write("train", step, record)
         self.progress.update(step, float(loss), per_rank * self.info.world_size, util)

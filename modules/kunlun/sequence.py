@@ -2,7 +2,8 @@
 
 Computation skip (papers.md §2.3): with ``compskip`` on, even layers run GDPA (context -> sequence)
 and compute a fresh HSP summary but no self-attention; odd layers run sliding-window self-attention
-and reuse the summary of the layer before. With it off every layer runs GDPA, then SWA, then HSP.
+and reuse the summary of the layer before, except the last layer, which always summarises afresh
+(otherwise its output would reach nothing). With it off every layer runs GDPA, then SWA, then HSP.
 Event-level personalization: each event type has its own width, heads, seeds, summary tokens,
 window and number of layers; after its last layer an event's summary stays as it is.
 
@@ -33,10 +34,15 @@ class LayerOps:
 
 
 def layer_plan(num_layers: int, compskip: bool) -> list[LayerOps]:
-    """The per-layer schedule: CompSkip alternates (GDPA + HSP) and (SWA, summary reused)."""
+    """The per-layer schedule: CompSkip alternates (GDPA + HSP) and (SWA, summary reused).
+
+    The last layer always computes a fresh summary: the summary is all the non-sequence side reads
+    of the sequence, so a final SWA layer that reused the previous summary would be dead compute.
+    """
     if not compskip:
         return [LayerOps(gdpa=True, swa=True, hsp=True) for _ in range(num_layers)]
-    return [LayerOps(gdpa=i % 2 == 0, swa=i % 2 == 1, hsp=i % 2 == 0) for i in range(num_layers)]
+    last = num_layers - 1
+    return [LayerOps(gdpa=i % 2 == 0, swa=i % 2 == 1, hsp=i % 2 == 0 or i == last) for i in range(num_layers)]
 
 
 @dataclass(frozen=True)
