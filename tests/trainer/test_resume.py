@@ -83,3 +83,15 @@ def test_checkpoint_of_two_ranks_loads_on_other_world_sizes(uninterrupted, world
     shutil.copytree(checkpoint, run_dir / "checkpoints" / checkpoint.name)
     assert run_distributed(_train, world, cfg, run_dir, True)[0] == 16
     assert all(math.isfinite(v) for v in losses(run_dir).values())
+
+
+@pytest.mark.parametrize("zero", [1, 2])
+def test_deepspeed_dense_resume_is_exact(tmp_path, zero):
+    cfg = small_job(tmp_path / "cache", "sharding.dense=deepspeed", f"sharding.zero_stage={zero}", "trainer.epochs=1")
+    full = new_run(tmp_path, "full", cfg)
+    run_distributed(_train, 2, cfg, full, False)
+    resumed = new_run(tmp_path, "resumed", cfg)
+    shutil.copytree(full / "checkpoints" / "step_00000004", resumed / "checkpoints" / "step_00000004")
+    run_distributed(_train, 2, cfg, resumed, True)
+    expected, got = losses(full), losses(resumed)
+    assert [got[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]

@@ -1,0 +1,158 @@
+"""The ``recscale`` command line end to end (real torchrun launches on 2 CPU ranks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RECSCALE = [sys.executable, "-m", "recscale.launch.cli"]
+
+pytestmark = pytest.mark.integration
+
+SMALL = [
+    "data.synthetic.num_train=8192",
+    "data.synthetic.num_valid=2048",
+    "data.synthetic.row_group_size=1024",
+    "trainer.batch_size=512",
+    "trainer.eval_every=8",
+    "trainer.eval_batches=2",
+    "trainer.log_every=2",
+    "checkpoint.every_steps=8",
+    "metrics.progress_bar=never",
+]
+
+
+def recscale(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*RECSCALE, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"recscale {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def with_sets(overrides: list[str]) -> list[str]:
+    return [x for o in overrides for x in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    sets = [*SMALL, f"data.cache_dir={root / 'cache'}", f"launch.run_root={root / 'runs'}"]
+    proc = recscale("train", "quickstart", "--nproc", "2", *with_sets(sets))
+    run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run directory: ", 1)[1])
+    return run_dir, proc
+
+
+def test_train_prints_metrics_and_the_run_directory(trained):
+    run_dir, proc = trained
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-3].startswith("validation: auc ") and "oracle" in lines[-3] and "logloss" in lines[-3]
+    assert lines[-1] == f"run directory: {run_dir}"
+    for name in ("config.yaml", "plan.json", "metrics.jsonl", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000008", "step_00000016"]
+    logs = list((run_dir / "logs").rglob("stderr.log"))
+    assert len(logs) == 2  # every rank's output is kept
+
+
+def test_metrics_lines_carry_throughput_mfu_and_time_split(trained):
+    run_dir, _ = trained
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train] == list(range(2, 17, 2))
+    for key in ("loss", "examples_per_s", "tflops_per_rank", "mfu", "lr", "mem_rss_mib", "time/forward"):
+        assert key in train[-1], key
+    assert train[-1]["mfu"] is not None and 0 < train[-1]["mfu"] < 1
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [8, 16] and evals[-1]["final"] is True
+    assert evals[-1]["num_examples"] == 2048  # the final evaluation reads every validation example once
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_eval"]["auc"] == evals[-1]["auc"]
+    assert summary["world_size"] == 2 and summary["versions"]["torchrec"] == "1.8.0"
+
+
+def test_eval_of_a_checkpoint_matches_the_runs_final_evaluation(trained):
+    run_dir, _ = trained
+    result = json.loads(recscale("eval", str(run_dir / "checkpoints" / "step_00000016"), "--nproc", "1").stdout)
+    final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
+    assert result["step"] == 16 and result["num_examples"] == 2048
+    assert result["auc"] == pytest.approx(final["auc"], abs=1e-6)
+    assert result["logloss"] == pytest.approx(final["logloss"], abs=1e-6)
+    assert "oracle_auc" in result
+
+
+def test_plan_for_a_big_cluster_prints_the_plan_without_gpus(tmp_path):
+    out = tmp_path / "plan.json"
+    proc = recscale(
+        "plan",
+        "dlrm_criteo",
+        "--world-size",
+        "64",
+        "--device",
+        "cuda",
+        "--hbm-gb",
+        "80",
+        "--ranks-per-node",
+        "8",
+        "--out",
+        str(out),
+    )
+    assert "Embedding plan (planner) for 64 x cuda" in proc.stdout
+    assert "t_C3" in proc.stdout and "estimated embedding step time" in proc.stdout
+    assert json.loads(out.read_text())["world_size"] == 64
+
+
+def test_plan_that_cannot_fit_fails_with_the_planners_reason():
+    proc = recscale(
+        "plan",
+        "dlrm_criteo",
+        "--world-size",
+        "2",
+        "--device",
+        "cuda",
+        "--hbm-gb",
+        "0.001",
+        "--ddr-gb",
+        "0.001",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "could not place the tables on 2 x cuda" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_fails_fast_with_one_line_and_starts_nothing(tmp_path):
+    proc = recscale(
+        "train",
+        "quickstart",
+        "--nproc",
+        "3",
+        "--set",
+        "trainer.batch_size=1000",
+        "--set",
+        f"launch.run_root={tmp_path}",
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "trainer.batch_size: 1000 is not divisible by the world size 3" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())  # no run directory, no process started
+
+
+def test_unknown_override_key_is_reported():
+    proc = recscale("config", "quickstart", "--set", "trainer.bach_size=4", check=False)
+    assert proc.returncode == 2
+    assert "trainer.bach_size: unknown key; did you mean 'batch_size'?" in proc.stderr
+
+
+def test_flops_table_sums_to_the_total():
+    rows = json.loads(recscale("flops", "dcnv2_criteo", "--json").stdout)
+    total = rows.pop("total")
+    assert sum(r["train"] for r in rows.values()) == total["train"] > 0
