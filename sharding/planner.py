@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
 from torchrec.distributed.planner.types import PlannerError
@@ -165,14 +166,17 @@ def config_table_name(table: str) -> str:
 
 
 def _manual_module_plan(
-    module: nn.Module, cfg: ShardingConfig, world_size: int, local_world_size: int, device: str
+    module: EmbeddingBagCollection | EmbeddingCollection,
+    cfg: ShardingConfig,
+    world_size: int,
+    local_world_size: int,
+    device: str,
 ) -> Any:
     """One collection's part of a hand-built plan."""
-    names = (
-        [t.name for t in module.embedding_bag_configs()]
-        if hasattr(module, "embedding_bag_configs")
-        else [t.name for t in module.embedding_configs()]
+    configs = (
+        module.embedding_bag_configs() if isinstance(module, EmbeddingBagCollection) else module.embedding_configs()
     )
+    names = [t.name for t in configs]
     per_table = {}
     for name in names:
         m = cfg.manual[config_table_name(name)]
