@@ -37,6 +37,7 @@ def collect_problems(cfg: JobConfig, world_size: int | None = None, device: str 
     out += _check_data(cfg)
     out += _check_model(cfg)
     out += _check_training(cfg)
+    out += _check_stages(cfg)
     out += _check_sharding(cfg, world_size)
     if device == "cpu" and cfg.optimizer.sparse.name not in CPU_SPARSE_OPTIMIZERS:
         out.append(
@@ -139,6 +140,35 @@ def _check_data(cfg: JobConfig) -> list[str]:
             out.append(f"data.synthetic.multi_hot_max: expected >= 1, got {s.multi_hot_max}")
         if s.row_group_size <= 0:
             out.append(f"data.synthetic.row_group_size: expected a positive integer, got {s.row_group_size}")
+        if s.rows_per_file <= 0:
+            out.append(f"data.synthetic.rows_per_file: expected a positive integer, got {s.rows_per_file}")
+        if s.zipf_exponent <= 0:
+            out.append(f"data.synthetic.zipf_exponent: expected a positive number, got {s.zipf_exponent}")
+        if s.interaction_rank < 1:
+            out.append(f"data.synthetic.interaction_rank: expected >= 1, got {s.interaction_rank}")
+        if s.num_clusters < 1:
+            out.append(f"data.synthetic.num_clusters: expected >= 1, got {s.num_clusters}")
+        if s.num_domains < 1:
+            out.append(f"data.synthetic.num_domains: expected >= 1, got {s.num_domains}")
+        if not 0.0 < s.recency_decay <= 1.0:
+            out.append(f"data.synthetic.recency_decay: expected a value in (0, 1], got {s.recency_decay}")
+        if not -1.0 <= s.task_correlation <= 1.0:
+            out.append(f"data.synthetic.task_correlation: expected a value in [-1, 1], got {s.task_correlation}")
+        scales = ("id_effect_scale", "interaction_scale", "hierarchical_scale", "sequence_scale", "dense_scale")
+        for key in (*scales, "domain_scale"):
+            if getattr(s, key) < 0:
+                out.append(f"data.synthetic.{key}: expected >= 0, got {getattr(s, key)}")
+        if s.sequence_scale > 0 and not d.features.sequences:
+            out.append("data.synthetic.sequence_scale: the sequence term needs data.features.sequences")
+    c = d.convert
+    if c.min_count < 1:
+        out.append(f"data.convert.min_count: expected >= 1, got {c.min_count}")
+    if not 0.0 <= c.valid_fraction < 1.0:
+        out.append(f"data.convert.valid_fraction: expected a fraction in [0, 1), got {c.valid_fraction}")
+    if c.row_group_size <= 0 or c.rows_per_file <= 0:
+        out.append("data.convert: row_group_size and rows_per_file must be positive")
+    if not c.sequence_separator:
+        out.append("data.convert.sequence_separator: expected a non-empty separator")
     r = d.reader
     if r.shuffle_buffer_rows <= 0:
         out.append(f"data.reader.shuffle_buffer_rows: expected a positive integer, got {r.shuffle_buffer_rows}")
@@ -161,6 +191,36 @@ def _check_model(cfg: JobConfig) -> list[str]:
         out.append(f"model.dcnv2.num_cross_layers: expected >= 0, got {m.dcnv2.num_cross_layers}")
     if m.dcnv2.low_rank < 0:
         out.append(f"model.dcnv2.low_rank: expected >= 0 (0 = full rank), got {m.dcnv2.low_rank}")
+    return out
+
+
+def _check_stages(cfg: JobConfig) -> list[str]:
+    out = []
+    total = sum(st.steps for st in cfg.trainer.stages)
+    if cfg.trainer.stages and cfg.trainer.max_steps not in (0, total):
+        out.append(
+            f"trainer.max_steps: {cfg.trainer.max_steps} conflicts with the stages' {total} steps "
+            f"(expected 0 or {total}: with stages the run lasts as long as they do)"
+        )
+    seen: set[str] = set()
+    for i, st in enumerate(cfg.trainer.stages):
+        where = f"trainer.stages[{i}] ({st.name})"
+        if not st.name or st.name in seen:
+            out.append(f"{where}.name: expected a unique non-empty name")
+        seen.add(st.name)
+        if st.steps < 1:
+            out.append(f"{where}.steps: expected >= 1, got {st.steps}")
+        for key in (
+            "backbone_lr_scale",
+            "expert_lr_scale",
+            "router_lr_scale",
+            "sparse_lr_scale",
+            "load_balance_scale",
+            "z_loss_scale",
+            "diversity_scale",
+        ):
+            if getattr(st, key) < 0:
+                out.append(f"{where}.{key}: expected >= 0, got {getattr(st, key)}")
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recscale.modules.flops import FlopCount, linear, linears
+from recscale.modules.flops import FlopCount, linear_module, linears
 from recscale.modules.mlp import MLP
 from recscale.modules.outputs import DenseOutput
 
@@ -36,8 +36,8 @@ class CrossLayer(nn.Module):
     def flops(self) -> FlopCount:
         """Per-example FLOPs (its input always needs a gradient)."""
         if self.low_rank > 0:
-            return linear(self.down.in_features, self.low_rank) + linear(self.low_rank, self.up.out_features)
-        return linear(self.full.in_features, self.full.out_features)
+            return linear_module(self.down) + linear_module(self.up)
+        return linear_module(self.full)
 
 
 class DCNv2Dense(nn.Module):
@@ -104,7 +104,7 @@ class DCNv2Dense(nn.Module):
         out = {
             "cross": cross,
             "deep": linears(self.deep),
-            "head": linear(self.head.in_features, self.head.out_features),
+            "head": linear_module(self.head),
         }
         if self.bottom is not None:
             out = {"bottom": linears(self.bottom, input_grad=False), **out}

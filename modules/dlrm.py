@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recscale.modules.flops import FlopCount, linear, linears, matmul
+from recscale.modules.flops import FlopCount, linear_module, linears, matmul
 from recscale.modules.mlp import MLP
 from recscale.modules.outputs import DenseOutput
 
@@ -94,7 +94,7 @@ class DLRMDense(nn.Module):
         out = {
             "interaction": matmul(v, d, v),
             "top": linears(self.top),
-            "head": linear(self.head.in_features, self.head.out_features),
+            "head": linear_module(self.head),
         }
         if self.bottom is not None:
             out = {"bottom": linears(self.bottom, input_grad=False), **out}

@@ -42,9 +42,9 @@ def matmul(m: int, k: int, n: int, grad_a: bool = True, grad_b: bool = True) -> 
     return FlopCount(one, one * (int(grad_a) + int(grad_b)))
 
 
-def linear(in_dim: int, out_dim: int, input_grad: bool = True, tokens: int = 1) -> FlopCount:
-    """A Linear layer applied to ``tokens`` vectors of one example."""
-    return matmul(tokens, in_dim, out_dim, grad_a=input_grad, grad_b=True)
+def linear(in_dim: int, out_dim: int, input_grad: bool = True, tokens: int = 1, weight_grad: bool = True) -> FlopCount:
+    """A Linear layer applied to ``tokens`` vectors of one example (a frozen weight has no gradient)."""
+    return matmul(tokens, in_dim, out_dim, grad_a=input_grad, grad_b=weight_grad)
 
 
 @runtime_checkable
@@ -59,13 +59,18 @@ class LinearLike(Protocol):
         ...
 
 
+def linear_module(layer: nn.Linear, input_grad: bool = True, tokens: int = 1) -> FlopCount:
+    """``linear`` with the shapes and the weight's ``requires_grad`` read off the layer itself."""
+    return linear(layer.in_features, layer.out_features, input_grad, tokens, layer.weight.requires_grad)
+
+
 def linears(layers: Iterable[nn.Module], input_grad: bool = True, tokens: int = 1) -> FlopCount:
     """The Linear (or ``LinearLike``) layers of a stack in order; only the first may skip its input gradient."""
     total = FlopCount()
     first = True
     for layer in layers:
         if isinstance(layer, nn.Linear):
-            total = total + linear(layer.in_features, layer.out_features, input_grad or not first, tokens)
+            total = total + linear_module(layer, input_grad or not first, tokens)
             first = False
         elif isinstance(layer, LinearLike):
             total = total + layer.linear_flops(input_grad or not first).scaled(tokens)

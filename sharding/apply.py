@@ -4,14 +4,16 @@ Order (aesthetics.md §7 rule 2):
   1. fused sparse optimizer on the tables (must precede sharding),
   2. embedding plan (planner or hand-built), on every rank,
   3. TorchRec ``DistributedModelParallel`` over the tables only (it adds no DDP: no dense params),
-  4. dense data parallelism: DDP, or a DeepSpeed engine (ZeRO 0/1/2, expert parallelism),
-  5. the top-level ``RecModel`` the train pipeline drives.
+  4. expert parallelism: HiLoMoE blocks swapped for DeepSpeed-backed ones (``dense: deepspeed``),
+  5. dense data parallelism: DDP, or a DeepSpeed engine (ZeRO 0/1/2),
+  6. the top-level ``RecModel`` the train pipeline drives.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,6 +26,7 @@ from recscale.modules.build import BuiltModel
 from recscale.modules.model import RecModel
 from recscale.sharding.dense_parallel import DDPDense, DeepSpeedDense, DenseBackend
 from recscale.sharding.fused_optim import apply_sparse_optimizer, unfused_table_optimizer
+from recscale.sharding.moe_collectives import install_global_balance_stats
 from recscale.sharding.plan import EmbeddingPlan
 from recscale.sharding.planner import PlanningError, plan_embeddings, sharders
 from recscale.sharding.process_group import DistInfo, all_ranks_agree
@@ -36,9 +39,27 @@ class Updater:
     (``unfused_table_optimizer``) that is zeroed and stepped here, after the dense one.
     """
 
-    def __init__(self, dense: DenseBackend, table_optimizer: KeyedOptimizerWrapper | None) -> None:
+    def __init__(
+        self, dense: DenseBackend, fused_optimizer: Any, table_optimizer: KeyedOptimizerWrapper | None
+    ) -> None:
         self.dense = dense
+        self.fused_optimizer = fused_optimizer
         self.table_optimizer = table_optimizer
+        self._sparse_lrs = [[g["lr"] for g in opt.param_groups] for opt in self._sparse_optimizers()]
+
+    def _sparse_optimizers(self) -> list[Any]:
+        return [self.fused_optimizer] + ([self.table_optimizer] if self.table_optimizer is not None else [])
+
+    def set_sparse_lr_scale(self, scale: float) -> None:
+        """Scale the tables' learning rate (a training stage's ``sparse_lr_scale``; 0 freezes them).
+
+        The fused kernels read their rate from the optimizer's groups on ``zero_grad``/``step``, so
+        the new rate is pushed to them here.
+        """
+        for opt, lrs in zip(self._sparse_optimizers(), self._sparse_lrs):
+            for group, lr in zip(opt.param_groups, lrs):
+                group["lr"] = lr * scale
+        self.fused_optimizer.zero_grad()
 
     def zero_grad(self) -> None:
         """Clear dense and data-parallel-table gradients."""
@@ -73,6 +94,11 @@ class ParallelModel:
     """TorchRec's form of the same plan."""
     updater: Updater
     """Backward and optimizer steps of both halves."""
+
+    def refresh_dense(self) -> None:
+        """Re-wrap the dense arch after a training stage changed ``requires_grad`` (DDP is rebuilt)."""
+        self.dense.refresh()
+        self.model.dense = self.dense.module
 
 
 def parallelize(
@@ -126,9 +152,17 @@ def parallelize(
     env = ShardingEnv.from_process_group(dist.GroupMember.WORLD)  # type: ignore[arg-type]
     dmp = DistributedModelParallel(built.sparse, device=info.device, plan=plan, env=env, sharders=sharders())
 
-    # 4. the dense part
+    # 4. expert parallelism, and MoE balance statistics over the global batch
     bf16 = precision == "bf16"
     dense_module = built.dense.to(info.device)
+    if sharding.dense == "deepspeed":
+        from recscale.sharding.expert_parallel import apply_expert_parallel  # imports deepspeed
+
+        dense_module = apply_expert_parallel(dense_module, sharding.ep_size, sharding.moe)
+    elif sharding.moe.balance_stats == "global" and info.world_size > 1:
+        install_global_balance_stats(dense_module)
+
+    # 5. the dense part
     backend: DenseBackend
     if sharding.dense == "deepspeed":
         backend = DeepSpeedDense(
@@ -142,7 +176,7 @@ def parallelize(
     else:
         backend = DDPDense(dense_module, optimizer.dense, total_steps)
 
-    # 5. the top-level model
+    # 6. the top-level model
     model = RecModel(
         sparse=dmp,
         dense=backend.module,
@@ -153,7 +187,7 @@ def parallelize(
         uses_sequences=built.uses_sequences,
         uses_timestamps=built.uses_timestamps,
     )
-    updater = Updater(backend, unfused_table_optimizer(dmp, optimizer.sparse))
+    updater = Updater(backend, dmp.fused_optimizer, unfused_table_optimizer(dmp, optimizer.sparse))
     return ParallelModel(model=model, sparse=dmp, dense=backend, plan=described, sharding_plan=plan, updater=updater)
 
 

@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, se
 from torch.nn.parallel import DistributedDataParallel
 
 from recscale.configs.schema import DenseOptimizerConfig
+from recscale.modules.hilomoe import role_param_groups
 
 
 class DenseBackend(Protocol):
@@ -41,6 +42,15 @@ class DenseBackend(Protocol):
 
     def lr(self) -> float:
         """Current learning rate of the first parameter group."""
+
+    def set_lr_scales(self, scales: list[float]) -> None:
+        """Multiply each optimizer group's scheduled learning rate by ``scales[i]`` from now on."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (tagged with a ``role``)."""
+
+    def refresh(self) -> None:
+        """Re-wrap after ``requires_grad`` changed (a training stage froze or unfroze parameters)."""
 
     def save(self, directory: Path) -> None:
         """Write dense weights and optimizer state under ``directory`` (collective)."""
@@ -66,6 +76,16 @@ def lr_lambda(cfg: DenseOptimizerConfig, total_steps: int) -> Any:
     return factor
 
 
+def scale_scheduled_lrs(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float], scales: list[float]
+) -> None:
+    """Make ``scheduler`` schedule ``base_lrs[i] * scales[i]`` and apply it to the current step now."""
+    scheduler.base_lrs = [b * s for b, s in zip(base_lrs, scales)]
+    step = max(scheduler.last_epoch, 0)
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
+
+
 def build_dense_optimizer(params: Any, cfg: DenseOptimizerConfig) -> torch.optim.Optimizer:
     """The dense optimizer named by ``cfg`` over ``params`` (tensors or parameter groups)."""
     if cfg.name == "adam":
@@ -88,11 +108,32 @@ class DDPDense:
 
     def __init__(self, dense: nn.Module, cfg: DenseOptimizerConfig, total_steps: int) -> None:
         self.inner = dense
-        distributed = dist.is_initialized() and dist.get_world_size() > 1
-        self.module: nn.Module = DistributedDataParallel(dense) if distributed else dense
         self.cfg = cfg
-        self.optimizer = build_dense_optimizer([p for p in dense.parameters() if p.requires_grad], cfg)
+        self.module: nn.Module = dense
+        self.refresh()
+        # one group per parameter role (all parameters, frozen ones too): stages rescale them
+        self.optimizer = build_dense_optimizer(role_param_groups(dense), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
+        self._base_lrs = list(self.scheduler.base_lrs)
+
+    def refresh(self) -> None:
+        """Wrap the dense arch in a new DDP (after a stage changed which parameters train).
+
+        DDP fixes its parameter set when it is built: a kept DDP would silently skip reducing the
+        gradients of parameters unfrozen later.
+        """
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            if any(p.requires_grad for p in self.inner.parameters()):
+                self.module = DistributedDataParallel(self.inner)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's groups (one per role)."""
+        groups: list[dict[str, Any]] = self.optimizer.param_groups
+        return groups
+
+    def set_lr_scales(self, scales: list[float]) -> None:
+        """Scale each group's scheduled learning rate (a stage's per-role rates)."""
+        scale_scheduled_lrs(self.scheduler, self._base_lrs, scales)
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``: DDP averages dense gradients over ranks."""
@@ -170,8 +211,9 @@ class DeepSpeedDense:
 
         self.inner = dense
         self.cfg = cfg
-        params = [p for p in dense.parameters() if p.requires_grad]
-        groups = split_params_into_different_moe_groups_for_optimizer({"params": params, "name": "dense"})
+        # one group per parameter role (stages rescale them), expert parameters split into their own
+        # groups as DeepSpeed requires under ZeRO 1/2 (the split keeps the ``role`` tag)
+        groups = split_params_into_different_moe_groups_for_optimizer(role_param_groups(dense))
         optimizer = build_dense_optimizer(groups, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
         config: dict[str, Any] = {
@@ -185,10 +227,30 @@ class DeepSpeedDense:
         }
         if cfg.grad_clip > 0:
             config["gradient_clipping"] = cfg.grad_clip
+        self._client_scheduler = scheduler
+        self._base_lrs = list(scheduler.base_lrs)
+        if dist.is_initialized():
+            deepspeed.init_distributed(dist_backend=dist.get_backend())
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=dense, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         self.module: nn.Module = self.engine
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The client optimizer's groups (role-tagged; DeepSpeed's optimizer wraps them)."""
+        groups: list[dict[str, Any]] = self._client_scheduler.optimizer.param_groups
+        return groups
+
+    def set_lr_scales(self, scales: list[float]) -> None:
+        """Scale each group's scheduled learning rate (a stage's per-role rates)."""
+        scale_scheduled_lrs(self._client_scheduler, self._base_lrs, scales)
+
+    def refresh(self) -> None:
+        """The engine was built with every parameter trainable and keeps them all; frozen ones get lr 0.
+
+        Under ZeRO 1/2 a frozen group's Adam state still advances on the zero gradients DeepSpeed
+        fills in (its weights do not move: lr 0); see docs/models/hilomoe.md.
+        """
 
     def backward(self, loss: torch.Tensor) -> None:
         """The engine's backward (ZeRO gradient partitioning, expert all-reduce groups)."""

@@ -46,7 +46,7 @@ from recscale.modules.flops import FlopCount, matmul
 from recscale.modules.hilomoe.convert import moe_blocks
 from recscale.modules.hilomoe.layer import HiLoMoEBase, HiLoMoELinear, MoEBackend
 from recscale.modules.hilomoe.routing import Routing
-from recscale.sharding.moe_collectives import gather_rows, sum_across_ranks
+from recscale.sharding.moe_collectives import gather_rows, install_global_balance_stats
 
 # --------------------------------------------------------------------------------------------------
 # DeepSpeed gate and experts
@@ -359,12 +359,3 @@ def apply_expert_parallel(
     if cfg.balance_stats == "global" and dist.is_initialized() and dist.get_world_size() > 1:
         install_global_balance_stats(dense)
     return dense
-
-
-def install_global_balance_stats(dense: nn.Module, group: Any = None) -> None:
-    """Make every HiLoMoE block (either backend) compute its balance loss over all ranks' tokens.
-
-    Useful under DDP too: the balance loss then equals the single-device model's on the global batch.
-    """
-    for _, block in moe_blocks(dense):
-        block.stats_reducer = lambda stats, g=group: sum_across_ranks(stats, g)

@@ -11,6 +11,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from recscale.modules.hilomoe.convert import moe_blocks
 
 
 class _GatherRows(torch.autograd.Function):
@@ -63,3 +66,12 @@ def sum_across_ranks(x: torch.Tensor, group: Any = None) -> torch.Tensor:
     """Sum of ``x`` over ``group`` (default: all ranks), differentiable."""
     out: torch.Tensor = _SumAcrossRanks.apply(x, group)
     return out
+
+
+def install_global_balance_stats(dense: nn.Module, group: Any = None) -> None:
+    """Make every HiLoMoE block (either backend) compute its balance loss over all ranks' tokens.
+
+    Useful under DDP too: the balance loss then equals the single-device model's on the global batch.
+    """
+    for _, block in moe_blocks(dense):
+        block.stats_reducer = lambda stats, g=group: sum_across_ranks(stats, g)

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from recscale.configs import JobConfig, config_hash
 from recscale.modules.build import build_model, flops_per_example
+from recscale.modules.flops import total
 from recscale.sharding.apply import ParallelModel, parallelize
 from recscale.sharding.process_group import DistInfo, init_distributed
 from recscale.trainer.checkpoint import CheckpointManager, rng_state, set_rng_state
@@ -26,6 +27,7 @@ from recscale.trainer.peaks import device_description, peak_tflops
 from recscale.trainer.pipeline import HybridTrainPipeline, PhaseTimer, PlainStepper
 from recscale.trainer.progress import Progress
 from recscale.trainer.run_dir import PLAN, SUMMARY, write_json
+from recscale.trainer.stages import StageSchedule, enter_stage
 from recscale.trainer.versions import versions
 
 log = logging.getLogger("recscale")
@@ -61,7 +63,8 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
     t = cfg.trainer
     per_rank_batch = t.batch_size // info.world_size
     data = make_train_data(cfg, info, per_rank_batch)
-    total_steps = t.max_steps or data.steps_per_epoch * t.epochs
+    schedule = StageSchedule(t.stages) if t.stages else None
+    total_steps = schedule.total_steps if schedule else (t.max_steps or data.steps_per_epoch * t.epochs)
 
     built = build_model(cfg, dense_device=info.device)
     parallel = parallelize(
@@ -92,7 +95,7 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
         else:
             log.info("no intact checkpoint in %s; starting from step 0", checkpoints.root)
 
-    loop = _Loop(cfg, run_dir, info, parallel, data, checkpoints, total_steps, per_rank_batch)
+    loop = _Loop(cfg, run_dir, info, parallel, data, checkpoints, total_steps, per_rank_batch, schedule)
     return loop.run(start_step)
 
 
@@ -109,8 +112,10 @@ class _Loop:
         checkpoints: CheckpointManager,
         total_steps: int,
         per_rank_batch: int,
+        schedule: StageSchedule | None = None,
     ) -> None:
         self.cfg = cfg
+        self.schedule = schedule
         self.run_dir = run_dir
         self.info = info
         self.parallel = parallel
@@ -125,8 +130,9 @@ class _Loop:
         self.flops = flops_per_example(cfg)
         self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
         self.progress = Progress(cfg.metrics.progress_bar, total_steps, enabled=info.is_main)
-        self.steady_steps = 0  # steps after warm-up, and the seconds they took (steps only)
+        self.steady_steps = 0  # steps after warm-up, the seconds they took (steps only), their FLOPs per rank
         self.steady_seconds = 0.0
+        self.steady_flops = 0.0
         self.last_eval: dict[str, float] = {}
 
     def run(self, start_step: int) -> dict[str, Any]:
@@ -138,6 +144,8 @@ class _Loop:
         window_start, window_steps = time.perf_counter(), 0
         started = time.time()
         self.progress.start(start_step)
+        if self.schedule is not None:
+            self._enter_stage(start_step, resumed=start_step > 0)
         while step < self.total_steps:
             step_start = time.perf_counter()
             try:
@@ -151,6 +159,7 @@ class _Loop:
             if step > start_step + WARMUP_STEPS:
                 self.steady_steps += 1
                 self.steady_seconds += time.perf_counter() - step_start
+                self.steady_flops += self.flops.train * self.per_rank_batch
             window_loss += out[0].double()
             for key, value in out[4].items():
                 if value.numel() == 1:
@@ -167,6 +176,8 @@ class _Loop:
                 self._evaluate(step, t.eval_batches)
             if self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0:
                 self._checkpoint(step)
+            if self.schedule is not None and self.schedule.is_boundary(step):
+                self._enter_stage(step)
             # a window's timer must not include evaluation or checkpoint time
             if window_steps == 0:
                 window_start = time.perf_counter()
@@ -224,6 +235,24 @@ class _Loop:
             self.progress.message(_format_eval(step, result))
         return result
 
+    def _enter_stage(self, steps_done: int, resumed: bool = False) -> None:
+        assert self.schedule is not None
+        index = self.schedule.index_after(steps_done)
+        stage = self.schedule.stages[index]
+        enter_stage(self.parallel, stage)
+        # the stage decides what runs (experts off, frozen weights): count what it runs
+        self.flops = total(self.parallel.dense.inner.flops())
+        first = self.schedule.starts[index] + 1
+        record = {"stage": stage.name, "index": index, "train": stage.train, "first_step": first}
+        record |= {"last_step": first + stage.steps - 1, "resumed_inside": resumed and steps_done >= first}
+        record |= {"flops_per_example_train": self.flops.train}
+        self.metrics.write("stage", steps_done, record)
+        if self.info.is_main:
+            self.progress.message(
+                f"stage {index + 1}/{len(self.schedule.stages)} '{stage.name}' ({stage.train}): "
+                f"steps {first}..{first + stage.steps - 1}"
+            )
+
     def _checkpoint(self, step: int) -> None:
         state = {"data": self.data.state_after(step), "rng": rng_state()}
         path = self.checkpoints.save(step, self.parallel, state)
@@ -232,6 +261,7 @@ class _Loop:
     def _summary(self, step: int, final: dict[str, float], wall_s: float) -> dict[str, Any]:
         steps, seconds = self.steady_steps, self.steady_seconds
         per_rank = self.per_rank_batch * steps / seconds if seconds else 0.0
+        achieved_tflops = self.steady_flops / seconds / 1e12 if seconds else 0.0
         summary = {
             "name": self.cfg.name,
             "run_dir": str(self.run_dir),
@@ -252,8 +282,8 @@ class _Loop:
             },
             "flops_per_example": {"forward": self.flops.forward, "train": self.flops.train},
             "peak_tflops_per_rank": self.peak,
-            "tflops_per_rank": self.flops.train * per_rank / 1e12,
-            "mfu": mfu(self.flops.train, per_rank, self.peak),
+            "tflops_per_rank": achieved_tflops,
+            "mfu": achieved_tflops / self.peak if self.peak else None,
             "wall_time_s": wall_s,
             "config_hash": config_hash(self.cfg),
             "versions": versions(),

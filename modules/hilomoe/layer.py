@@ -194,10 +194,19 @@ class HiLoMoEBase(nn.Module):
         return self._flops(self.active_experts, input_grad)
 
     def _flops(self, experts_per_layer: int, input_grad: bool) -> FlopCount:
+        """What runs: the base layer alone while the experts are off (stage 1).
+
+        A frozen weight (the backbone in stage 2) computes no weight gradient.
+        """
         i, o, n = self.in_features, self.out_features, self.num_layers * experts_per_layer
-        base = linear(i, o, input_grad)
-        down = matmul(1, i, n, grad_a=input_grad, grad_b=True)
-        up = matmul(1, n, o)
+        base = linear(i, o, input_grad, weight_grad=self.base.weight.requires_grad)
+        if not self.experts_enabled:
+            return base
+        trained = any(
+            p.requires_grad for name, p in self.named_parameters() if self.expert_param_role(name) == "experts"
+        )
+        down = matmul(1, i, n, grad_a=input_grad, grad_b=trained)
+        up = matmul(1, n, o, grad_b=trained)
         return base + self.router.flops(input_grad) + down + up
 
     def extra_repr(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recscale.modules.flops import FlopCount, linear, linears
+from recscale.modules.flops import FlopCount, linear_module, linears
 from recscale.modules.mlp import MLP
 from recscale.modules.outputs import DenseOutput
 from recscale.modules.wukong.block import WukongLayer
@@ -121,7 +121,7 @@ class WukongEmbedding(nn.Module):
         """Per-example FLOPs (the dense-feature MLP's first layer computes no input gradient)."""
         out = linears(self.dense_mlp, input_grad=False) if self.dense_mlp is not None else FlopCount()
         for proj in self.projections:
-            out = out + linear(proj.in_features, proj.out_features)
+            out = out + linear_module(proj)
         if self.group_mlp is not None:
             out = out + linears(self.group_mlp)
         return out
@@ -230,5 +230,5 @@ class WukongDense(nn.Module):
             for key, count in layer.flops().items():
                 out[key] = out.get(key, FlopCount()) + count
         out["top"] = linears(self.top)
-        out["head"] = linear(self.head.in_features, self.head.out_features)
+        out["head"] = linear_module(self.head)
         return out

@@ -94,3 +94,18 @@ def test_flops_grow_with_the_cross_rank():
     small = total(dense_flops(tiny_config(model={"arch": "dcnv2", "dcnv2": {"low_rank": 2}}))).forward
     big = total(dense_flops(tiny_config(model={"arch": "dcnv2", "dcnv2": {"low_rank": 8}}))).forward
     assert big > small
+
+
+def test_frozen_weights_compute_no_weight_gradient():
+    cfg = tiny_config(**CASES["dcnv2-stacked-lowrank"])
+    built = build_model(cfg, dense_device="cpu", sparse_device="cpu")
+    for p in built.dense.cross.parameters():
+        p.requires_grad_(False)
+    model = RecModel(sparse=built.sparse, dense=built.dense)
+    batch = random_batch(cfg, B, seed=0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch)[0].backward()
+    analytic = total(built.dense.flops())
+    assert analytic.train == counter.get_total_flops() / B
+    assert analytic.train < total(dense_flops(cfg)).train  # the unfrozen model costs more

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from recscale.configs.schema import HiLoMoEConfig, StageConfig
 from recscale.modules.dcnv2 import DCNv2Dense
 from recscale.modules.hilomoe import apply_training_stage, build_moe_dense, role_param_groups, stage_group_scales
-from recscale.sharding.expert_parallel import install_global_balance_stats
+from recscale.sharding.moe_collectives import install_global_balance_stats
 from tests.distributed import run_distributed
 
 pytestmark = pytest.mark.distributed

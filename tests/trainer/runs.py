@@ -10,10 +10,11 @@ from recscale.data.prepare import prepare_data
 from recscale.trainer.run_dir import CONFIG, METRICS
 
 
-def small_job(cache_dir: Path, *overrides: str) -> JobConfig:
-    """quickstart shrunk: 3,072 training rows, batch 384 (divisible by 1, 2 and 3 ranks), 2 epochs."""
+def small_job(cache_dir: Path, *overrides: str, preset: str = "quickstart") -> JobConfig:
+    """quickstart (or a preset built on it) shrunk: 3,072 training rows, batch 384 (divisible by 1, 2 and
+    3 ranks), 2 epochs."""
     cfg = load_config(
-        "quickstart",
+        preset,
         [
             f"data.cache_dir={cache_dir}",
             "data.synthetic.num_train=3072",

@@ -1,0 +1,84 @@
+"""Three-stage training driven by the trainer: boundaries, what trains, exact resume inside a stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from recscale.trainer.loop import train
+from tests.distributed import run_distributed
+from tests.trainer.runs import losses, new_run, small_job
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+STAGES = [
+    "trainer.stages=[{name: backbone, train: backbone, steps: 4},"
+    " {name: experts, train: experts, steps: 4, expert_lr_scale: 2.0},"
+    " {name: joint, train: all, steps: 4, backbone_lr_scale: 0.5, sparse_lr_scale: 0.5}]",
+    "trainer.max_steps=0",
+    "checkpoint.every_steps=3",
+    "model.hilomoe.num_experts=4",
+]
+
+
+def _train(rank, world, cfg, run_dir, resume):
+    from recscale.modules.hilomoe import param_roles
+    from recscale.trainer import loop
+
+    seen = {}
+    original = loop.enter_stage
+
+    def spy(parallel, stage):  # record which roles train in each stage
+        original(parallel, stage)
+        roles = param_roles(parallel.dense.inner)
+        trains = {n: p.requires_grad for n, p in parallel.dense.inner.named_parameters()}
+        seen[stage.name] = sorted({roles[n] for n, on in trains.items() if on})
+
+    loop.enter_stage = spy
+    try:
+        train(cfg, run_dir, resume=resume)
+    finally:
+        loop.enter_stage = original
+    return seen
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    cfg = small_job(root / "cache", *STAGES, preset="dcnv2_hilomoe")
+    run_dir = new_run(root, "full", cfg)
+    seen = run_distributed(_train, 2, cfg, run_dir, False)[0]
+    return cfg, run_dir, root, seen
+
+
+def test_stage_boundaries_are_logged_and_the_right_parameters_train(staged):
+    cfg, run_dir, _, seen = staged
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    stages = [r for r in records if r["kind"] == "stage"]
+    assert [(r["stage"], r["first_step"], r["last_step"]) for r in stages] == [
+        ("backbone", 1, 4),
+        ("experts", 5, 8),
+        ("joint", 9, 12),
+    ]
+    assert seen == {
+        "backbone": ["backbone"],
+        "experts": ["experts", "routers"],
+        "joint": ["backbone", "experts", "routers"],
+    }
+    # stage 1 runs without experts: fewer FLOPs than the later stages
+    assert stages[0]["flops_per_example_train"] < stages[2]["flops_per_example_train"]
+    assert sorted(losses(run_dir)) == list(range(1, 13))
+
+
+def test_resume_inside_a_stage_is_exact(staged):
+    cfg, full, root, _ = staged
+    resumed = new_run(root, "resumed", cfg)
+    shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
+    run_distributed(_train, 2, cfg, resumed, True)
+    expected, got = losses(full), losses(resumed)
+    assert [got[s] for s in range(7, 13)] == [expected[s] for s in range(7, 13)]
+    records = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    first = [r for r in records if r["kind"] == "stage"][0]
+    assert first["stage"] == "experts" and first["resumed_inside"] is True

@@ -1,0 +1,49 @@
+"""Staged training from ``trainer.stages`` (HiLoMoE's three stages): schedule and boundaries.
+
+At a boundary (and again when a run resumes inside a stage) the trainer:
+  1. sets which parameters train (``apply_training_stage``: experts on or off, ``requires_grad``,
+     aux-loss scales),
+  2. rescales each dense optimizer group's learning rate by its role (backbone / experts / routers),
+  3. rescales the tables' learning rate (``sparse_lr_scale``; 0 freezes them),
+  4. re-wraps the dense arch (DDP fixes its parameter set when built),
+and writes a ``stage`` record to ``metrics.jsonl``. Everything a stage sets is a function of the
+stage alone, so resuming mid-stage re-applies it exactly.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import accumulate
+
+from recscale.configs.schema import StageConfig
+from recscale.modules.hilomoe import apply_training_stage, stage_group_scales, stage_lr_scales
+from recscale.sharding.apply import ParallelModel
+
+
+class StageSchedule:
+    """Consecutive stages; stage i covers steps ``starts[i] + 1 .. starts[i] + steps``."""
+
+    def __init__(self, stages: list[StageConfig]) -> None:
+        self.stages = stages
+        self.starts = [0, *accumulate(s.steps for s in stages)][:-1]
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of all stages."""
+        return sum(s.steps for s in self.stages)
+
+    def index_after(self, steps_done: int) -> int:
+        """The stage the next step (after ``steps_done`` steps) belongs to."""
+        return min(bisect_right(self.starts, steps_done) - 1, len(self.stages) - 1)
+
+    def is_boundary(self, steps_done: int) -> bool:
+        """True when the next step starts a new stage (not the first)."""
+        return steps_done in self.starts[1:]
+
+
+def enter_stage(parallel: ParallelModel, stage: StageConfig) -> None:
+    """Apply ``stage`` to the model, its optimizers and its wrappers (see the module docstring)."""
+    apply_training_stage(parallel.dense.inner, stage)
+    parallel.dense.set_lr_scales(stage_group_scales(parallel.dense.param_groups(), stage))
+    parallel.updater.set_sparse_lr_scale(stage_lr_scales(stage)["sparse"])
+    parallel.refresh_dense()
