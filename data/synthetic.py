@@ -1,0 +1,161 @@
+"""The synthetic generator: Parquet ``train/`` and ``valid/`` drawn from the planted model, plus its claims.
+
+Rows are drawn in chunks of ``row_group_size`` (one Parquet row group each, so memory is bounded for
+any size) from generators seeded by ``(seed, split, chunk)``: the data is a pure function of the
+config. Every row carries its true click probability in ``features.oracle`` (when set), and
+``claims.json`` records what the data is: the empirical click rate per split, the oracle AUC and
+logloss on ``valid/`` (what a perfect model would score), and a summary of the planted model.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recscale.configs.loader import config_to_dict
+from recscale.configs.schema import DataConfig, EmbeddingsConfig
+from recscale.data.files import atomic_dir, write_json
+from recscale.data.partition import seed_words
+from recscale.data.planted import Inputs, PlantedModel
+from recscale.data.ragged import Ragged
+
+GENERATOR_VERSION = 1
+"""Bumped whenever the same config would give different data (it is part of the cache key)."""
+CLAIMS = "claims.json"
+SPLITS = (("train", 0), ("valid", 1))
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for 0/1 ``labels`` (Mann-Whitney U; tied scores get their average rank)."""
+    labels = np.asarray(labels, dtype=bool)
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    counts = np.diff(np.r_[starts, len(scores)])
+    average_rank = starts + (counts + 1) / 2.0  # 1-based ranks, averaged over each tie group
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(average_rank, counts)
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def logloss(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean binary cross-entropy of ``probabilities`` (clipped to [1e-7, 1 - 1e-7])."""
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def _list_array(x: Ragged) -> pa.Array:
+    return pa.ListArray.from_arrays(pa.array(x.offsets.astype(np.int32)), pa.array(x.values, type=pa.int64()))
+
+
+def chunk_table(data: DataConfig, inputs: Inputs, labels: np.ndarray, probs: np.ndarray) -> pa.Table:
+    """One chunk as an Arrow table with the columns ``data.features`` names."""
+    f = data.features
+    columns: dict[str, pa.Array] = {}
+    for t, name in enumerate(f.labels):
+        columns[name] = pa.array(labels[:, t].astype(np.int8))
+    for j, name in enumerate(f.dense):
+        columns[name] = pa.array(inputs.dense[:, j])
+    for s, x in zip(f.sparse, inputs.sparse):
+        columns[s.name] = _list_array(x) if isinstance(x, Ragged) else pa.array(x, type=pa.int64())
+    for q, ids, times in zip(f.sequences, inputs.sequences, inputs.timestamps):
+        columns[q.ids] = _list_array(ids)
+        if q.timestamps:
+            columns[q.timestamps] = _list_array(times)
+    if f.domain:
+        columns[f.domain] = pa.array(inputs.domain if inputs.domain is not None else np.zeros(len(labels), np.int64))
+    if f.oracle:
+        p32 = probs.astype(np.float32)
+        if p32.shape[1] == 1:
+            columns[f.oracle] = pa.array(p32[:, 0])
+        else:
+            flat = pa.array(p32.reshape(-1))
+            columns[f.oracle] = pa.FixedSizeListArray.from_arrays(flat, p32.shape[1]).cast(pa.list_(pa.float32()))
+    return pa.table(columns)
+
+
+def _write_split(
+    model: PlantedModel, data: DataConfig, split: str, split_id: int, num_rows: int, out: Path
+) -> dict[str, object]:
+    """Write one split as ``out/part-*.parquet``; returns its label sums and (valid) probabilities."""
+    s = data.synthetic
+    out.mkdir(parents=True, exist_ok=True)
+    groups_per_file = max(1, -(-s.rows_per_file // s.row_group_size))
+    label_sums = np.zeros(model.num_tasks)
+    prob_sums = np.zeros(model.num_tasks)
+    kept_labels, kept_probs = [], []
+    writer: pq.ParquetWriter | None = None
+    for chunk, first in enumerate(range(0, num_rows, s.row_group_size)):
+        n = min(s.row_group_size, num_rows - first)
+        rng = np.random.default_rng(seed_words(s.seed, split_id, chunk))
+        inputs = model.draw(n, rng, first)
+        probs = model.probabilities(inputs)
+        labels = (rng.random(probs.shape) < probs).astype(np.int8)
+        label_sums += labels.sum(axis=0)
+        prob_sums += probs.sum(axis=0)
+        if split == "valid":
+            kept_labels.append(labels)
+            kept_probs.append(probs)
+        table = chunk_table(data, inputs, labels, probs)
+        if chunk % groups_per_file == 0:
+            if writer is not None:
+                writer.close()
+            writer = pq.ParquetWriter(out / f"part-{chunk // groups_per_file:05d}.parquet", table.schema)
+        assert writer is not None
+        writer.write_table(table, row_group_size=n)
+    if writer is not None:
+        writer.close()
+    result: dict[str, object] = {
+        "rows": num_rows,
+        "click_rate": (label_sums / max(num_rows, 1)).tolist(),
+        "mean_true_probability": (prob_sums / max(num_rows, 1)).tolist(),
+    }
+    if kept_labels:
+        result["labels"] = np.concatenate(kept_labels)
+        result["probs"] = np.concatenate(kept_probs)
+    return result
+
+
+def generate_synthetic(data: DataConfig, embeddings: EmbeddingsConfig, out_dir: str | Path) -> dict[str, object]:
+    """Generate ``out_dir/{train,valid}/part-*.parquet`` and ``out_dir/claims.json``; returns the claims.
+
+    The directory appears atomically (written under a temporary name, then renamed); it must not exist yet.
+    """
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} already exists and is not empty")
+    started = time.perf_counter()
+    model = PlantedModel(data.features, embeddings, data.synthetic)
+    with atomic_dir(out_dir) as tmp:
+        splits = {}
+        for split, split_id in SPLITS:
+            rows = data.synthetic.num_train if split == "train" else data.synthetic.num_valid
+            splits[split] = _write_split(model, data, split, split_id, rows, tmp / split)
+        valid = splits["valid"]
+        labels, probs = valid.pop("labels"), valid.pop("probs")
+        names = data.features.labels
+        claims: dict[str, object] = {
+            "generator_version": GENERATOR_VERSION,
+            "rows": {split: splits[split]["rows"] for split, _ in SPLITS},
+            "click_rate_target": data.synthetic.click_rate,
+            "click_rate": {split: dict(zip(names, splits[split]["click_rate"])) for split, _ in SPLITS},
+            "mean_true_probability": {
+                split: dict(zip(names, splits[split]["mean_true_probability"])) for split, _ in SPLITS
+            },
+            "oracle_auc_valid": {n: auc(labels[:, t], probs[:, t]) for t, n in enumerate(names)},
+            "oracle_logloss_valid": {n: logloss(labels[:, t], probs[:, t]) for t, n in enumerate(names)},
+            "oracle_column": data.features.oracle,
+            "planted": model.summary(),
+            "synthetic": config_to_dict(data.synthetic),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        write_json(tmp / CLAIMS, claims)
+    return claims

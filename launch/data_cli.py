@@ -1,0 +1,185 @@
+"""The ``recscale data`` command group: generate, convert and inspect data.
+
+    recscale data synth CONFIG [--set k=v ...] [--out DIR]
+    recscale data convert criteo INPUT... [--out DIR] [--config CONFIG] [--layout kaggle|terabyte]
+                                          [--valid FILE ...] [--valid-fraction F] [--vocab DIR]
+    recscale data convert csv INPUT... --config CONFIG [--out DIR] [--valid FILE ...] [--vocab DIR]
+    recscale data inspect PATH [--json]
+
+``register(subparsers)`` adds the group to the ``recscale`` parser; each command is
+``args.func(args) -> exit code`` and raises ``ValueError`` (or a subclass) for a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recscale.configs import JobConfig, load_config, validate
+
+
+def _config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    if default is None:
+        p.add_argument("config", help="preset name or path to a YAML config")
+    else:
+        p.add_argument("--config", default=default, help=f"preset name or YAML config (default: {default})")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.convert.categorical=vocab (repeatable)",
+    )
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="training input files (plain or .gz)")
+    p.add_argument("--out", default="", help="output directory (default: the parent of data.train_path)")
+    p.add_argument("--valid", nargs="+", default=[], metavar="FILE", help="inputs whose rows all go to valid/")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=None,
+        help="send this fraction of INPUT rows to valid/ (overrides data.convert.valid_fraction)",
+    )
+    p.add_argument("--vocab", default=None, help="encode with the vocabularies of an earlier conversion (vocab mode)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="same as --set data.convert.on_bad_row=skip")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``data synth|convert|inspect`` to a ``recscale`` argument parser."""
+    data = subparsers.add_parser("data", help="generate synthetic data, convert raw data, inspect Parquet")
+    group = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+
+    p = group.add_parser("synth", help="generate planted-truth synthetic Parquet (data.synthetic) and its claims")
+    _config_args(p, None)
+    p.add_argument("--out", default="", help="output directory (default: the cache, as training would)")
+    p.set_defaults(func=synth)
+
+    convert = group.add_parser("convert", help="convert raw data to Parquet")
+    formats = convert.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    p = formats.add_parser("criteo", help="Criteo TSV: Kaggle train.txt or 1TB day_N (.gz)")
+    _convert_args(p)
+    _config_args(p, "criteo_kaggle")
+    p.add_argument("--layout", choices=["kaggle", "terabyte"], default="kaggle", help="which Criteo release")
+    p.set_defaults(func=convert_criteo)
+    p = formats.add_parser("csv", help="CSV with a header (BARS / FuxiCTR style); column roles from the config")
+    _convert_args(p)
+    _config_args(p, "")
+    p.add_argument("--delimiter", default=",", help="field separator (default ',')")
+    p.set_defaults(func=convert_csv)
+
+    p = group.add_parser("inspect", help="schema, rows, row groups and stats of a Parquet file or directory")
+    p.add_argument("path", help="Parquet file, directory, or a converter / generator output directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=inspect)
+
+
+def _load(args: argparse.Namespace, extra: list[str] | None = None) -> JobConfig:
+    if not args.config:
+        raise ValueError("--config: expected a preset name or YAML file giving the column roles")
+    cfg = load_config(args.config, [*args.overrides, *(extra or [])])
+    validate(cfg)
+    return cfg
+
+
+def _print(data: object) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def synth(args: argparse.Namespace) -> int:
+    """``recscale data synth``: generate into ``--out`` (or the cache) and print the claims."""
+    from recscale.data import generate_synthetic, prepare_data
+
+    cfg = _load(args, ["data.source=synthetic"])
+    if args.out:
+        claims = generate_synthetic(cfg.data, cfg.embeddings, args.out)
+        where = Path(args.out).expanduser()
+    else:
+        paths = prepare_data(cfg.data, cfg.embeddings)
+        claims, where = paths.claims(), paths.train.parent
+    print(f"synthetic data in {where}", file=sys.stderr)
+    _print({k: v for k, v in claims.items() if k != "synthetic"})
+    return 0
+
+
+def _out_dir(args: argparse.Namespace, cfg: JobConfig) -> Path:
+    """``--out``, or the common parent of ``data.train_path`` and ``data.valid_path``."""
+    if args.out:
+        return Path(args.out).expanduser()
+    train, valid = Path(cfg.data.train_path).expanduser(), Path(cfg.data.valid_path).expanduser()
+    if cfg.data.train_path and train.name == "train" and valid.name == "valid" and train.parent == valid.parent:
+        return train.parent
+    raise ValueError(
+        "--out: expected an output directory (data.train_path / valid_path do not name <dir>/train, <dir>/valid)"
+    )
+
+
+def _convert_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.valid_fraction is not None:
+        extra.append(f"data.convert.valid_fraction={args.valid_fraction}")
+    if args.skip_bad_rows:
+        extra.append("data.convert.on_bad_row=skip")
+    return extra
+
+
+def _report(stats: dict[str, object], out: Path) -> None:
+    print(f"wrote {out}", file=sys.stderr)
+    _print({k: stats[k] for k in ("rows", "label_rate", "skipped_rows", "skipped_by_reason", "seconds") if k in stats})
+
+
+def convert_criteo(args: argparse.Namespace) -> int:
+    """``recscale data convert criteo``."""
+    from recscale.data import convert_criteo as run
+
+    cfg = _load(args, _convert_overrides(args))
+    out = _out_dir(args, cfg)
+    stats = run(
+        args.inputs,
+        out,
+        cfg.data,
+        cfg.embeddings,
+        layout=args.layout,
+        valid_inputs=args.valid,
+        vocab=args.vocab,
+        progress=not args.no_progress,
+    )
+    _report(stats, out)
+    return 0
+
+
+def convert_csv(args: argparse.Namespace) -> int:
+    """``recscale data convert csv``."""
+    from recscale.data import convert_csv as run
+
+    cfg = _load(args, _convert_overrides(args))
+    out = _out_dir(args, cfg)
+    stats = run(
+        args.inputs,
+        out,
+        cfg.data,
+        cfg.embeddings,
+        valid_inputs=args.valid,
+        vocab=args.vocab,
+        delimiter=args.delimiter,
+        progress=not args.no_progress,
+    )
+    _report(stats, out)
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    """``recscale data inspect``."""
+    from recscale.data.inspection import format_inspection, inspect_path
+
+    info = inspect_path(args.path)
+    if args.json:
+        _print(info)
+    else:
+        print(format_inspection(info))
+    return 0

@@ -1,0 +1,141 @@
+"""``recscale data ...`` through an argparse parser built with ``data_cli.register``."""
+
+import argparse
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from recscale.data import DataError
+from recscale.launch import data_cli
+from tests.data.test_bad_input import criteo_file, criteo_lines, frappe_like, frappe_rows
+
+
+def run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="recscale")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data_cli.register(sub)
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_synth_writes_data_and_prints_its_claims(tmp_path, capsys):
+    out = tmp_path / "synth"
+    code = run(
+        "data",
+        "synth",
+        "quickstart",
+        "--set",
+        "data.synthetic.num_train=5000",
+        "--set",
+        "data.synthetic.num_valid=5000",
+        "--out",
+        str(out),
+    )
+    assert code == 0
+    claims = json.loads(capsys.readouterr().out)
+    assert claims["rows"] == {"train": 5000, "valid": 5000}
+    assert 0.5 < claims["oracle_auc_valid"]["label"] < 1
+    assert pq.read_table(out / "valid").num_rows == 5000
+
+
+def test_synth_without_out_fills_the_cache(tmp_path, capsys):
+    code = run(
+        "data",
+        "synth",
+        "quickstart",
+        "--set",
+        "data.synthetic.num_train=3000",
+        "--set",
+        "data.synthetic.num_valid=3000",
+        "--set",
+        f"data.cache_dir={tmp_path}",
+    )
+    assert code == 0
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1
+    assert json.loads(capsys.readouterr().out)["rows"]["train"] == 3000
+
+
+def test_convert_criteo_then_inspect(tmp_path, capsys):
+    day = criteo_file(tmp_path / "day_0", criteo_lines(300))
+    valid = criteo_file(tmp_path / "day_1", criteo_lines(50, seed=1))
+    out = tmp_path / "criteo"
+    code = run(
+        "data",
+        "convert",
+        "criteo",
+        str(day),
+        "--valid",
+        str(valid),
+        "--out",
+        str(out),
+        "--layout",
+        "terabyte",
+        "--valid-fraction",
+        "0",
+        "--no-progress",
+    )
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == {"train": 300, "valid": 50}
+    assert run("data", "inspect", str(out)) == 0
+    text = capsys.readouterr().out
+    assert "train: " in text and "300 rows" in text and "C26: int64" in text and '"layout": "terabyte"' in text
+    assert run("data", "inspect", str(out / "valid"), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 50 and info["columns"]["I1"] == "float" and info["stats"]["format"] == "criteo_tsv"
+
+
+def test_convert_criteo_skip_bad_rows_flag(tmp_path, capsys):
+    lines = criteo_lines(40)
+    lines[5] = "garbage"
+    day = criteo_file(tmp_path / "train.txt", lines)
+    code = run(
+        "data",
+        "convert",
+        "criteo",
+        str(day),
+        "--out",
+        str(tmp_path / "o"),
+        "--skip-bad-rows",
+        "--no-progress",
+        "--set",
+        "data.convert.valid_fraction=0",
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["skipped_rows"] == 1 and result["rows"]["train"] == 39
+
+
+def test_convert_csv_with_the_frappe_preset(tmp_path, capsys):
+    train = frappe_like(tmp_path / "train.csv", frappe_rows(200))
+    valid = frappe_like(tmp_path / "valid.csv", frappe_rows(30))
+    out = tmp_path / "frappe"
+    code = run(
+        "data",
+        "convert",
+        "csv",
+        str(train),
+        "--valid",
+        str(valid),
+        "--config",
+        "frappe",
+        "--set",
+        f"data.train_path={out}/train",
+        "--set",
+        f"data.valid_path={out}/valid",
+        "--no-progress",
+    )
+    assert code == 0  # --out defaults to the parent of data.train_path
+    assert json.loads(capsys.readouterr().out)["rows"] == {"train": 200, "valid": 30}
+    users = pq.read_table(out / "train", columns=["user"]).column("user").to_numpy()
+    assert set(np.unique(users)) <= set(range(2, 9))  # vocab rows: 7 distinct users -> rows 2..8
+
+
+def test_cli_errors_are_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="--config"):
+        run("data", "convert", "csv", str(tmp_path / "x.csv"), "--out", str(tmp_path / "o"))
+    with pytest.raises(DataError, match="no such input file"):
+        run("data", "convert", "criteo", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "o"), "--no-progress")
+    with pytest.raises(DataError, match="no such Parquet file or directory"):
+        run("data", "inspect", str(tmp_path / "nothing"))
