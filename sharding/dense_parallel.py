@@ -214,12 +214,22 @@ class DeepSpeedDense:
         # one group per parameter role (stages rescale them), expert parameters split into their own
         # groups as DeepSpeed requires under ZeRO 1/2 (the split keeps the ``role`` tag)
         groups = split_params_into_different_moe_groups_for_optimizer(role_param_groups(dense))
+        # the split can leave a role's group empty (all its parameters were experts); ZeRO drops empty
+        # groups, which would shift every later group against the scheduler's per-group rates
+        groups = [g for g in groups if g["params"]]
         optimizer = build_dense_optimizer(groups, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+        bucket = int(min(5e8, max(1 << 20, sum(p.numel() for p in dense.parameters()))))
         config: dict[str, Any] = {
             "train_micro_batch_size_per_gpu": micro_batch_per_rank,
             "gradient_accumulation_steps": 1,  # >1 would desynchronise the fused sparse update
-            "zero_optimization": {"stage": zero_stage},
+            "zero_optimization": {
+                "stage": zero_stage,
+                # DeepSpeed's default buckets hold 5e8 elements (2 GB of fp32, allocated and
+                # page-faulted per step on CPU, ~1 s); a bucket never needs more than the model
+                "reduce_bucket_size": bucket,
+                "allgather_bucket_size": bucket,
+            },
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 1 << 62,
             "wall_clock_breakdown": False,
