@@ -156,3 +156,15 @@ def test_flops_table_sums_to_the_total():
     rows = json.loads(recscale("flops", "dcnv2_criteo", "--json").stdout)
     total = rows.pop("total")
     assert sum(r["train"] for r in rows.values()) == total["train"] > 0
+
+
+def test_golden_quickstart_run(trained):
+    """The quickstart run on 2 ranks with a fixed seed reproduces its stored losses (tests/assets)."""
+    run_dir, _ = trained
+    golden = json.loads((ROOT / "tests" / "assets" / "golden_quickstart.json").read_text())
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = {str(r["step"]): r["loss"] for r in records if r["kind"] == "train"}
+    for step, expected in golden["losses"].items():
+        assert losses[step] == pytest.approx(expected, rel=golden["tolerance_rel"]), f"step {step}"
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    assert final["auc"] == pytest.approx(golden["final_auc"], rel=golden["tolerance_rel"])
