@@ -479,6 +479,8 @@ class ModelConfig:
     """Activation of the MLPs."""
     dropout: float = 0.0
     """Dropout after each hidden MLP layer."""
+    batch_norm: bool = False
+    """Batch norm after each hidden Linear of the top / deep MLP (before its activation)."""
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     """DLRM settings (``arch: dlrm``)."""
     dcnv2: DCNv2Config = field(default_factory=DCNv2Config)
@@ -685,6 +687,27 @@ class StageConfig:
 
 
 @dataclass(kw_only=True)
+class EarlyStoppingConfig:
+    """What the full validation evaluations do to the run (the BARS / FuxiCTR protocol).
+
+    A full evaluation reads the whole validation set: each epoch's end (``trainer.eval_each_epoch``)
+    and periodic ones with ``trainer.eval_batches: 0``.
+    """
+
+    metric: Literal["auc", "logloss"] = "auc"
+    """What "improved" means: a higher AUC or a lower logloss (of the first task)."""
+    min_delta: float = 0.0
+    """Improvements smaller than this do not count."""
+    lr_decay: float = 1.0
+    """Multiply every learning rate (dense and tables) by this after a full evaluation that did not
+    improve (1 = never; the protocol uses 0.1)."""
+    patience: int = 0
+    """Stop after this many consecutive full evaluations without improvement (0 = never stop early)."""
+    restore_best: bool = False
+    """End with the weights of the best full evaluation (kept as ``checkpoints/best``)."""
+
+
+@dataclass(kw_only=True)
 class TrainerConfig:
     """The loop."""
 
@@ -699,6 +722,10 @@ class TrainerConfig:
     eval_batches: int = 0
     """Limit periodic evaluation to this many batches per rank (0 = the whole set; the final
     evaluation always reads the whole set)."""
+    eval_each_epoch: bool = False
+    """Evaluate the whole validation set at the end of every epoch."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """Learning-rate decay on plateau, early stopping, best-weights restore."""
     log_every: int = 10
     """Write a metrics line every this many steps."""
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -739,6 +766,11 @@ class MetricsConfig:
     (Not on/off: YAML reads those as booleans.)"""
     peak_tflops: float = 0.0
     """Override the device's dense peak for MFU, TFLOP/s (0 = detect from the device)."""
+    profile_steps: int = 0
+    """Record this many steps with ``torch.profiler`` into ``<run_dir>/profile/`` (trace + per-module
+    time and MFU table; ``recscale train --profile`` sets 5). 0 = off."""
+    profile_wait_steps: int = 5
+    """Steps trained before the profiled ones (past warm-up and pipeline fill)."""
 
 
 @dataclass(kw_only=True)

@@ -234,6 +234,17 @@ def _check_training(cfg: JobConfig) -> list[str]:
     for key in ("max_steps", "eval_every", "eval_batches"):
         if getattr(t, key) < 0:
             out.append(f"trainer.{key}: expected >= 0, got {getattr(t, key)}")
+    e = t.early_stopping
+    if not 0.0 < e.lr_decay <= 1.0:
+        out.append(f"trainer.early_stopping.lr_decay: expected a factor in (0, 1], got {e.lr_decay}")
+    if e.patience < 0 or e.min_delta < 0:
+        out.append("trainer.early_stopping: patience and min_delta must be >= 0")
+    full_evals = t.eval_each_epoch or (t.eval_every > 0 and t.eval_batches == 0)
+    if (e.patience or e.lr_decay < 1.0 or e.restore_best) and not full_evals:
+        out.append(
+            "trainer.early_stopping: needs full evaluations (set trainer.eval_each_epoch: true, or "
+            "trainer.eval_every with trainer.eval_batches: 0)"
+        )
     if t.log_every <= 0:
         out.append(f"trainer.log_every: expected a positive integer, got {t.log_every}")
     o = cfg.optimizer
@@ -245,6 +256,9 @@ def _check_training(cfg: JobConfig) -> list[str]:
         out.append(f"optimizer.dense.betas: expected two values in [0, 1], got {o.dense.betas}")
     if o.dense.warmup_steps < 0:
         out.append(f"optimizer.dense.warmup_steps: expected >= 0, got {o.dense.warmup_steps}")
+    for key in ("profile_steps", "profile_wait_steps"):
+        if getattr(cfg.metrics, key) < 0:
+            out.append(f"metrics.{key}: expected >= 0, got {getattr(cfg.metrics, key)}")
     c = cfg.checkpoint
     if c.every_steps < 0:
         out.append(f"checkpoint.every_steps: expected >= 0, got {c.every_steps}")

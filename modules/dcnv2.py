@@ -54,6 +54,7 @@ class DCNv2Dense(nn.Module):
         num_tasks: logits per example T.
         activation: MLP activation.
         dropout: MLP dropout.
+        batch_norm: batch norm in the top / deep MLP.
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class DCNv2Dense(nn.Module):
         num_tasks: int = 1,
         activation: str = "relu",
         dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
@@ -77,7 +79,7 @@ class DCNv2Dense(nn.Module):
         self.input_dim = dense_out + pooled_dim
         self.num_dense = num_dense
         self.cross = nn.ModuleList(CrossLayer(self.input_dim, low_rank) for _ in range(num_cross_layers))
-        self.deep = MLP(self.input_dim, deep, activation, dropout)
+        self.deep = MLP(self.input_dim, deep, activation, dropout, batch_norm=batch_norm)
         head_in = self.deep.out_dim + (self.input_dim if structure == "parallel" else 0)
         self.head = nn.Linear(head_in, num_tasks)
 

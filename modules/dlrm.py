@@ -51,6 +51,7 @@ class DLRMDense(nn.Module):
         self_interaction: include the diagonal of the dot-product matrix.
         activation: MLP activation.
         dropout: MLP dropout.
+        batch_norm: batch norm in the top / deep MLP.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class DLRMDense(nn.Module):
         self_interaction: bool = False,
         activation: str = "relu",
         dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_sparse = num_sparse
@@ -73,7 +75,7 @@ class DLRMDense(nn.Module):
         num_vectors = num_sparse + (1 if self.bottom is not None else 0)
         self.interaction = DotInteraction(num_vectors, self_interaction)
         over_in = self.interaction.out_dim + (embedding_dim if self.bottom is not None else 0)
-        self.top = MLP(over_in, top, activation, dropout)
+        self.top = MLP(over_in, top, activation, dropout, batch_norm=batch_norm)
         self.head = nn.Linear(self.top.out_dim, num_tasks)
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:

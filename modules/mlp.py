@@ -8,7 +8,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "si
 
 
 class MLP(nn.Sequential):
-    """``Linear -> activation (-> dropout)`` for each width; ``[B, in_dim] -> [B, widths[-1]]``.
+    """``Linear (-> BatchNorm) -> activation (-> dropout)`` per width; ``[B, in_dim] -> [B, widths[-1]]``.
+
+    Batch norm uses each rank's batch statistics under data parallelism (not synchronised), as a
+    single-device model would with the per-rank batch.
 
     Args:
         in_dim: input width.
@@ -16,6 +19,7 @@ class MLP(nn.Sequential):
         activation: ``relu``, ``gelu`` or ``silu``.
         dropout: dropout probability after each activation (0 = none).
         last_activation: apply the activation after the last layer too (False for logits).
+        batch_norm: batch norm between each Linear and its activation.
     """
 
     def __init__(
@@ -25,12 +29,15 @@ class MLP(nn.Sequential):
         activation: str = "relu",
         dropout: float = 0.0,
         last_activation: bool = True,
+        batch_norm: bool = False,
     ) -> None:
         layers: list[nn.Module] = []
         dims = [in_dim, *widths]
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 1 or last_activation:
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(b))
                 layers.append(ACTIVATIONS[activation]())
                 if dropout > 0:
                     layers.append(nn.Dropout(dropout))

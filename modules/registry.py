@@ -75,6 +75,7 @@ def _build_dlrm(m: ModelConfig, inputs: ModelInputs) -> nn.Module:
         self_interaction=m.dlrm.interaction_self,
         activation=m.activation,
         dropout=m.dropout,
+        batch_norm=m.batch_norm,
     )
 
 
@@ -104,6 +105,7 @@ def _build_dcnv2(m: ModelConfig, inputs: ModelInputs) -> nn.Module:
         num_tasks=inputs.num_tasks,
         activation=m.activation,
         dropout=m.dropout,
+        batch_norm=m.batch_norm,
     )
 
 

@@ -122,10 +122,14 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------------------------- saving
 
-    def save(self, step: int, parallel: ParallelModel, trainer_state: dict[str, Any]) -> Path:
-        """Write a complete checkpoint of ``step`` (collective: every rank calls it)."""
-        final = self.root / f"step_{step:08d}"
-        tmp = self.root / f"step_{step:08d}.tmp"
+    def save(self, step: int, parallel: ParallelModel, trainer_state: dict[str, Any], name: str = "") -> Path:
+        """Write a complete checkpoint of ``step`` (collective: every rank calls it).
+
+        ``name`` (e.g. ``best``) writes ``checkpoints/<name>`` instead of ``step_<N>``, replacing the
+        previous one, outside the ``keep_last`` rotation.
+        """
+        final = self.root / (name or f"step_{step:08d}")
+        tmp = final.with_name(final.name + ".tmp")
         if self.rank == 0:
             if tmp.exists():
                 shutil.rmtree(tmp)
@@ -152,7 +156,8 @@ class CheckpointManager:
             if final.exists():
                 shutil.rmtree(final)
             tmp.replace(final)
-            self._prune()
+            if not name:
+                self._prune()
         _barrier()
         return final
 
@@ -160,7 +165,7 @@ class CheckpointManager:
         complete = self.list_complete()
         for old in complete[: max(0, len(complete) - self.cfg.keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob("step_*.tmp"):
+        for stale in self.root.glob("*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
 
     # --------------------------------------------------------------------------------- finding

@@ -21,16 +21,22 @@ from recscale.sharding.apply import ParallelModel, parallelize
 from recscale.sharding.process_group import DistInfo, init_distributed
 from recscale.trainer.checkpoint import CheckpointManager, rng_state, set_rng_state
 from recscale.trainer.data import TrainData, make_eval_batches, make_train_data
+from recscale.trainer.embedding_traffic import EmbeddingTraffic
 from recscale.trainer.evaluate import evaluate
-from recscale.trainer.metrics import MetricsLog, memory_stats, mfu
+from recscale.trainer.metrics import MetricsLog, embedding_bandwidth, memory_stats, mfu
 from recscale.trainer.peaks import device_description, peak_tflops
 from recscale.trainer.pipeline import HybridTrainPipeline, PhaseTimer, PlainStepper
+from recscale.trainer.plateau import Plateau
+from recscale.trainer.profiling import StepProfiler
 from recscale.trainer.progress import Progress
 from recscale.trainer.run_dir import PLAN, SUMMARY, write_json
 from recscale.trainer.stages import StageSchedule, enter_stage
 from recscale.trainer.versions import versions
 
 log = logging.getLogger("recscale")
+
+BEST = "best"
+"""Name of the best-evaluation checkpoint (``trainer.early_stopping.restore_best``)."""
 
 WARMUP_STEPS = 3
 """Steps left out of the run's mean throughput (first-step set-up, pipeline fill). The mean is over
@@ -83,6 +89,7 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
 
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
     start_step = 0
+    resumed_plateau = None
     if resume:
         latest = checkpoints.latest_valid()
         if latest is not None:
@@ -91,11 +98,14 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
             if state["world_size"] == info.world_size:
                 set_rng_state(state["rng"])
             data.restore(state["data"], state["world_size"])
+            resumed_plateau = state.get("plateau")
             log.info("resumed from %s at step %d", latest, start_step)
         else:
             log.info("no intact checkpoint in %s; starting from step 0", checkpoints.root)
 
     loop = _Loop(cfg, run_dir, info, parallel, data, checkpoints, total_steps, per_rank_batch, schedule)
+    if resumed_plateau is not None:
+        loop.plateau.load_state_dict(resumed_plateau)
     return loop.run(start_step)
 
 
@@ -129,15 +139,33 @@ class _Loop:
         self.stepper = stepper_cls(parallel.model, parallel.updater, info.device, self.timer)
         self.flops = flops_per_example(cfg)
         self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
+        self.traffic = EmbeddingTraffic(cfg)  # embedding rows read: bytes, not FLOPs
+        self.profiler: StepProfiler | None = None
         self.progress = Progress(cfg.metrics.progress_bar, total_steps, enabled=info.is_main)
         self.steady_steps = 0  # steps after warm-up, the seconds they took (steps only), their FLOPs per rank
         self.steady_seconds = 0.0
         self.steady_flops = 0.0
         self.last_eval: dict[str, float] = {}
+        self.plateau = Plateau(cfg.trainer.early_stopping)
+        self.dense_lr_scales = [1.0] * len(parallel.dense.param_groups())  # set by training stages
+        self.sparse_lr_scale = 1.0
 
     def run(self, start_step: int) -> dict[str, Any]:
         t = self.cfg.trainer
-        batches = self.data.batches(start_step)
+        batches = self.traffic.wrap(self.data.batches(start_step))
+        m = self.cfg.metrics
+        self.profiler = StepProfiler.from_config(
+            m.profile_steps,
+            max(m.profile_wait_steps, WARMUP_STEPS),
+            self.run_dir,
+            self.info.rank,
+            self.info.device,
+            self.parallel.dense.inner,
+            self.per_rank_batch,
+            self.peak,
+            start_step,
+            self.total_steps,
+        )
         step = start_step
         window_loss = torch.zeros((), dtype=torch.float64)
         window_diag: dict[str, float] = {}
@@ -146,7 +174,9 @@ class _Loop:
         self.progress.start(start_step)
         if self.schedule is not None:
             self._enter_stage(start_step, resumed=start_step > 0)
-        while step < self.total_steps:
+        if self.plateau.state.lr_factor != 1.0:  # a resumed run that had decayed
+            self._apply_lr()
+        while step < self.total_steps and not self.plateau.state.stopped:
             step_start = time.perf_counter()
             try:
                 out = self.stepper.step(batches)
@@ -156,7 +186,7 @@ class _Loop:
                     "and the number of batches it produced disagree"
                 ) from None
             step += 1
-            if step > start_step + WARMUP_STEPS:
+            if step > start_step + WARMUP_STEPS and not (self.profiler and self.profiler.recording):
                 self.steady_steps += 1
                 self.steady_seconds += time.perf_counter() - step_start
                 self.steady_flops += self.flops.train * self.per_rank_batch
@@ -172,8 +202,7 @@ class _Loop:
                 window_loss.zero_()
                 window_diag.clear()
                 window_start, window_steps = time.perf_counter(), 0
-            if t.eval_every and step % t.eval_every == 0 and step < self.total_steps:
-                self._evaluate(step, t.eval_batches)
+            self._scheduled_evaluations(step)
             if self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0:
                 self._checkpoint(step)
             if self.schedule is not None and self.schedule.is_boundary(step):
@@ -181,8 +210,12 @@ class _Loop:
             # a window's timer must not include evaluation or checkpoint time
             if window_steps == 0:
                 window_start = time.perf_counter()
+            if self.profiler is not None:
+                self.profiler.step_done(step)
+        if self.profiler is not None:
+            self.profiler.close()
         self.progress.close()
-        final = self._evaluate(step, 0, final=True)
+        final = self._final_evaluation(step)
         if self.cfg.checkpoint.at_end and not (
             self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0
         ):
@@ -194,6 +227,59 @@ class _Loop:
         return summary
 
     # ------------------------------------------------------------------------------- pieces
+
+    def _scheduled_evaluations(self, step: int) -> None:
+        """Periodic and end-of-epoch evaluations after ``step``; full ones feed the plateau logic."""
+        t = self.cfg.trainer
+        if step >= self.total_steps:
+            return  # the final evaluation follows
+        result, full = None, False
+        if t.eval_every and step % t.eval_every == 0:
+            result, full = self._evaluate(step, t.eval_batches), t.eval_batches == 0
+        if t.eval_each_epoch and step % self.data.steps_per_epoch == 0 and not full:
+            result, full = self._evaluate(step, 0), True
+        if full and result is not None and self.plateau.active:
+            self._observe(step, result)
+
+    def _observe(self, step: int, result: dict[str, float]) -> bool:
+        """Plateau bookkeeping after a full evaluation: keep the best weights, decay, stop."""
+        improved = self.plateau.observe(step, result)
+        es = self.cfg.trainer.early_stopping
+        if improved and es.restore_best:
+            self.checkpoints.save(step, self.parallel, self._trainer_state(step), name=BEST)
+        if not improved:
+            self._apply_lr()
+        record = {**self.plateau.state_dict(), "improved": improved, "metric": es.metric}
+        self.metrics.write("plateau", step, record)
+        if self.plateau.state.stopped and self.info.is_main:
+            self.progress.message(
+                f"early stop at step {step}: no better {es.metric} for {es.patience} evaluations "
+                f"(best {self.plateau.state.best:.5f} at step {self.plateau.state.best_step})"
+            )
+        return improved
+
+    def _final_evaluation(self, step: int) -> dict[str, float]:
+        """The whole validation set at the end; with ``restore_best``, of the best weights."""
+        final = self._evaluate(step, 0, final=True)
+        if self.plateau.active:
+            improved = self._observe(step, final)
+            best = self.checkpoints.root / BEST
+            if self.cfg.trainer.early_stopping.restore_best and not improved and best.is_dir():
+                self.checkpoints.load(best, self.parallel)
+                self.metrics.write("restore_best", step, {"best_step": self.plateau.state.best_step})
+                final = self._evaluate(step, 0, final=True)
+                final["restored_from_step"] = self.plateau.state.best_step
+        return final
+
+    def _apply_lr(self) -> None:
+        """Stage scales times the plateau's decay, on the dense groups and on the tables."""
+        factor = self.plateau.state.lr_factor
+        self.parallel.dense.set_lr_scales([s * factor for s in self.dense_lr_scales])
+        self.parallel.updater.set_sparse_lr_scale(self.sparse_lr_scale * factor)
+
+    def _trainer_state(self, step: int) -> dict[str, Any]:
+        """What a checkpoint saves besides the model: data position, RNG, plateau state."""
+        return {"data": self.data.state_after(step), "rng": rng_state(), "plateau": self.plateau.state_dict()}
 
     def _log_train(
         self, step: int, mean_loss: torch.Tensor, steps: int, elapsed: float, diagnostics: dict[str, float]
@@ -207,6 +293,7 @@ class _Loop:
         loss = values[0]
         phases = self.timer.take()
         per_rank = self.per_rank_batch * steps / max(elapsed, 1e-9)
+        emb_bytes = self.traffic.take()
         achieved = self.flops.train * per_rank
         util = mfu(self.flops.train, per_rank, self.peak)
         record = {
@@ -218,6 +305,8 @@ class _Loop:
             "lr": self.parallel.dense.lr(),
             "step_time_s": elapsed / steps,
             **{f"time/{k}": v / steps for k, v in phases.items()},
+            "emb/bytes_per_example": emb_bytes,
+            "emb/gbytes_per_s_per_rank": embedding_bandwidth(emb_bytes, per_rank),
             **memory_stats(self.info.device),
             **{k: float(v) for k, v in zip(keys, values[1:])},
         }
@@ -239,7 +328,8 @@ class _Loop:
         assert self.schedule is not None
         index = self.schedule.index_after(steps_done)
         stage = self.schedule.stages[index]
-        enter_stage(self.parallel, stage)
+        self.dense_lr_scales, self.sparse_lr_scale = enter_stage(self.parallel, stage)
+        self._apply_lr()
         # the stage decides what runs (experts off, frozen weights): count what it runs
         self.flops = total(self.parallel.dense.inner.flops())
         first = self.schedule.starts[index] + 1
@@ -254,14 +344,14 @@ class _Loop:
             )
 
     def _checkpoint(self, step: int) -> None:
-        state = {"data": self.data.state_after(step), "rng": rng_state()}
-        path = self.checkpoints.save(step, self.parallel, state)
+        path = self.checkpoints.save(step, self.parallel, self._trainer_state(step))
         self.metrics.write("checkpoint", step, {"path": str(path)})
 
     def _summary(self, step: int, final: dict[str, float], wall_s: float) -> dict[str, Any]:
         steps, seconds = self.steady_steps, self.steady_seconds
         per_rank = self.per_rank_batch * steps / seconds if seconds else 0.0
         achieved_tflops = self.steady_flops / seconds / 1e12 if seconds else 0.0
+        dense = self.parallel.dense.inner
         summary = {
             "name": self.cfg.name,
             "run_dir": str(self.run_dir),
@@ -281,6 +371,12 @@ class _Loop:
                 "excluded_warmup_steps": WARMUP_STEPS,
             },
             "flops_per_example": {"forward": self.flops.forward, "train": self.flops.train},
+            "flops_breakdown": {k: {"forward": v.forward, "train": v.train} for k, v in dense.flops().items()},
+            "dense_parameters": sum(p.numel() for p in dense.parameters()),
+            "embedding": {
+                "bytes_per_example": self.traffic.run_mean(),
+                "gbytes_per_s_per_rank": embedding_bandwidth(self.traffic.run_mean(), per_rank),
+            },
             "peak_tflops_per_rank": self.peak,
             "tflops_per_rank": achieved_tflops,
             "mfu": achieved_tflops / self.peak if self.peak else None,

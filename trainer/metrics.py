@@ -71,6 +71,17 @@ def mfu(flops_per_example: float, examples_per_s_per_rank: float, peak_tflops: f
     return flops_per_example * examples_per_s_per_rank / (peak_tflops * 1e12)
 
 
+def embedding_bandwidth(bytes_per_example: float | None, examples_per_s_per_rank: float) -> float | None:
+    """Achieved embedding-row bandwidth per rank, GB/s (1e9 bytes): rows read per example x examples/s.
+
+    Lookups are memory traffic, not FLOPs; compare this with the device's memory bandwidth (an H100
+    SXM's HBM3 moves about 3,350 GB/s), not with a FLOP peak.
+    """
+    if bytes_per_example is None or examples_per_s_per_rank <= 0:
+        return None
+    return bytes_per_example * examples_per_s_per_rank / 1e9
+
+
 def memory_stats(device: torch.device) -> dict[str, float]:
     """Peak memory of this process, MiB (device memory on CUDA, resident set on CPU)."""
     if device.type == "cuda":

@@ -3,9 +3,9 @@
 At a boundary (and again when a run resumes inside a stage) the trainer:
   1. sets which parameters train (``apply_training_stage``: experts on or off, ``requires_grad``,
      aux-loss scales),
-  2. rescales each dense optimizer group's learning rate by its role (backbone / experts / routers),
-  3. rescales the tables' learning rate (``sparse_lr_scale``; 0 freezes them),
-  4. re-wraps the dense arch (DDP fixes its parameter set when built),
+  2. re-wraps the dense arch (DDP fixes its parameter set when built),
+  3. rescales each dense optimizer group's learning rate by its role (backbone / experts / routers),
+  4. rescales the tables' learning rate (``sparse_lr_scale``; 0 freezes them),
 and writes a ``stage`` record to ``metrics.jsonl``. Everything a stage sets is a function of the
 stage alone, so resuming mid-stage re-applies it exactly.
 """
@@ -41,9 +41,12 @@ class StageSchedule:
         return steps_done in self.starts[1:]
 
 
-def enter_stage(parallel: ParallelModel, stage: StageConfig) -> None:
-    """Apply ``stage`` to the model, its optimizers and its wrappers (see the module docstring)."""
+def enter_stage(parallel: ParallelModel, stage: StageConfig) -> tuple[list[float], float]:
+    """Apply ``stage`` to the model and its wrappers; return its learning-rate scales.
+
+    The scales (per dense optimizer group, and for the tables) are applied by the loop, combined with
+    any plateau decay.
+    """
     apply_training_stage(parallel.dense.inner, stage)
-    parallel.dense.set_lr_scales(stage_group_scales(parallel.dense.param_groups(), stage))
-    parallel.updater.set_sparse_lr_scale(stage_lr_scales(stage)["sparse"])
     parallel.refresh_dense()
+    return stage_group_scales(parallel.dense.param_groups(), stage), stage_lr_scales(stage)["sparse"]

@@ -152,6 +152,7 @@ class WukongDense(nn.Module):
         dense_tokens: tokens from the dense features.
         activation: MLP activation.
         dropout: dropout of the FMB and top MLPs.
+        batch_norm: batch norm in the top MLP (before each activation).
     """
 
     def __init__(
@@ -177,6 +178,7 @@ class WukongDense(nn.Module):
         dense_tokens: int = 1,
         activation: str = "relu",
         dropout: float = 0.0,
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_tasks = num_tasks
@@ -211,7 +213,7 @@ class WukongDense(nn.Module):
             layers.append(layer)
             n = layer.num_out_tokens
         self.layers = nn.ModuleList(layers)
-        self.top = MLP(n * dim, over_arch, activation, dropout)
+        self.top = MLP(n * dim, over_arch, activation, dropout, batch_norm=batch_norm)
         self.head = nn.Linear(self.top.out_dim, num_tasks)
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:

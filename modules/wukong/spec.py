@@ -42,6 +42,7 @@ def build_wukong(m: ModelConfig, inputs: ModelInputs) -> WukongDense:
         dense_tokens=w.dense_tokens,
         activation=m.activation,
         dropout=m.dropout,
+        batch_norm=m.batch_norm,
     )
 
 

@@ -31,10 +31,11 @@ def _train(rank, world, cfg, run_dir, resume):
     original = loop.enter_stage
 
     def spy(parallel, stage):  # record which roles train in each stage
-        original(parallel, stage)
+        scales = original(parallel, stage)
         roles = param_roles(parallel.dense.inner)
         trains = {n: p.requires_grad for n, p in parallel.dense.inner.named_parameters()}
         seen[stage.name] = sorted({roles[n] for n, on in trains.items() if on})
+        return scales
 
     loop.enter_stage = spy
     try:
