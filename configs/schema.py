@@ -214,6 +214,9 @@ class EmbeddingsConfig:
     """Default embedding dimension."""
     tables: list[TableConfig] = field(default_factory=list)
     """All tables; features name the table they read."""
+    init_std: float = 0.0
+    """Initialise every table N(0, init_std²) (FuxiCTR/BARS use 1e-4); 0 keeps TorchRec's default,
+    uniform in ±sqrt(1 / rows)."""
 
 
 Activation = Literal["relu", "gelu", "silu"]
@@ -586,7 +589,8 @@ class ShardingConfig:
     storage_reservation: float = 0.15
     """Fraction of device memory the planner keeps free for dense parts and activations."""
     constraints: dict[str, TableConstraintConfig] = field(default_factory=dict)
-    """Per-table planner constraints, keyed by table name."""
+    """Per-table planner constraints, keyed by table name; the key ``"*"`` applies to every table
+    without its own entry."""
     manual: dict[str, ManualShardConfig] = field(default_factory=dict)
     """A hand-built plan, keyed by table name (every table must be listed); bypasses the planner."""
     plan_timeout_s: float = 600.0
@@ -694,8 +698,9 @@ class EarlyStoppingConfig:
     and periodic ones with ``trainer.eval_batches: 0``.
     """
 
-    metric: Literal["auc", "logloss"] = "auc"
-    """What "improved" means: a higher AUC or a lower logloss (of the first task)."""
+    metric: Literal["auc", "logloss", "auc_minus_logloss"] = "auc"
+    """What "improved" means (first task): a higher AUC, a lower logloss, or a higher AUC - logloss
+    (FuxiCTR's default monitor)."""
     min_delta: float = 0.0
     """Improvements smaller than this do not count."""
     lr_decay: float = 1.0
@@ -741,6 +746,9 @@ class TrainerConfig:
     """Weight of the model's auxiliary losses (MoE load balance etc.) in the training loss."""
     stages: list[StageConfig] = field(default_factory=list)
     """Staged training (HiLoMoE's three stages), run in order; empty = one stage training all."""
+    collective_timeout_s: float = 600.0
+    """After set-up, a collective that does not complete in this many seconds fails the job with
+    an error naming the ranks that did not arrive (instead of hanging)."""
 
 
 @dataclass(kw_only=True)
@@ -774,6 +782,25 @@ class MetricsConfig:
 
 
 @dataclass(kw_only=True)
+class SlurmConfig:
+    """Slurm run options of ``recscale launch --scheduler slurm``.
+
+    An empty value leaves the option to the ``[slurm]`` section of ``.torchxconfig``, else to Slurm.
+    """
+
+    partition: str = ""
+    """Partition to submit to."""
+    time: str = ""
+    """Time limit (``minutes``, ``hours:minutes:seconds``, ``days-hours``...)."""
+    account: str = ""
+    """Account to charge."""
+    qos: str = ""
+    """Quality of service."""
+    constraint: str = ""
+    """Node features the nodes must have."""
+
+
+@dataclass(kw_only=True)
 class LaunchConfig:
     """Where the job runs."""
 
@@ -782,9 +809,24 @@ class LaunchConfig:
     nproc_per_node: int = 1
     """Processes (ranks) per node."""
     run_root: str = "runs"
-    """Run directories are created under this folder."""
+    """Run directories are created under this folder (on a file system every node sees, for Slurm)."""
     max_restarts: int = 0
-    """Elastic restarts passed to torchrun."""
+    """Elastic restarts passed to torchrun: after a worker dies, every rank restarts from the newest
+    complete checkpoint, at most this many times."""
+    scheduler: Literal["local_cwd", "slurm"] = "local_cwd"
+    """TorchX scheduler of ``recscale launch`` when ``--scheduler`` is not given."""
+    job_name: str = ""
+    """Name of the TorchX app and of the scheduler's job (empty = ``name``)."""
+    cpus_per_node: int = 0
+    """CPUs requested per node (0 = one per rank)."""
+    gpus_per_node: int = 0
+    """GPUs requested per node (0 = none: a CPU job)."""
+    mem_mb_per_node: int = 0
+    """Memory requested per node, MB (0 = the scheduler's default)."""
+    rdzv_port: int = 0
+    """Port of the rendezvous store on the first node (0 = a port free on the submitting host)."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    """Slurm run options."""
 
 
 @dataclass(kw_only=True)

@@ -39,10 +39,11 @@ def collect_problems(cfg: JobConfig, world_size: int | None = None, device: str 
     out += _check_training(cfg)
     out += _check_stages(cfg)
     out += _check_sharding(cfg, world_size)
-    if device == "cpu" and cfg.optimizer.sparse.name not in CPU_SPARSE_OPTIMIZERS:
+    if device == "cpu" and cfg.optimizer.sparse.name not in CPU_SPARSE_OPTIMIZERS and not all_data_parallel(cfg):
         out.append(
             f"optimizer.sparse.name: {cfg.optimizer.sparse.name!r} has no CPU kernel in FBGEMM; "
-            f"expected one of {', '.join(CPU_SPARSE_OPTIMIZERS)}"
+            f"expected one of {', '.join(CPU_SPARSE_OPTIMIZERS)} (or make every table data_parallel: "
+            "sharding.constraints: {'*': {sharding_types: [data_parallel]}})"
         )
     if world_size is not None:
         if world_size < 1:
@@ -53,6 +54,20 @@ def collect_problems(cfg: JobConfig, world_size: int | None = None, device: str 
                 f"{world_size} (expected a multiple of {world_size})"
             )
     return out
+
+
+def all_data_parallel(cfg: JobConfig) -> bool:
+    """Every table is constrained to data-parallel sharding (its optimizer is then a plain torch one)."""
+    s = cfg.sharding
+    for t in cfg.embeddings.tables:
+        if s.manual:
+            if s.manual[t.name].type != "data_parallel" if t.name in s.manual else True:
+                return False
+            continue
+        c = s.constraints.get(t.name) or s.constraints.get("*")
+        if c is None or c.sharding_types != ["data_parallel"]:
+            return False
+    return True
 
 
 def _check_tables(cfg: JobConfig) -> list[str]:
@@ -268,6 +283,13 @@ def _check_training(cfg: JobConfig) -> list[str]:
         out.append(f"launch.nnodes: expected at least 1, got {cfg.launch.nnodes}")
     if cfg.launch.nproc_per_node < 1:
         out.append(f"launch.nproc_per_node: expected at least 1, got {cfg.launch.nproc_per_node}")
+    for key in ("max_restarts", "cpus_per_node", "gpus_per_node", "mem_mb_per_node"):
+        if getattr(cfg.launch, key) < 0:
+            out.append(f"launch.{key}: expected >= 0, got {getattr(cfg.launch, key)}")
+    if not 0 <= cfg.launch.rdzv_port < 65536:
+        out.append(f"launch.rdzv_port: expected a TCP port (0 = pick a free one), got {cfg.launch.rdzv_port}")
+    if t.collective_timeout_s <= 0:
+        out.append(f"trainer.collective_timeout_s: expected a positive number of seconds, got {t.collective_timeout_s}")
     return out
 
 
@@ -289,7 +311,7 @@ def _check_sharding(cfg: JobConfig, world_size: int | None) -> list[str]:
     if not 0.0 <= s.storage_reservation < 1.0:
         out.append(f"sharding.storage_reservation: expected a fraction in [0, 1), got {s.storage_reservation}")
     for name in s.constraints:
-        if name not in tables:
+        if name != "*" and name not in tables:
             out.append(f"sharding.constraints.{name}: no table named {name!r}")
     if s.manual:
         for name in s.manual:

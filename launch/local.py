@@ -6,13 +6,11 @@ shell syntax. torchrun writes every rank's stdout/stderr under ``<run_dir>/logs`
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,6 +24,9 @@ def worker_env(nproc: int) -> dict[str, str]:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     env.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # elastic restarts: a store shared between torchrun and its workers keeps the first attempt's gloo
+    # addresses, and the restarted workers hang in init_process_group (pytorch#135712)
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     return env
 
 
@@ -63,27 +64,23 @@ def run_local(run_dir: Path, nproc: int, resume: bool = False, max_restarts: int
 
 
 def print_failed_rank_logs(log_dir: Path, lines: int = 25) -> None:
-    """Show the end of the stderr of every rank other than 0 that reported an error."""
+    """Show why the job failed: the end of each failing rank's stderr, then each rank's reason.
+
+    Rank 0's output was on the console already. The entrypoint logs ``rank N failed: <reason>``; those
+    lines are printed last, where a user looks.
+    """
+    reasons: dict[str, None] = {}
     for path in sorted(log_dir.rglob("stderr.log")):
-        rank = path.parent.name
-        if rank == "0":
-            continue  # rank 0's output was on the console already
         text = path.read_text(errors="replace").splitlines()
-        if any("Error" in line or "failed" in line for line in text):
-            print(f"--- rank {rank} ({path}) ---", file=sys.stderr)
+        for line in text:
+            found = FAILED_LINE.search(line)
+            if found:
+                reasons[found.group(0)] = None
+        if path.parent.name != "0" and any("Error" in line or " failed" in line for line in text):
+            print(f"--- rank {path.parent.name} ({path}) ---", file=sys.stderr)
             print("\n".join(text[-lines:]), file=sys.stderr)
+    for reason in reasons:
+        print(reason, file=sys.stderr)
 
 
-def run_eval_local(checkpoint: Path, data: str, nproc: int, batch_size: int) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``nproc`` local ranks; returns the metrics."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "result.json"
-        args = ["--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", str(batch_size)]
-        if data:
-            args += ["--data", data]
-        cmd = torchrun_command(nproc, "recscale.launch.eval_entrypoint", args, Path(tmp) / "logs")
-        code = subprocess.call(cmd, env=worker_env(nproc), stdout=sys.stderr)
-        if code != 0 or not out.exists():
-            raise RuntimeError(f"evaluation failed (exit code {code})")
-        result: dict[str, Any] = json.loads(out.read_text())
-        return result
+FAILED_LINE = re.compile(r"\brank \d+ failed: .*")

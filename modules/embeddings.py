@@ -13,7 +13,9 @@ is named ``<table>__seq`` (``sequence_table_name``). See docs/models/kunlun.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -67,9 +69,18 @@ def table_configs(emb: EmbeddingsConfig, features: FeatureSchemaConfig) -> list[
                 num_embeddings=t.num_embeddings,
                 feature_names=readers[t.name],
                 pooling=PoolingType.SUM if t.pooling == "sum" else PoolingType.MEAN,
+                init_fn=normal_init(emb.init_std),
             )
         )
     return out
+
+
+def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """An ``init_fn`` drawing N(0, std²), or None for TorchRec's default uniform init.
+
+    TorchRec applies it to every shard when it materialises a table.
+    """
+    return partial(nn.init.normal_, mean=0.0, std=std) if std > 0 else None
 
 
 def pooled_layout(tables: list[EmbeddingBagConfig]) -> PooledLayout:
@@ -112,6 +123,7 @@ def sequence_table_configs(
                     embedding_dim=t.dim or emb.dim,
                     num_embeddings=t.num_embeddings,
                     feature_names=readers[t.name],
+                    init_fn=normal_init(emb.init_std),
                 )
             )
     dims = sorted({t.embedding_dim for t in out})

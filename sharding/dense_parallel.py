@@ -7,6 +7,7 @@ embedding tables are not here: TorchRec updates them inside backward.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recscale.configs.schema import DenseOptimizerConfig
 from recscale.modules.hilomoe import role_param_groups
+
+log = logging.getLogger("recscale")
 
 
 class DenseBackend(Protocol):
@@ -172,12 +175,36 @@ class DDPDense:
         dcp.save(self.state_dict(), checkpoint_id=str(directory))
 
     def load(self, directory: Path) -> None:
-        """Read what ``save`` wrote, into the current layout (any world size)."""
+        """Read what ``save`` wrote, into the current layout (any world size).
+
+        Parameters without optimizer state in the checkpoint (frozen when it was written, e.g. experts
+        in a training stage that trained only the backbone) keep fresh state.
+        """
         state = self.state_dict()
-        dcp.load(state, checkpoint_id=str(directory))
-        self.inner.load_state_dict(state["model"])
+        saved = set(dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata)
+        optim_state = state["optim"]["state"]
+        missing = [
+            name
+            for name, entries in optim_state.items()
+            if any(f"optim.state.{name}.{k}" not in saved for k in entries)
+        ]
+        to_load = {
+            **state,
+            "optim": {**state["optim"], "state": {k: v for k, v in optim_state.items() if k not in missing}},
+        }
+        dcp.load(to_load, checkpoint_id=str(directory))
+        self.inner.load_state_dict(to_load["model"])
+        state["optim"]["state"].update(to_load["optim"]["state"])
+        state["optim"]["param_groups"] = to_load["optim"]["param_groups"]
         set_optimizer_state_dict(self.inner, self.optimizer, state["optim"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.scheduler.load_state_dict(to_load["scheduler"])
+        if missing:
+            log.warning(
+                "no optimizer state in %s for %d parameters (e.g. %s): they start fresh",
+                directory,
+                len(missing),
+                missing[0],
+            )
 
 
 class DeepSpeedDense:

@@ -97,10 +97,13 @@ def plan_embeddings(
         shapes.update({t.name: (t.num_embeddings, t.embedding_dim) for t in sparse.ec.embedding_configs()})
     if cfg.manual:
         plan = manual_plan(sparse, cfg, world_size=world_size, local_world_size=local_world_size, device=device)
-        return plan, describe_plan(plan, shapes, world_size, device, sparse_optimizer, "manual")
+        described = describe_plan(plan, shapes, world_size, device, sparse_optimizer, "manual")
+        check_fused_columns(described)
+        return plan, described
 
     allowed = PLANNER_TYPES[device]
     for name, c in cfg.constraints.items():
+        name = "'*'" if name == "*" else name
         bad = [t for t in c.sharding_types if t not in allowed]
         if bad:
             raise PlanningError(
@@ -115,7 +118,7 @@ def plan_embeddings(
             **({"pooling_factors": [c.pooling_factor]} if c.pooling_factor > 0 else {}),
         )
         for table in shapes
-        for c in [cfg.constraints.get(config_table_name(table))]
+        for c in [cfg.constraints.get(config_table_name(table)) or cfg.constraints.get("*")]
         if c is not None
     }
     topology = build_topology(cfg.topology, world_size, local_world_size, device)
@@ -143,7 +146,33 @@ def plan_embeddings(
         "hbm_gb_per_rank": cfg.topology.hbm_gb if device == "cuda" else 0.0,
         "ddr_gb_per_rank": cfg.topology.ddr_gb,
     }
-    return plan, describe_plan(plan, shapes, world_size, device, sparse_optimizer, "planner", estimates, summary)
+    described = describe_plan(plan, shapes, world_size, device, sparse_optimizer, "planner", estimates, summary)
+    check_fused_columns(described)
+    return plan, described
+
+
+def check_fused_columns(plan: EmbeddingPlan) -> None:
+    """FBGEMM's fused kernels need every shard's column count divisible by 4; say so before sharding.
+
+    Raises:
+        PlanningError: naming the tables and what to change.
+    """
+    bad = sorted(
+        {
+            f"{t.table} ({s.sizes[1]} columns on rank {s.rank})"
+            for t in plan.tables
+            if t.compute_kernel != "dense"
+            for s in t.shards
+            if s.sizes[1] % 4
+        }
+    )
+    if bad:
+        raise PlanningError(
+            "FBGEMM's fused embedding kernels need a multiple of 4 columns per shard: "
+            + ", ".join(bad)
+            + "; use embedding dims that are multiples of 4, or make these tables data_parallel "
+            "(sharding.constraints.<table>.sharding_types: [data_parallel])"
+        )
 
 
 def manual_plan(
@@ -199,7 +228,7 @@ def _manual_module_plan(
                 f"{where}.type: {m.type!r} has no hand-built form; use the planner (sharding.constraints)"
             )
     try:
-        return construct_module_sharding_plan(
+        module_plan = construct_module_sharding_plan(
             module,
             per_param_sharding=per_table,
             local_size=local_world_size,
@@ -208,3 +237,4 @@ def _manual_module_plan(
         )
     except (AssertionError, ValueError, RuntimeError) as err:
         raise PlanningError(f"sharding.manual: TorchRec rejected the hand-built plan: {err}") from None
+    return module_plan

@@ -19,11 +19,13 @@ from recscale.modules.build import build_model, flops_per_example
 from recscale.modules.flops import total
 from recscale.sharding.apply import ParallelModel, parallelize
 from recscale.sharding.process_group import DistInfo, init_distributed
+from recscale.trainer import faults
 from recscale.trainer.checkpoint import CheckpointManager, rng_state, set_rng_state
 from recscale.trainer.data import TrainData, make_eval_batches, make_train_data
 from recscale.trainer.embedding_traffic import EmbeddingTraffic
 from recscale.trainer.evaluate import evaluate
 from recscale.trainer.metrics import MetricsLog, embedding_bandwidth, memory_stats, mfu
+from recscale.trainer.moe_timing import MoEDispatchTimer
 from recscale.trainer.peaks import device_description, peak_tflops
 from recscale.trainer.pipeline import HybridTrainPipeline, PhaseTimer, PlainStepper
 from recscale.trainer.plateau import Plateau
@@ -90,7 +92,7 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
     start_step = 0
     resumed_plateau = None
-    if resume:
+    if faults.any_rank(resume):  # one restarted node makes every rank resume
         latest = checkpoints.latest_valid()
         if latest is not None:
             state = checkpoints.load(latest, parallel)
@@ -102,6 +104,9 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
             log.info("resumed from %s at step %d", latest, start_step)
         else:
             log.info("no intact checkpoint in %s; starting from step 0", checkpoints.root)
+        if info.is_main:
+            faults.rewind_metrics(run_dir, start_step, latest, faults.restart_attempt())
+    faults.arm(run_dir, info.rank, info.world_size, t.collective_timeout_s, start_step)
 
     loop = _Loop(cfg, run_dir, info, parallel, data, checkpoints, total_steps, per_rank_batch, schedule)
     if resumed_plateau is not None:
@@ -140,6 +145,7 @@ class _Loop:
         self.flops = flops_per_example(cfg)
         self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
         self.traffic = EmbeddingTraffic(cfg)  # embedding rows read: bytes, not FLOPs
+        self.moe_timer = MoEDispatchTimer(parallel.dense.inner, info.device)
         self.profiler: StepProfiler | None = None
         self.progress = Progress(cfg.metrics.progress_bar, total_steps, enabled=info.is_main)
         self.steady_steps = 0  # steps after warm-up, the seconds they took (steps only), their FLOPs per rank
@@ -147,6 +153,7 @@ class _Loop:
         self.steady_flops = 0.0
         self.last_eval: dict[str, float] = {}
         self.plateau = Plateau(cfg.trainer.early_stopping)
+        self.last_full_eval: tuple[int, dict[str, float]] | None = None
         self.dense_lr_scales = [1.0] * len(parallel.dense.param_groups())  # set by training stages
         self.sparse_lr_scale = 1.0
 
@@ -186,6 +193,7 @@ class _Loop:
                     "and the number of batches it produced disagree"
                 ) from None
             step += 1
+            faults.after_step(step)  # progress board for hang diagnosis; injected faults (tests)
             if step > start_step + WARMUP_STEPS and not (self.profiler and self.profiler.recording):
                 self.steady_steps += 1
                 self.steady_seconds += time.perf_counter() - step_start
@@ -210,6 +218,7 @@ class _Loop:
             # a window's timer must not include evaluation or checkpoint time
             if window_steps == 0:
                 window_start = time.perf_counter()
+                self.moe_timer.take(1)  # drop the all-to-alls that evaluation ran
             if self.profiler is not None:
                 self.profiler.step_done(step)
         if self.profiler is not None:
@@ -238,11 +247,14 @@ class _Loop:
             result, full = self._evaluate(step, t.eval_batches), t.eval_batches == 0
         if t.eval_each_epoch and step % self.data.steps_per_epoch == 0 and not full:
             result, full = self._evaluate(step, 0), True
-        if full and result is not None and self.plateau.active:
-            self._observe(step, result)
+        if full and result is not None:
+            self.last_full_eval = (step, result)
+            if self.plateau.active:
+                self._observe(step, result)
 
     def _observe(self, step: int, result: dict[str, float]) -> bool:
         """Plateau bookkeeping after a full evaluation: keep the best weights, decay, stop."""
+        was_stopped = self.plateau.state.stopped
         improved = self.plateau.observe(step, result)
         es = self.cfg.trainer.early_stopping
         if improved and es.restore_best:
@@ -251,7 +263,7 @@ class _Loop:
             self._apply_lr()
         record = {**self.plateau.state_dict(), "improved": improved, "metric": es.metric}
         self.metrics.write("plateau", step, record)
-        if self.plateau.state.stopped and self.info.is_main:
+        if self.plateau.state.stopped and not was_stopped and self.info.is_main:
             self.progress.message(
                 f"early stop at step {step}: no better {es.metric} for {es.patience} evaluations "
                 f"(best {self.plateau.state.best:.5f} at step {self.plateau.state.best_step})"
@@ -259,10 +271,18 @@ class _Loop:
         return improved
 
     def _final_evaluation(self, step: int) -> dict[str, float]:
-        """The whole validation set at the end; with ``restore_best``, of the best weights."""
-        final = self._evaluate(step, 0, final=True)
+        """The whole validation set at the end; with ``restore_best``, of the best weights.
+
+        An evaluation of the whole set at this very step (an epoch's end) is not repeated.
+        """
+        if self.last_full_eval is not None and self.last_full_eval[0] == step:
+            final, improved = self.last_full_eval[1], step == self.plateau.state.best_step
+            final["final"] = True
+            self.metrics.write("eval", step, final)
+        else:
+            final = self._evaluate(step, 0, final=True)
+            improved = self._observe(step, final) if self.plateau.active else False
         if self.plateau.active:
-            improved = self._observe(step, final)
             best = self.checkpoints.root / BEST
             if self.cfg.trainer.early_stopping.restore_best and not improved and best.is_dir():
                 self.checkpoints.load(best, self.parallel)
@@ -307,6 +327,7 @@ class _Loop:
             **{f"time/{k}": v / steps for k, v in phases.items()},
             "emb/bytes_per_example": emb_bytes,
             "emb/gbytes_per_s_per_rank": embedding_bandwidth(emb_bytes, per_rank),
+            **self.moe_timer.take(steps),
             **memory_stats(self.info.device),
             **{k: float(v) for k, v in zip(keys, values[1:])},
         }
@@ -329,6 +350,8 @@ class _Loop:
         index = self.schedule.index_after(steps_done)
         stage = self.schedule.stages[index]
         self.dense_lr_scales, self.sparse_lr_scale = enter_stage(self.parallel, stage)
+        if steps_done == self.schedule.starts[index]:
+            self.plateau.new_stage()  # a stage starts at its own rates, without an earlier stage's decay
         self._apply_lr()
         # the stage decides what runs (experts off, frozen weights): count what it runs
         self.flops = total(self.parallel.dense.inner.flops())
@@ -371,6 +394,12 @@ class _Loop:
                 "excluded_warmup_steps": WARMUP_STEPS,
             },
             "flops_per_example": {"forward": self.flops.forward, "train": self.flops.train},
+            "params": {
+                "dense": sum(p.numel() for p in self.parallel.dense.inner.parameters()),
+                "embedding": sum(
+                    t.num_embeddings * (t.dim or self.cfg.embeddings.dim) for t in self.cfg.embeddings.tables
+                ),
+            },
             "flops_breakdown": {k: {"forward": v.forward, "train": v.train} for k, v in dense.flops().items()},
             "dense_parameters": sum(p.numel() for p in dense.parameters()),
             "embedding": {

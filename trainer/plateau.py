@@ -49,9 +49,10 @@ class Plateau:
 
     def observe(self, step: int, metrics: dict[str, float]) -> bool:
         """Take a full evaluation's metrics; returns True when it is a new best."""
-        value = metrics[self.cfg.metric]
+        m = self.cfg.metric
+        value = metrics["auc"] - metrics["logloss"] if m == "auc_minus_logloss" else metrics[m]
         s = self.state
-        sign = 1.0 if self.cfg.metric == "auc" else -1.0
+        sign = -1.0 if m == "logloss" else 1.0
         improved = math.isnan(s.best) or sign * (value - s.best) > self.cfg.min_delta
         if improved:
             s.best, s.best_step, s.bad_evaluations = value, step, 0
@@ -61,6 +62,10 @@ class Plateau:
         if self.cfg.patience and s.bad_evaluations >= self.cfg.patience:
             s.stopped = True
         return False
+
+    def new_stage(self) -> None:
+        """A training stage begins: undo the decay and the count (the best so far stays the best)."""
+        self.state.lr_factor, self.state.bad_evaluations = 1.0, 0
 
     def state_dict(self) -> dict[str, Any]:
         """For checkpoints."""

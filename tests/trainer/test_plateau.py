@@ -55,7 +55,7 @@ def test_early_stop_restores_the_best_weights_and_decays_the_rate(tmp_path):
     # epoch 1 (step 8) is the first full evaluation and so the best; nothing beats it by min_delta 1.0:
     # step 16 decays the rate (x0.1), step 24 decays again and stops the run (patience 2), before 4 epochs
     assert [e["step"] for e in evals[:3]] == [8, 16, 24] and summary["steps"] == 24
-    assert [p["improved"] for p in plateau] == [True, False, False, False]  # the last one: the final evaluation
+    assert [p["improved"] for p in plateau] == [True, False, False]  # the final evaluation reuses step 24
     assert plateau[1]["lr_factor"] == pytest.approx(0.1) and plateau[2]["stopped"] is True
     lr = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
     assert lr[17] == pytest.approx(0.1 * lr[16]) and lr[24] == pytest.approx(lr[17])
