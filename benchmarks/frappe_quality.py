@@ -72,7 +72,7 @@ def main() -> int:
             "metrics.progress_bar=never",
         ]
         out = recscale("train", preset, "--nproc", "2", *[x for s in sets for x in ("--set", s)])
-        run_dir = Path(out.strip().splitlines()[-1].split("run directory: ", 1)[1].split()[0])
+        run_dir = Path(next(x for x in out.splitlines() if x.startswith("run directory: ")).split(": ", 1)[1])
         summary = json.loads((run_dir / "summary.json").read_text())
         final = summary["final_eval"]
         best = run_dir / "checkpoints" / "best"

@@ -57,13 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_warnings()
     run_dir = Path(args.run_dir)
     cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
+    from recscale.trainer import faults
     from recscale.trainer.loop import train
 
+    # a worker restarted by torchrun (or a requeued Slurm job) continues from the newest checkpoint
+    resume = args.resume or faults.restart_attempt() > 0
     try:
-        train(cfg, run_dir, resume=args.resume)
+        train(cfg, run_dir, resume=resume)
     except Exception as err:  # noqa: BLE001 - reported, then the rank exits non-zero
+        stall = faults.explain(err)  # names the ranks that never reached a failed collective
+        reason = f"{stall} [{str(err).splitlines()[0] if str(err) else type(err).__name__}]" if stall else err
         logging.getLogger("recscale").error(
-            "rank %s failed: %s\n%s", os.environ.get("RANK", "0"), err, traceback.format_exc()
+            "rank %s failed: %s\n%s", os.environ.get("RANK", "0"), reason, traceback.format_exc()
         )
         return 1
     return 0

@@ -6,11 +6,14 @@ shell syntax. torchrun writes every rank's stdout/stderr under ``<run_dir>/logs`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,6 +64,21 @@ def run_local(run_dir: Path, nproc: int, resume: bool = False, max_restarts: int
     if code != 0:
         print_failed_rank_logs(log_dir)
     return code
+
+
+def run_eval_local(checkpoint: Path, data: str, nproc: int, batch_size: int) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``nproc`` local ranks; returns the metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        args = ["--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", str(batch_size)]
+        if data:
+            args += ["--data", data]
+        cmd = torchrun_command(nproc, "recscale.launch.eval_entrypoint", args, Path(tmp) / "logs")
+        code = subprocess.call(cmd, env=worker_env(nproc), stdout=sys.stderr)
+        if code != 0 or not out.exists():
+            raise RuntimeError(f"evaluation failed (exit code {code})")
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
 
 
 def print_failed_rank_logs(log_dir: Path, lines: int = 25) -> None:

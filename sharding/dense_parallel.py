@@ -117,7 +117,7 @@ class DDPDense:
         # one group per parameter role (all parameters, frozen ones too): stages rescale them
         self.optimizer = build_dense_optimizer(role_param_groups(dense), cfg)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
-        self._base_lrs = list(self.scheduler.base_lrs)
+        self._base_lrs = [float(lr) for lr in self.scheduler.base_lrs]
 
     def refresh(self) -> None:
         """Wrap the dense arch in a new DDP (after a stage changed which parameters train).
@@ -265,7 +265,7 @@ class DeepSpeedDense:
         if cfg.grad_clip > 0:
             config["gradient_clipping"] = cfg.grad_clip
         self._client_scheduler = scheduler
-        self._base_lrs = list(scheduler.base_lrs)
+        self._base_lrs = [float(lr) for lr in scheduler.base_lrs]
         if dist.is_initialized():
             deepspeed.init_distributed(dist_backend=dist.get_backend())
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(

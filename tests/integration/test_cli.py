@@ -45,15 +45,16 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     sets = [*SMALL, f"data.cache_dir={root / 'cache'}", f"launch.run_root={root / 'runs'}"]
     proc = recscale("train", "quickstart", "--nproc", "2", *with_sets(sets))
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].split("run directory: ", 1)[1])
+    run_dir = Path(proc.stdout.strip().splitlines()[-2].split("run directory: ", 1)[1])
     return run_dir, proc
 
 
 def test_train_prints_metrics_and_the_run_directory(trained):
     run_dir, proc = trained
     lines = proc.stdout.strip().splitlines()
-    assert lines[-3].startswith("validation: auc ") and "oracle" in lines[-3] and "logloss" in lines[-3]
-    assert lines[-1] == f"run directory: {run_dir}"
+    assert lines[-4].startswith("validation: auc ") and "oracle" in lines[-4] and "logloss" in lines[-4]
+    assert lines[-2] == f"run directory: {run_dir}"
+    assert lines[-1] == f"report: {run_dir / 'report.html'}"
     for name in ("config.yaml", "plan.json", "metrics.jsonl", "summary.json"):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,0 +1,358 @@
+"""``recscale launch`` / ``status`` / ``logs``: a training job through TorchX, on this machine or on Slurm.
+
+    recscale launch CONFIG [--scheduler local_cwd|slurm] [-j NODESxPROCS] [--set key=value ...]
+                           [--max-restarts N] [--run-dir DIR] [--dry-run] [--wait]
+    recscale status HANDLE
+    recscale logs HANDLE [--stream stderr|stdout] [--node K]
+
+``launch`` checks everything it can before it creates or submits anything (scheduler, ``-j``, the
+config, what the scheduler can give, data paths, the run root), creates the run directory and its
+``config.yaml``, builds the job with :func:`recscale.launch.components.trainer` and submits it with
+TorchX's runner. It prints the TorchX app handle on stdout. ``local_cwd`` jobs live in this process,
+so ``launch`` waits for them (streaming node 0's output); Slurm jobs are left running unless ``--wait``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from recscale.configs import JobConfig, dump_config, load_config
+from recscale.launch import schedulers
+from recscale.trainer.run_dir import CONFIG, LOGS, SUMMARY, new_run_dir
+
+log = logging.getLogger("recscale")
+
+LAUNCH_RECORD = "launch.json"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``launch``, ``status`` and ``logs`` to a ``recscale`` argument parser."""
+    p = subparsers.add_parser("launch", help="run a training job through TorchX (local_cwd or Slurm)")
+    p.add_argument("config", help="preset name or path to a YAML config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override")
+    p.add_argument("--scheduler", "-s", default="", help="local_cwd or slurm (default: launch.scheduler)")
+    p.add_argument("-j", dest="job", default="", metavar="NODESxPROCS", help="nodes x ranks per node, e.g. 2x4")
+    p.add_argument("--max-restarts", type=int, default=None, help="elastic restarts (default: launch.max_restarts)")
+    p.add_argument("--run-dir", default="", help="write into this (new or empty) directory")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch script / command lines, submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait for a Slurm job to finish (local_cwd always waits)")
+    p.set_defaults(func=launch)
+
+    p = subparsers.add_parser("status", help="state of a launched job (TorchX app handle)")
+    p.add_argument("handle", help="e.g. slurm://torchx/42")
+    p.set_defaults(func=status)
+
+    p = subparsers.add_parser("logs", help="per-node output of a launched job")
+    p.add_argument("handle", help="e.g. slurm://torchx/42")
+    p.add_argument("--stream", choices=["stderr", "stdout"], default="stderr")
+    p.add_argument("--node", type=int, default=None, help="only this node (default: every node)")
+    p.set_defaults(func=logs)
+
+
+# ------------------------------------------------------------------------------------------ launch
+
+
+def _device(cfg: JobConfig, scheduler: str) -> str:
+    """The device the ranks will train on, as far as the submitting machine can tell."""
+    if cfg.trainer.device != "auto":
+        return cfg.trainer.device
+    if scheduler == "slurm":
+        return "cuda" if cfg.launch.gpus_per_node else "cpu"
+    from recscale.sharding.topology import resolve_device
+
+    return resolve_device("auto")
+
+
+def _check_data_paths(cfg: JobConfig) -> None:
+    """Real data must exist before anything is submitted (synthetic data is generated here)."""
+    if cfg.data.source == "synthetic":
+        return
+    for key in ("train_path", "valid_path"):
+        path = Path(getattr(cfg.data, key)).expanduser()
+        if not path.exists():
+            raise ValueError(f"data.{key}: {path} does not exist")
+
+
+def _absolute_paths(cfg: JobConfig) -> None:
+    """Make the config's paths absolute: ranks run in another directory (Slurm: the job's log folder)."""
+    for key in ("train_path", "valid_path", "cache_dir"):
+        value = getattr(cfg.data, key)
+        if value:
+            setattr(cfg.data, key, str(Path(value).expanduser().resolve()))
+    cfg.launch.run_root = str(Path(cfg.launch.run_root).expanduser().resolve())
+
+
+def _quiet_torchx(args: argparse.Namespace) -> None:
+    """TorchX logs every config file and directory it uses at INFO; keep those for ``-v``."""
+    if not getattr(args, "verbose", False):
+        logging.getLogger("torchx").setLevel(logging.WARNING)
+
+
+def _check_writable(root: Path) -> None:
+    """The run root (or its nearest existing parent) must be writable."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"launch.run_root: {root} is not writable")
+
+
+def _planned_run_dir(cfg: JobConfig, explicit: str) -> Path:
+    """Where the run will write (absolute: nodes and the state directory see the same path)."""
+    if explicit:
+        path = Path(explicit).expanduser().resolve()
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"--run-dir {path} is not empty")
+        _check_writable(path)
+        return path
+    root = Path(cfg.launch.run_root).expanduser().resolve()
+    _check_writable(root)
+    return root / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_launch(args: argparse.Namespace) -> tuple[JobConfig, str, Path, dict[str, Any]]:
+    """Every check of ``launch``, in the order of their cost; returns config, scheduler, run dir, TorchX cfg."""
+    scheduler = schedulers.check_scheduler(args.scheduler) if args.scheduler else ""
+    shape = schedulers.parse_job_spec(args.job) if args.job else None
+    if args.max_restarts is not None and args.max_restarts < 0:
+        raise ValueError(f"--max-restarts {args.max_restarts}: expected >= 0")
+    cfg = load_config(args.config, args.overrides)
+    scheduler = scheduler or cfg.launch.scheduler
+    if shape is not None:
+        cfg.launch.nnodes, cfg.launch.nproc_per_node = shape
+    if args.max_restarts is not None:
+        cfg.launch.max_restarts = args.max_restarts
+    launch_cfg = cfg.launch
+    schedulers.job_name(launch_cfg, cfg.name)
+    _absolute_paths(cfg)
+    device = _device(cfg, scheduler)
+    from recscale.trainer.job import check_job
+
+    check_job(cfg, launch_cfg.nnodes * launch_cfg.nproc_per_node, device)
+    run_dir = _planned_run_dir(cfg, args.run_dir)
+    torchx_cfg = schedulers.scheduler_cfg(scheduler, launch_cfg, run_dir)
+    if scheduler == "slurm":
+        torchx_cfg["partition"] = schedulers.check_slurm_capacity(
+            schedulers.slurm_nodes(),
+            str(torchx_cfg.get("partition") or ""),
+            launch_cfg.nnodes,
+            launch_cfg.cpus_per_node or launch_cfg.nproc_per_node,
+            launch_cfg.gpus_per_node,
+            launch_cfg.mem_mb_per_node,
+        )
+    else:
+        schedulers.check_local_capacity(
+            launch_cfg.nnodes, launch_cfg.nproc_per_node, launch_cfg.gpus_per_node, device == "cuda"
+        )
+    _check_data_paths(cfg)
+    return cfg, scheduler, run_dir, torchx_cfg
+
+
+def build_app(cfg: JobConfig, run_dir: Path) -> Any:
+    """The TorchX AppDef of this job (our component, its arguments from the config's launch section)."""
+    from recscale.launch.components import trainer
+
+    launch_cfg = cfg.launch
+    port = launch_cfg.rdzv_port or (schedulers.free_port() if launch_cfg.nnodes > 1 else 29500)
+    return trainer(
+        run_dir=str(run_dir),
+        nnodes=launch_cfg.nnodes,
+        nproc_per_node=launch_cfg.nproc_per_node,
+        cpu=launch_cfg.cpus_per_node or launch_cfg.nproc_per_node,
+        gpu=launch_cfg.gpus_per_node,
+        memMB=launch_cfg.mem_mb_per_node,
+        max_restarts=launch_cfg.max_restarts,
+        rdzv_port=port,
+        name=schedulers.job_name(launch_cfg, cfg.name),
+    )
+
+
+def format_dryrun(info: Any, scheduler: str) -> str:
+    """What would be submitted: the sbatch command and script, or each node's command line."""
+    if scheduler == "slurm":
+        job_dir = info.request.job_dir
+        return f"{info}\n# submitted as: sbatch --parsable --chdir={job_dir} {job_dir}/torchx-sbatch.sh"
+    lines = []
+    for role, replicas in info.request.role_params.items():
+        for k, replica in enumerate(replicas):
+            env = {key: v for key, v in replica.env.items() if key != "PATH"}
+            lines.append(f"# {role} node {k} (cwd {replica.cwd}; stdout/stderr {Path(replica.stdout).parent})")
+            lines.append(shlex.join(["env", *(f"{key}={v}" for key, v in sorted(env.items())), *replica.args]))
+    return "\n".join(lines)
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Check, create the run directory, submit through TorchX, print the handle (and wait for local jobs)."""
+    from recscale.launch.torchx_runner import get_runner
+
+    _quiet_torchx(args)
+    cfg, scheduler, run_dir, torchx_cfg = prepare_launch(args)
+    app = build_app(cfg, run_dir)
+    if args.dry_run:
+        with schedulers.in_state_dir(scheduler), get_runner() as runner:
+            print(format_dryrun(runner.dryrun(app, scheduler, cfg=torchx_cfg), scheduler))
+        return 0
+
+    if args.run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_dir = new_run_dir(run_dir.parent, cfg.name)
+        app = build_app(cfg, run_dir)  # the directory's final name (a suffix if the stamp was taken)
+        for key, value in schedulers.scheduler_cfg(scheduler, cfg.launch, run_dir).items():
+            if key in ("log_dir", "job_dir"):
+                torchx_cfg[key] = value
+    from recscale.data.prepare import prepare_data
+
+    prepare_data(cfg.data, cfg.embeddings)  # synthetic data once, here; real data checked against the schema
+    dump_config(cfg, run_dir / CONFIG)
+    (run_dir / LOGS).mkdir(exist_ok=True)
+    log.info("run directory: %s", run_dir)
+    with schedulers.in_state_dir(scheduler), get_runner() as runner:
+        try:
+            handle = runner.run(app, scheduler, cfg=torchx_cfg)
+        except subprocess.CalledProcessError as err:
+            print(
+                f"recscale launch: error: {shlex.join(map(str, err.cmd))} failed (exit {err.returncode})",
+                file=sys.stderr,
+            )
+            return 1
+        role = app.roles[0]
+        record = {"run_dir": str(run_dir), "scheduler": scheduler, "role": role.name, "nnodes": role.num_replicas}
+        record["log_dir"] = str(torchx_cfg.get("log_dir") or torchx_cfg.get("job_dir"))
+        schedulers.record_launch(handle, record)
+        schedulers.write_json(
+            run_dir / LAUNCH_RECORD,
+            {**record, "handle": handle, "torchx_cfg": torchx_cfg, "entrypoint": role.entrypoint, "args": role.args},
+        )
+        print(handle, flush=True)
+        if scheduler == "local_cwd" or args.wait:
+            return _wait(runner, handle, scheduler, role.name, run_dir)
+    print(f"recscale launch: submitted; `recscale status {handle}`, `recscale logs {handle}`", file=sys.stderr)
+    return 0
+
+
+def _stream(runner: Any, handle: str, role: str) -> None:
+    """Copy node 0's output to stderr while a local job runs."""
+    from torchx.schedulers.api import Stream
+
+    try:
+        for line in runner.log_lines(handle, role, 0, should_tail=True, streams=Stream.COMBINED):
+            sys.stderr.write(line)
+    except Exception as err:  # noqa: BLE001 - output is a convenience; the job's state is what counts
+        log.debug("log streaming stopped: %s", err)
+
+
+def _wait(runner: Any, handle: str, scheduler: str, role: str, run_dir: Path) -> int:
+    """Wait for the job, record its final state, print the result or why it failed."""
+    streamer = None
+    if scheduler == "local_cwd":
+        streamer = threading.Thread(target=_stream, args=(runner, handle, role), daemon=True)
+        streamer.start()
+    try:
+        final = runner.wait(handle, wait_interval=1)
+    except KeyboardInterrupt:
+        runner.cancel(handle)
+        raise
+    if streamer is not None:
+        streamer.join(timeout=5)
+    state = final.state.name if final is not None else "UNKNOWN"
+    schedulers.record_launch(handle, {"state": state})
+    print(f"{handle}: {state}", file=sys.stderr)
+    if state == "SUCCEEDED" and (run_dir / SUMMARY).exists():
+        from recscale.launch.commands import _print_result
+
+        _print_result(run_dir)
+        return 0
+    from recscale.launch.local import print_failed_rank_logs
+
+    print_failed_rank_logs(run_dir / LOGS)
+    print(f"recscale launch: the job ended {state}; per-rank logs in {run_dir / LOGS}", file=sys.stderr)
+    return 1
+
+
+# ----------------------------------------------------------------------------------- status, logs
+
+
+def _parse_handle(handle: str) -> tuple[str, str, str]:
+    from torchx.specs.api import parse_app_handle
+
+    try:
+        parsed = parse_app_handle(handle)
+    except Exception:  # noqa: BLE001 - TorchX raises its own type for a malformed handle
+        raise ValueError(f"{handle}: not a TorchX app handle (expected SCHEDULER://SESSION/APP_ID)") from None
+    return parsed.scheduler_backend, parsed.session_name, parsed.app_id
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print the job's state (TorchX's ``status``), its nodes and its run directory."""
+    from recscale.launch.torchx_runner import get_runner
+
+    _quiet_torchx(args)
+    scheduler, _, _ = _parse_handle(args.handle)
+    known = schedulers.find_launch(args.handle)
+    with schedulers.in_state_dir(scheduler), get_runner() as runner:
+        found = runner.status(args.handle)
+    if found is not None:
+        print(f"{args.handle}: {found.state.name}")
+        for role in found.roles:
+            for replica in role.replicas:
+                print(f"  {role.role}/{replica.id}: {replica.state.name} {replica.hostname}".rstrip())
+        if found.msg and found.msg != "<NONE>":
+            print(f"  {found.msg}")
+    elif known.get("state"):
+        print(f"{args.handle}: {known['state']} (recorded by the recscale launch that ran it)")
+    elif scheduler == "local_cwd" and known:
+        print(f"{args.handle}: UNKNOWN (local_cwd jobs live in the recscale launch process that started them)")
+    else:
+        raise ValueError(f"{args.handle}: unknown to the {scheduler} scheduler")
+    if known.get("run_dir"):
+        print(f"run directory: {known['run_dir']}")
+    return 0
+
+
+def logs(args: argparse.Namespace) -> int:
+    """Print every node's stderr (or stdout) through TorchX's ``log_lines``."""
+    from torchx.schedulers.api import Stream
+
+    from recscale.launch.torchx_runner import get_runner
+
+    _quiet_torchx(args)
+    scheduler, session, app_id = _parse_handle(args.handle)
+    known = schedulers.find_launch(args.handle)
+    stream = Stream.STDOUT if args.stream == "stdout" else Stream.STDERR
+    with schedulers.in_state_dir(scheduler), get_runner() as runner:
+        role, nnodes = known.get("role"), known.get("nnodes")
+        if not role:
+            app = runner.describe(args.handle)
+            if app is None or not app.roles:
+                raise ValueError(f"{args.handle}: unknown to the {scheduler} scheduler")
+            role, nnodes = app.roles[0].name, app.roles[0].num_replicas
+        nodes = [args.node] if args.node is not None else list(range(int(nnodes or 1)))
+        for k in nodes:
+            for line in _node_lines(runner, args.handle, str(role), k, stream, known, session, app_id):
+                sys.stdout.write(f"{role}/{k} {line}" if line.endswith("\n") else f"{role}/{k} {line}\n")
+    return 0
+
+
+def _node_lines(
+    runner: Any, handle: str, role: str, k: int, stream: Any, known: dict[str, Any], session: str, app_id: str
+) -> Any:
+    """TorchX's log lines of node ``k``; for a local_cwd job that ended in another process, its files."""
+    try:
+        return list(runner.log_lines(handle, role, k, streams=stream))
+    except Exception:  # noqa: BLE001 - local_cwd apps are known only to the process that ran them
+        if known.get("scheduler") != "local_cwd" or not known.get("log_dir"):
+            raise
+    path = Path(known["log_dir"]) / session / app_id / role / str(k) / f"{stream.value}.log"
+    if not path.exists():
+        raise ValueError(f"{handle}: no {stream.value} log of node {k} at {path}")
+    return path.read_text(errors="replace").splitlines(keepends=True)

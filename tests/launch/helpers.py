@@ -1,0 +1,57 @@
+"""Running the ``recscale`` CLI in a subprocess with a small, fast job (synthetic data, 16 steps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RECSCALE = [sys.executable, "-m", "recscale.launch.cli"]
+
+
+def small_sets(root: Path) -> list[str]:
+    """``--set`` arguments of tests/trainer/runs.py:small_job: 3,072 rows, batch 384, 2 epochs, checkpoints every 4."""
+    sets = [
+        f"data.cache_dir={root / 'cache'}",
+        f"launch.run_root={root / 'runs'}",
+        "data.synthetic.num_train=3072",
+        "data.synthetic.num_valid=1024",
+        "data.synthetic.row_group_size=512",
+        "data.reader.shuffle_buffer_rows=1024",
+        "trainer.batch_size=384",
+        "trainer.epochs=2",
+        "trainer.eval_every=0",
+        "trainer.log_every=1",
+        "metrics.tensorboard=false",
+        "metrics.progress_bar=never",
+        "checkpoint.every_steps=4",
+        "checkpoint.keep_last=10",
+    ]
+    return [x for s in sets for x in ("--set", s)]
+
+
+def recscale(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``recscale ARGS`` from the repository root (where the checked-in .torchxconfig is)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([*RECSCALE, *args], capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=timeout)
+
+
+def run_dir_of(proc: subprocess.CompletedProcess[str]) -> Path:
+    """The run directory a launch printed last."""
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("run directory: "), proc.stdout + proc.stderr
+    return Path(last.split("run directory: ", 1)[1])
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    """The ``kind`` records of metrics.jsonl."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """Non-empty stderr lines."""
+    return [line for line in proc.stderr.splitlines() if line.strip()]
