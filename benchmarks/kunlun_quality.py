@@ -67,8 +67,11 @@ def main() -> int:
             examples_per_s=summary["throughput"]["examples_per_s"],
             run_dir=str(run_dir),
         )
-        print(f"{name}: AUC {final['auc']:.4f} (oracle {final['oracle_auc']:.4f}) "
-              f"{variant['model_flops']['train'] / 1e6:.2f} MFLOP/example", flush=True)
+        print(
+            f"{name}: AUC {final['auc']:.4f} (oracle {final['oracle_auc']:.4f}) "
+            f"{variant['model_flops']['train'] / 1e6:.2f} MFLOP/example",
+            flush=True,
+        )
     full_gap = variants["full"]["auc_gap"]
     results["auc"] = {k: v["auc"] for k, v in variants.items()}
     results["oracle_auc"] = {k: v["oracle_auc"] for k, v in variants.items()}

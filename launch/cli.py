@@ -1,12 +1,14 @@
 """The ``recscale`` command line.
 
-    recscale train CONFIG [--nproc N] [--set key=value ...] [--resume RUN_DIR]
+    recscale train CONFIG [--nproc N] [--set key=value ...] [--resume RUN_DIR] [--profile]
+    recscale launch CONFIG --scheduler local_cwd|slurm -j NODESxPROCS [--dry-run]; status|logs HANDLE  (docs/launch.md)
     recscale plan CONFIG --world-size 64 --device cuda --hbm-gb 80 --ranks-per-node 8
     recscale eval CHECKPOINT --data PATH
     recscale flops CONFIG
     recscale config CONFIG [--set key=value ...]
     recscale models | presets
     recscale data synth|convert|inspect ...
+    recscale report RUN_DIR ... | sweep | scaling-law | project   (docs/measuring.md)
 
 CONFIG is a preset name (``recscale presets``) or a YAML file. Every command checks the config
 before doing anything else and fails with one clear message naming the key path.
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
     )
+    p.add_argument("--profile", action="store_true", help="torch.profiler trace + per-module MFU of a few steps")
+    p.add_argument("--max-restarts", type=int, default=None, help="elastic restarts (default: launch.max_restarts)")
     p.set_defaults(func=commands.train)
 
     p = sub.add_parser("plan", help="plan the embedding tables for any cluster, without GPUs")
@@ -91,9 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Command groups that live in their own modules."""
-    from recscale.launch import data_cli
+    from recscale.launch import data_cli, launch_cli, measure_cli
 
     data_cli.register(sub)
+    measure_cli.register(sub)  # report, sweep, scaling-law, project
+    launch_cli.register(sub)  # launch, status, logs (TorchX)
 
 
 def main(argv: list[str] | None = None) -> int:

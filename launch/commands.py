@@ -17,6 +17,9 @@ from recscale.trainer.run_dir import CONFIG, SUMMARY, new_run_dir
 
 log = logging.getLogger("recscale")
 
+PROFILE_STEPS = 5
+"""Steps ``recscale train --profile`` records (``metrics.profile_steps``)."""
+
 
 def _load(args: argparse.Namespace) -> JobConfig:
     return load_config(args.config, args.overrides)
@@ -35,10 +38,12 @@ def train(args: argparse.Namespace) -> int:
         if not (resume_dir / CONFIG).is_file():
             raise ValueError(f"--resume {resume_dir}: not a run directory (no {CONFIG})")
         cfg = config_from_dict(yaml.safe_load((resume_dir / CONFIG).read_text()))
-        if args.overrides:
-            raise ValueError("--resume continues a run with its own config; --set is not allowed with it")
+        if args.overrides or getattr(args, "profile", False):
+            raise ValueError("--resume continues a run with its own config; --set and --profile cannot go with it")
     else:
         cfg = _load(args)
+        if getattr(args, "profile", False) and not cfg.metrics.profile_steps:
+            cfg.metrics.profile_steps = PROFILE_STEPS
     nproc = args.nproc or cfg.launch.nproc_per_node
     device = resolve_device(cfg.trainer.device)
     check_job(cfg, nproc, device)
@@ -58,14 +63,28 @@ def train(args: argparse.Namespace) -> int:
     if resume_dir is None:
         dump_config(cfg, run_dir / CONFIG)
     log.info("run directory: %s", run_dir)
-    code = run_local(run_dir, nproc, resume=resume_dir is not None, max_restarts=cfg.launch.max_restarts)
+    restarts = cfg.launch.max_restarts if getattr(args, "max_restarts", None) is None else args.max_restarts
+    if restarts < 0:
+        raise ValueError(f"--max-restarts {restarts}: expected >= 0")
+    code = run_local(run_dir, nproc, resume=resume_dir is not None, max_restarts=restarts)
     if code != 0:
         print(
             f"recscale train: the job failed (exit code {code}); per-rank logs in {run_dir / 'logs'}", file=sys.stderr
         )
         return code
+    write_run_report(run_dir)
     _print_result(run_dir)
     return 0
+
+
+def write_run_report(run_dir: Path) -> None:
+    """``<run_dir>/report.html`` + ``report.md`` (a second or two); a failure is logged, not fatal."""
+    from recscale.reports.report import write_report
+
+    try:
+        write_report([run_dir])
+    except Exception as err:  # noqa: BLE001 - the run succeeded; a broken report must not fail it
+        log.warning("could not write the report of %s: %s", run_dir, err)
 
 
 def _preflight_plan(cfg: JobConfig, world_size: int, device: str) -> None:

@@ -80,6 +80,7 @@ class StepProfiler:
         self._handles: list[Any] = []
         self._rows: list[ResolvedGroup] = []
         self._started = 0.0
+        self._done = 0
 
     @classmethod
     def from_config(
@@ -108,13 +109,15 @@ class StepProfiler:
         """Called after each step's bookkeeping: starts before step ``first``, stops after ``last``."""
         if step == self.first - 1 and not self.recording:
             self._start()
-        elif step >= self.last and self.recording:
-            self._stop(step - self.first + 1)
+        elif self.recording:
+            self._done = step - self.first + 1
+            if step >= self.last:
+                self._stop(self._done)
 
     def close(self) -> None:
         """End of the loop: stop a recording that the run ended inside (early stop)."""
         if self.recording:
-            self._stop(None)
+            self._stop(max(1, self._done))
 
     # --------------------------------------------------------------------------------------- recording
 
@@ -132,7 +135,7 @@ class StepProfiler:
         self._started = time.perf_counter()
         self.recording = True
 
-    def _stop(self, steps: int | None) -> None:
+    def _stop(self, steps: int) -> None:
         assert self._prof is not None
         self._sync()
         wall = time.perf_counter() - self._started
@@ -141,7 +144,6 @@ class StepProfiler:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        steps = steps or max(1, self.last - self.first + 1)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         trace = self.out_dir / f"rank{self.rank}.pt.trace.json"
         tmp = trace.with_name(trace.name + ".tmp")

@@ -78,6 +78,27 @@ def test_profile_window_is_clamped_inside_the_run(tmp_path: Path):
     assert (resumed.first, resumed.last) == (56, 58)
 
 
+def test_profiler_writes_trace_and_table_also_when_the_run_ends_inside_its_window(tmp_path: Path):
+    import json
+
+    model = DCNv2Dense(num_dense=4, pooled_dim=8, bottom=[], deep=[16], num_cross_layers=1, low_rank=2)
+    prof = StepProfiler(tmp_path / "profile", 0, torch.device("cpu"), model, 32, 1.0, first=2, last=5)
+    dense, pooled = torch.randn(32, 4), torch.randn(32, 8, requires_grad=True)
+    for step in range(1, 4):  # the run stops (early stopping) after step 3
+        logits, _, _ = model(dense, pooled)
+        logits.sum().backward()
+        prof.step_done(step)
+        assert prof.recording == (step >= 1)
+    prof.close()
+    assert not prof.recording
+    table = json.loads((tmp_path / "profile" / "modules.json").read_text())
+    assert (table["first_step"], table["last_step"], table["steps"]) == (2, 3, 2)
+    assert [r["module"] for r in table["rows"]] == ["cross", "deep", "head"]
+    assert json.loads((tmp_path / "profile" / "rank0.pt.trace.json").read_text())["traceEvents"]
+    logits, _, _ = model(dense, pooled)  # the hooks are gone: no range outside the window
+    assert not model.cross[0]._forward_pre_hooks
+
+
 def test_embedding_traffic_counts_rows_read_per_example():
     cfg = tiny_config(
         embeddings={"dim": 8, "tables": [{"name": f"t{i}", "num_embeddings": 16, "dim": 4 * (i + 1)} for i in range(4)]}

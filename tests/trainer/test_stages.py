@@ -20,6 +20,7 @@ STAGES = [
     "trainer.max_steps=0",
     "checkpoint.every_steps=3",
     "model.hilomoe.num_experts=4",
+    "model.hilomoe.query=linear",  # a learned routing query, so the routers are a role of their own
 ]
 
 
@@ -83,3 +84,16 @@ def test_resume_inside_a_stage_is_exact(staged):
     records = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     first = [r for r in records if r["kind"] == "stage"][0]
     assert first["stage"] == "experts" and first["resumed_inside"] is True
+
+
+def test_expert_parallel_staged_run_resumes_exactly(tmp_path):
+    """DeepSpeed expert parallelism (ep_size 2, ZeRO 1) through the trainer: a resume inside the expert
+    stage continues with the uninterrupted run's losses."""
+    cfg = small_job(tmp_path / "cache", *STAGES, preset="dcnv2_hilomoe_ep2")
+    full = new_run(tmp_path, "full", cfg)
+    run_distributed(_train, 2, cfg, full, False)
+    resumed = new_run(tmp_path, "resumed", cfg)
+    shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
+    run_distributed(_train, 2, cfg, resumed, True)
+    expected, got = losses(full), losses(resumed)
+    assert [got[s] for s in range(7, 13)] == [expected[s] for s in range(7, 13)]
