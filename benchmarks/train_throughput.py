@@ -16,6 +16,7 @@ Reported:
                             optimizer (dense + data-parallel tables), loop_overhead (everything else the
                             loop does per step: logging, metrics, Python)
   loop_overhead_fraction    loop_overhead / step time
+  outside_compute_and_comm_fraction   (loop_overhead + data) / step time
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ def main() -> int:
         "step_time_s": {str(w): r["step_time_s"] for w, r in results.items()},
         "loop_overhead_fraction": {
             str(w): r["time_split"]["loop_overhead"] / r["step_time_s"] for w, r in results.items()
+        },
+        # stricter: data reading counted as outside model compute and communication as well
+        "outside_compute_and_comm_fraction": {
+            str(w): (r["time_split"]["loop_overhead"] + r["time_split"]["data"]) / r["step_time_s"]
+            for w, r in results.items()
         },
         "mfu": {str(w): r["summary"]["mfu"] for w, r in results.items()},
         "flops_per_example": results[1]["summary"]["flops_per_example"],
