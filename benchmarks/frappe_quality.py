@@ -16,25 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli_runs import ROOT, recscale, train
+
 DATA = ROOT.parent / "shared" / "data" / "frappe_x1"
 MODELS = {
     "dcnv2": "frappe",
     "wukong": "wukong_frappe_cpu",
     "dcnv2_hilomoe": "dcnv2_hilomoe_frappe",
 }
-
-
-def recscale(*args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(ROOT / ".venv/bin/recscale"), *args], env=env, cwd=ROOT, text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"recscale {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
 def main() -> int:
@@ -71,9 +63,7 @@ def main() -> int:
             f"launch.run_root={work / 'runs'}",
             "metrics.progress_bar=never",
         ]
-        out = recscale("train", preset, "--nproc", "2", *[x for s in sets for x in ("--set", s)])
-        run_dir = Path(next(x for x in out.splitlines() if x.startswith("run directory: ")).split(": ", 1)[1])
-        summary = json.loads((run_dir / "summary.json").read_text())
+        run_dir, summary = train(preset, sets)
         final = summary["final_eval"]
         best = run_dir / "checkpoints" / "best"
         results[name] = {

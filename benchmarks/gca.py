@@ -13,21 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def recscale(*args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(ROOT / ".venv/bin/recscale"), *args], env=env, cwd=ROOT, text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"recscale {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
+from cli_runs import ROOT, train
 
 
 def main() -> int:
@@ -55,9 +45,7 @@ def main() -> int:
     for variant in runs:
         for seed in (int(s) for s in args.seeds.split(",")):
             sets = [*common, f"model.gca.variant={variant}", f"seed={seed}", f"data.reader.seed={seed}"]
-            out = recscale("train", "gca_two_domain", "--nproc", "2", *[x for s in sets for x in ("--set", s)])
-            run_dir = Path(next(x for x in out.splitlines() if x.startswith("run directory: ")).split(": ", 1)[1])
-            summary = json.loads((run_dir / "summary.json").read_text())
+            run_dir, summary = train("gca_two_domain", sets)
             final = summary["final_eval"]
             record = {
                 "seed": seed,

@@ -2,7 +2,8 @@
 
 The GPU benchmark machine has plain torch only, so nothing here imports TorchRec: the dense arch
 is built through ``recscale.modules.kunlun.spec.build_kunlun`` with a duck-typed input layout.
-When recscale is not installed (a bare checkout), ``bootstrap()`` maps ``recscale.<folder>`` onto
+The dense arches and their input shapes (``ModelInputs``, ``PooledLayout``) import no TorchRec. When
+recscale is not installed (a bare checkout), ``bootstrap()`` maps ``recscale.<folder>`` onto
 the repository's top-level folders, as the installed package does.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,40 +25,6 @@ def bootstrap() -> None:
     pkg = types.ModuleType("recscale")
     pkg.__path__ = [str(ROOT)]  # recscale.modules -> ROOT/modules, recscale.configs -> ROOT/configs
     sys.modules["recscale"] = pkg
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Duck type of ``recscale.modules.embeddings.PooledLayout`` (which imports TorchRec)."""
-
-    feature_names: tuple[str, ...]
-    feature_dims: tuple[int, ...]
-
-    @property
-    def total_dim(self) -> int:
-        """Width of the pooled input."""
-        return sum(self.feature_dims)
-
-    @property
-    def num_features(self) -> int:
-        """Pooled features F."""
-        return len(self.feature_names)
-
-    def uniform_dim(self) -> int | None:
-        """The common dim, if any."""
-        dims = set(self.feature_dims)
-        return dims.pop() if len(dims) == 1 else None
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """Duck type of ``recscale.modules.registry.ModelInputs``."""
-
-    num_dense: int
-    pooled: Layout
-    num_tasks: int
-    sequence_dims: dict[str, int] = field(default_factory=dict)
-    sequence_lengths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +65,8 @@ def build_dense(shapes: Shapes, window: int = 0, compskip: bool = True, backend:
     bootstrap()
     from recscale.configs.schema import KunlunConfig, ModelConfig, MoWEConfig
     from recscale.modules.kunlun.spec import build_kunlun
+    from recscale.modules.layout import PooledLayout
+    from recscale.modules.registry import ModelInputs
 
     k = KunlunConfig(
         dim=shapes.dim,
@@ -114,9 +83,9 @@ def build_dense(shapes: Shapes, window: int = 0, compskip: bool = True, backend:
     )
     m = ModelConfig(arch="kunlun", dense_arch=[shapes.dim], over_arch=list(shapes.over_arch), kunlun=k)
     names = tuple(f"f{i}" for i in range(shapes.num_sparse))
-    inputs = Inputs(
+    inputs = ModelInputs(
         num_dense=shapes.num_dense,
-        pooled=Layout(names, (shapes.dim,) * shapes.num_sparse),
+        pooled=PooledLayout(names, (shapes.dim,) * shapes.num_sparse),
         num_tasks=1,
         sequence_dims={"events": shapes.dim},
         sequence_lengths={"events": shapes.seq_len},

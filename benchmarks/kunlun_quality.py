@@ -14,21 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli_runs import ROOT, train
+
 RESULTS = ROOT / "benchmarks/results/kunlun_cost.json"
-
-
-def recscale(*args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(ROOT / ".venv/bin/recscale"), *args], env=env, cwd=ROOT, text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"recscale {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
 def main() -> int:
@@ -55,9 +46,7 @@ def main() -> int:
     ]
     for name, variant in variants.items():
         sets = common + list(variant["overrides"])
-        out = recscale("train", "kunlun_synthetic", "--nproc", "2", *[x for s in sets for x in ("--set", s)])
-        run_dir = Path(next(x for x in out.splitlines() if x.startswith("run directory: ")).split(": ", 1)[1])
-        summary = json.loads((run_dir / "summary.json").read_text())
+        run_dir, summary = train("kunlun_synthetic", sets)
         final = summary["final_eval"]
         variant.update(
             auc=final["auc"],

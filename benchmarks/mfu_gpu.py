@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kunlun_common import PRODUCTION, TINY, Inputs, Layout, bootstrap, build_dense
+from kunlun_common import PRODUCTION, TINY, bootstrap, build_dense
 from mfu_gpu_kunlun import make_inputs, timed, train_step
 
 GOAL_MFU = 0.40
@@ -62,7 +62,7 @@ PRESET_MODELS: dict[str, tuple[str, list[str], list[str], tuple[int, int]]] = {
 DEFAULT_MODELS = ["dcnv2", "dcnv2_hilomoe", "wukong_0p5g", "wukong_5p6g", "wukong_22g", "kunlun"]
 
 
-def pooled_layout(cfg: Any) -> Layout:
+def pooled_layout(cfg: Any) -> Any:
     """The sparse arch's pooled output layout (table order, then each table's features), TorchRec-free."""
     names, dims = [], []
     for table in cfg.embeddings.tables:
@@ -70,7 +70,9 @@ def pooled_layout(cfg: Any) -> Layout:
             if f.table == table.name:
                 names.append(f.name)
                 dims.append(table.dim or cfg.embeddings.dim)
-    return Layout(tuple(names), tuple(dims))
+    from recscale.modules.layout import PooledLayout
+
+    return PooledLayout(tuple(names), tuple(dims))
 
 
 def build_preset_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype, batch: int):  # noqa: ANN201
@@ -84,7 +86,9 @@ def build_preset_model(name: str, tiny: bool, device: torch.device, dtype: torch
     preset, prod, small, batches = PRESET_MODELS[name]
     cfg = load_config(preset, small if tiny else prod)
     layout = pooled_layout(cfg)
-    inputs = Inputs(num_dense=len(cfg.data.features.dense), pooled=layout, num_tasks=len(cfg.data.features.labels))
+    from recscale.modules.registry import ModelInputs
+
+    inputs = ModelInputs(num_dense=len(cfg.data.features.dense), pooled=layout, num_tasks=len(cfg.data.features.labels))
     m = cfg.model
     with torch.device(device):
         if m.arch in ("dcnv2", "dcnv2_hilomoe"):

@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         force=True,
     )
     logging.getLogger("torchrec").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    from recscale.launch.entrypoint import install_log_filters
+
+    install_log_filters()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -20,6 +20,19 @@ from recscale.configs import config_from_dict
 from recscale.trainer.run_dir import CONFIG
 
 
+class _FbgemmLoadNoise(logging.Filter):
+    """Drops FBGEMM's "Successfully loaded: '<lib>.so'" lines, logged at INFO on the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Successfully loaded: 'fbgemm_gpu")
+
+
+def install_log_filters() -> None:
+    """Filters on the root logger's handlers (call after ``logging.basicConfig``)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_FbgemmLoadNoise())
+
+
 def quiet_known_warnings() -> None:
     """Silence warnings that are known to be false alarms here.
 
@@ -45,6 +58,7 @@ def setup_logging() -> None:
     for noisy in ("torchrec", "fbgemm_gpu", "torch.distributed", "DeepSpeed", "deepspeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger().setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    install_log_filters()
 
 
 def main(argv: list[str] | None = None) -> int:

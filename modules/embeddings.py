@@ -14,7 +14,6 @@ is named ``<table>__seq`` (``sequence_table_name``). See docs/models/kunlun.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -24,33 +23,11 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection, Embedding
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recscale.configs.schema import EmbeddingsConfig, FeatureSchemaConfig
+from recscale.modules.layout import PooledLayout
 from recscale.modules.sequence_inputs import SequenceLayout, SequencePadder
 
 SEQUENCE_TABLE_SUFFIX = "__seq"
 """Suffix of the EmbeddingCollection copy of a table that sparse features also read."""
-
-
-@dataclass(frozen=True)
-class PooledLayout:
-    """Order and widths of the pooled sparse features the sparse arch emits."""
-
-    feature_names: tuple[str, ...]
-    feature_dims: tuple[int, ...]
-
-    @property
-    def total_dim(self) -> int:
-        """Width of the concatenated pooled output."""
-        return sum(self.feature_dims)
-
-    @property
-    def num_features(self) -> int:
-        """Number of pooled features F."""
-        return len(self.feature_names)
-
-    def uniform_dim(self) -> int | None:
-        """The common embedding dim when every feature has the same one, else None."""
-        dims = set(self.feature_dims)
-        return dims.pop() if len(dims) == 1 else None
 
 
 def table_configs(emb: EmbeddingsConfig, features: FeatureSchemaConfig) -> list[EmbeddingBagConfig]:

@@ -15,11 +15,11 @@ from torch import nn
 from recscale.configs.schema import JobConfig, ModelConfig
 from recscale.modules.dcnv2 import DCNv2Dense
 from recscale.modules.dlrm import DLRMDense
-from recscale.modules.embeddings import PooledLayout
 from recscale.modules.gca.spec import build_gca_seq, check_gca_seq
 from recscale.modules.hilomoe.convert import build_moe_dense
 from recscale.modules.hilomoe.spec import DEFAULT_TOWERS, check_hilomoe
 from recscale.modules.kunlun.spec import build_kunlun, check_kunlun
+from recscale.modules.layout import PooledLayout
 from recscale.modules.wukong.spec import build_wukong, check_wukong
 
 

@@ -50,3 +50,28 @@ def test_every_code_package_is_listed_in_pyproject():
     assert found == listed, (
         f"missing from [tool.setuptools] packages: {sorted(found - listed)}; stale: {sorted(listed - found)}"
     )
+
+
+def test_dense_arches_build_without_torchrec():
+    """The GPU benchmark machine has plain torch only: the registry and the dense arches must not need TorchRec."""
+    code = (
+        "import sys\n"
+        "from recscale.configs import load_config\n"
+        "from recscale.modules.layout import PooledLayout\n"
+        "from recscale.modules.registry import ModelInputs, get_spec\n"
+        "for preset in ('quickstart', 'wukong_synthetic', 'dcnv2_hilomoe', 'kunlun_synthetic'):\n"
+        "    cfg = load_config(preset)\n"
+        "    names = tuple(f.name for f in cfg.data.features.sparse)\n"
+        "    layout = PooledLayout(names, (cfg.embeddings.dim,) * len(names))\n"
+        "    seq = {q.name: cfg.embeddings.dim for q in cfg.data.features.sequences}\n"
+        "    lens = {q.name: q.max_length for q in cfg.data.features.sequences}\n"
+        "    inputs = ModelInputs(len(cfg.data.features.dense), layout, 1, seq, lens)\n"
+        "    get_spec(cfg.model.arch).build(cfg.model, inputs)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torchrec', 'fbgemm_gpu'))\n"
+        "assert not loaded, loaded\n"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]

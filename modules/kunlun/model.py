@@ -25,7 +25,7 @@ from recscale.modules.mlp import MLP
 from recscale.modules.outputs import DenseOutput
 
 if TYPE_CHECKING:  # no TorchRec import at run time (see tokens.py)
-    from recscale.modules.embeddings import PooledLayout
+    from recscale.modules.layout import PooledLayout
 
 
 @dataclass(frozen=True)

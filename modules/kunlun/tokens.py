@@ -19,7 +19,7 @@ from recscale.modules.flops import FlopCount, linear, linears
 from recscale.modules.mlp import MLP
 
 if TYPE_CHECKING:  # the Kunlun blocks import no TorchRec (benchmarks/mfu_gpu_kunlun.py runs on plain torch)
-    from recscale.modules.embeddings import PooledLayout
+    from recscale.modules.layout import PooledLayout
 
 
 class NonSequenceTokens(nn.Module):

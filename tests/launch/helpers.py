@@ -8,28 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.trainer.runs import SMALL
+
 ROOT = Path(__file__).resolve().parents[2]
 RECSCALE = [sys.executable, "-m", "recscale.launch.cli"]
 
 
 def small_sets(root: Path) -> list[str]:
-    """``--set`` arguments of tests/trainer/runs.py:small_job: 3,072 rows, batch 384, 2 epochs, checkpoints every 4."""
-    sets = [
-        f"data.cache_dir={root / 'cache'}",
-        f"launch.run_root={root / 'runs'}",
-        "data.synthetic.num_train=3072",
-        "data.synthetic.num_valid=1024",
-        "data.synthetic.row_group_size=512",
-        "data.reader.shuffle_buffer_rows=1024",
-        "trainer.batch_size=384",
-        "trainer.epochs=2",
-        "trainer.eval_every=0",
-        "trainer.log_every=1",
-        "metrics.tensorboard=false",
-        "metrics.progress_bar=never",
-        "checkpoint.every_steps=4",
-        "checkpoint.keep_last=10",
-    ]
+    """``--set`` arguments of tests/trainer/runs.py's small job, with its cache and run root under ``root``."""
+    sets = [f"data.cache_dir={root / 'cache'}", f"launch.run_root={root / 'runs'}", *SMALL]
     return [x for s in sets for x in ("--set", s)]
 
 

@@ -9,29 +9,27 @@ from recscale.configs import JobConfig, dump_config, load_config
 from recscale.data.prepare import prepare_data
 from recscale.trainer.run_dir import CONFIG, METRICS
 
+SMALL = [
+    "data.synthetic.num_train=3072",
+    "data.synthetic.num_valid=1024",
+    "data.synthetic.row_group_size=512",
+    "data.reader.shuffle_buffer_rows=1024",
+    "trainer.batch_size=384",
+    "trainer.epochs=2",
+    "trainer.eval_every=0",
+    "trainer.log_every=1",
+    "metrics.tensorboard=false",
+    "metrics.progress_bar=never",
+    "checkpoint.every_steps=4",
+    "checkpoint.keep_last=10",
+]
+"""The small job's overrides: 3,072 rows, batch 384 (divisible by 1, 2 and 3 ranks), 2 epochs."""
+
 
 def small_job(cache_dir: Path, *overrides: str, preset: str = "quickstart") -> JobConfig:
     """quickstart (or a preset built on it) shrunk: 3,072 training rows, batch 384 (divisible by 1, 2 and
     3 ranks), 2 epochs."""
-    cfg = load_config(
-        preset,
-        [
-            f"data.cache_dir={cache_dir}",
-            "data.synthetic.num_train=3072",
-            "data.synthetic.num_valid=1024",
-            "data.synthetic.row_group_size=512",
-            "data.reader.shuffle_buffer_rows=1024",
-            "trainer.batch_size=384",
-            "trainer.epochs=2",
-            "trainer.eval_every=0",
-            "trainer.log_every=1",
-            "metrics.tensorboard=false",
-            "metrics.progress_bar=never",
-            "checkpoint.every_steps=4",
-            "checkpoint.keep_last=10",
-            *overrides,
-        ],
-    )
+    cfg = load_config(preset, [f"data.cache_dir={cache_dir}", *SMALL, *overrides])
     prepare_data(cfg.data, cfg.embeddings)
     return cfg
 

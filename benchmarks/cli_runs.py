@@ -1,0 +1,27 @@
+"""Run the real ``recscale`` command from benchmark scripts and read what a run wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recscale(*args: str) -> str:
+    """``recscale ARGS`` (one thread per rank); its stdout, or exit with its output when it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(ROOT / ".venv/bin/recscale"), *args], env=env, cwd=ROOT, text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"recscale {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def train(preset: str, overrides: list[str], nproc: int = 2) -> tuple[Path, dict[str, Any]]:
+    """``recscale train PRESET --nproc N --set ...``; returns the run directory and its summary."""
+    out = recscale("train", preset, "--nproc", str(nproc), *[x for s in overrides for x in ("--set", s)])
+    run_dir = Path(next(x for x in out.splitlines() if x.startswith("run directory: ")).split(": ", 1)[1])
+    return run_dir, json.loads((run_dir / "summary.json").read_text())
