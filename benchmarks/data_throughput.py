@@ -31,19 +31,10 @@ import torch
 
 from recscale.configs import list_presets, load_config
 from recscale.data import ParquetBatchReader, generate_synthetic
+from recscale.trainer.peaks import cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "data_throughput.json"
 TRAIN_TABLE_ROWS = 65_536
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def read_epoch(reader: ParquetBatchReader) -> tuple[int, float]:

@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
+from recscale.trainer.peaks import cpu_model
+
 RESULTS = Path(__file__).parent / "results" / "moe_dispatch.json"
 SETTINGS = [  # (MoE layers L, capacity factor; 0 = capacity = all tokens, nothing dropped)
     (2, 1.25),
@@ -43,17 +45,6 @@ SETTINGS = [  # (MoE layers L, capacity factor; 0 = capacity = all tokens, nothi
     (4, 0.0),
 ]
 WIDTH, EXPERTS, TOP_K, TOKENS = 256, 8, 2, 1024
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _time_step(block: torch.nn.Module, x: torch.Tensor, counter: dict[str, int]) -> tuple[float, int, int]:

@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from recscale.trainer.peaks import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("data", "input_dist", "forward", "backward", "optimizer")
 
@@ -65,13 +67,6 @@ def run(world: int, per_rank_batch: int, rows: int, cache: Path, runs: Path) -> 
     step = sum(r["step_time_s"] for r in windows) / len(windows)
     split["loop_overhead"] = max(0.0, step - sum(split.values()))
     return {"summary": summary, "time_split": split, "step_time_s": step, "run_dir": str(run_dir)}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> int:

@@ -42,7 +42,7 @@ def gpu_peak_tflops(device_name: str, dtype: str) -> float | None:
 def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float:
     """Measured matmul TFLOP/s of this CPU with this process's thread count (cached per machine)."""
     threads = torch.get_num_threads()
-    key = f"{platform.processor() or platform.machine()}|{_cpu_model()}|{threads}t|{dtype}|torch{torch.__version__}"
+    key = f"{platform.processor() or platform.machine()}|{cpu_model()}|{threads}t|{dtype}|torch{torch.__version__}"
     cache = (cache_dir or Path(os.path.expanduser("~/.cache/recscale"))) / "cpu_peak.json"
     try:
         known = json.loads(cache.read_text())
@@ -76,7 +76,8 @@ def _matmul_probe(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> fl
     return 2 * n**3 * iters / elapsed / 1e12
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), for peaks and benchmark records."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -90,7 +91,7 @@ def device_description(device: torch.device) -> str:
     """Human name of the device (GPU model or CPU model with threads)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def peak_tflops(device: torch.device, precision: str, override: float = 0.0) -> float | None:
