@@ -85,6 +85,24 @@ def preset_variants() -> dict[str, object]:
     return out
 
 
+QUALITY_KEYS = ("auc", "auc_stdev", "oracle_auc", "equal_quality", "quality_note", "quality_60k_rows")
+VARIANT_QUALITY_KEYS = ("auc", "auc_stdev", "auc_gap", "oracle_auc", "seeds", "runs")
+
+
+def keep_quality(old: dict, new: dict) -> None:
+    """Carry the trained results of ``kunlun_quality.py`` over from ``old`` when the FLOPs are recounted.
+
+    A preset variant keeps them only if its overrides did not change (they name what was trained).
+    """
+    if old.get("auc") is None:
+        return
+    new.update({k: old[k] for k in QUALITY_KEYS if k in old})
+    for name, variant in new["preset"]["variants"].items():
+        before = old.get("preset", {}).get("variants", {}).get(name, {})
+        if before.get("overrides") == variant["overrides"]:
+            variant.update({k: before[k] for k in VARIANT_QUALITY_KEYS if k in before})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--window", type=int, default=256, help="SWA half width at production shapes")
@@ -130,6 +148,8 @@ def main() -> None:
         "torch": torch.__version__,
     }
     out = Path(args.out)
+    if out.is_file():
+        keep_quality(json.loads(out.read_text()), result)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("flops_reduction_compskip", "flops_reduction_swa")}, indent=2))

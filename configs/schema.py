@@ -103,6 +103,11 @@ class SyntheticConfig:
     """Number of domains written to ``data.features.domain`` (1 = single domain)."""
     domain_scale: float = 0.3
     """Scale of the domain term (domain bias + domain x item-category effect; needs ``num_domains > 1``)."""
+    cross_domain_scale: float = 0.0
+    """Scale of the cross-domain term: the candidate item's category x the user's domain-B history
+    (mean of ``K[category(item), category(h)]`` over the events h of ``cross_domain_sequence``); 0 = off."""
+    cross_domain_sequence: str = ""
+    """The domain-B sequence of the cross-domain term (``""`` = the second of ``data.features.sequences``)."""
     recency_decay: float = 0.8
     """Sequence term: an event k steps older than the newest weighs ``recency_decay**k``."""
     task_correlation: float = 0.5
@@ -673,7 +678,15 @@ class StageConfig:
     """``backbone``: everything but the MoE experts and routers, experts off (the base model);
     ``experts``: only routers and experts, backbone (embeddings included) frozen; ``all``: jointly."""
     steps: int
-    """Steps in this stage."""
+    """Steps in this stage (its most, with ``end_on_plateau``)."""
+    end_on_plateau: bool = False
+    """End the stage early, instead of the run, when ``trainer.early_stopping.patience`` full evaluations
+    in a row inside it did not improve; the next stage starts at once (the last stage ends the run)."""
+    start_from_best: bool = False
+    """Begin from the weights (and optimizer state) of the best full evaluation so far, i.e.
+    ``checkpoints/best``, rather than from where the previous stage stopped; needs
+    ``trainer.early_stopping.restore_best``. Under the BARS protocol a stage's last epochs are past its
+    best (they are what stopped it), so the next stage should not build on them."""
     backbone_lr_scale: float = 1.0
     """Scale of the dense backbone's learning rate."""
     expert_lr_scale: float = 1.0

@@ -8,7 +8,7 @@ the world. Every message starts with the key path and says what was expected.
 from __future__ import annotations
 
 from recscale.configs.loader import ConfigError
-from recscale.configs.schema import JobConfig
+from recscale.configs.schema import DataConfig, JobConfig
 
 CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 
@@ -170,11 +170,12 @@ def _check_data(cfg: JobConfig) -> list[str]:
         if not -1.0 <= s.task_correlation <= 1.0:
             out.append(f"data.synthetic.task_correlation: expected a value in [-1, 1], got {s.task_correlation}")
         scales = ("id_effect_scale", "interaction_scale", "hierarchical_scale", "sequence_scale", "dense_scale")
-        for key in (*scales, "domain_scale"):
+        for key in (*scales, "domain_scale", "cross_domain_scale"):
             if getattr(s, key) < 0:
                 out.append(f"data.synthetic.{key}: expected >= 0, got {getattr(s, key)}")
         if s.sequence_scale > 0 and not d.features.sequences:
             out.append("data.synthetic.sequence_scale: the sequence term needs data.features.sequences")
+        out.extend(_check_cross_domain(d))
     c = d.convert
     if c.min_count < 1:
         out.append(f"data.convert.min_count: expected >= 1, got {c.min_count}")
@@ -189,6 +190,27 @@ def _check_data(cfg: JobConfig) -> list[str]:
         out.append(f"data.reader.shuffle_buffer_rows: expected a positive integer, got {r.shuffle_buffer_rows}")
     if r.num_workers < 0:
         out.append(f"data.reader.num_workers: expected >= 0, got {r.num_workers}")
+    return out
+
+
+def _check_cross_domain(d: DataConfig) -> list[str]:
+    """The cross-domain term needs a candidate item (sparse field 1) and the domain-B sequence it names."""
+    s = d.synthetic
+    if s.cross_domain_scale <= 0:
+        return []
+    names = [q.name for q in d.features.sequences]
+    out = []
+    if len(d.features.sparse) < 2:
+        out.append("data.synthetic.cross_domain_scale: the cross-domain term needs an item (data.features.sparse[1])")
+    if s.cross_domain_sequence and s.cross_domain_sequence not in names:
+        out.append(
+            f"data.synthetic.cross_domain_sequence: no sequence named {s.cross_domain_sequence!r}; sequences: {names}"
+        )
+    elif not s.cross_domain_sequence and len(names) < 2:
+        out.append(
+            "data.synthetic.cross_domain_scale: the cross-domain term needs two data.features.sequences "
+            f"(domain A, domain B) or data.synthetic.cross_domain_sequence, got {names}"
+        )
     return out
 
 
@@ -225,6 +247,16 @@ def _check_stages(cfg: JobConfig) -> list[str]:
         seen.add(st.name)
         if st.steps < 1:
             out.append(f"{where}.steps: expected >= 1, got {st.steps}")
+        es = cfg.trainer.early_stopping
+        if st.end_on_plateau and es.patience < 1:
+            out.append(
+                f"{where}.end_on_plateau: needs trainer.early_stopping.patience >= 1 (the evaluations without "
+                f"improvement that end the stage), got {es.patience}"
+            )
+        if st.start_from_best and not es.restore_best:
+            out.append(f"{where}.start_from_best: needs trainer.early_stopping.restore_best: true (it keeps the best)")
+        if st.start_from_best and i == 0:
+            out.append(f"{where}.start_from_best: the first stage has no earlier best to start from")
         for key in (
             "backbone_lr_scale",
             "expert_lr_scale",

@@ -5,6 +5,7 @@ the bag), T tasks, k = ``interaction_rank``, C = ``num_clusters``. Field 0 plays
 item; ``c = cluster(x_0)`` and ``g = category(x_1)`` are fixed hashes of the ids into ``[0, C)``.
 
     logit_t = b_t + id_t + s_pair * pair + s_hier * hier + s_seq * seq + s_dense * dense + s_dom * dom
+              + s_cross * cross
 
     id_t   = sum_f e_{t,f}[x_f],           e ~ N(0, id_effect_scale^2) per id, task t>0 correlated by rho
     pair   = sum_{f<h} A_fh <v_f[x_f], v_h[x_h]>                        (low-rank field interactions)
@@ -12,9 +13,15 @@ item; ``c = cluster(x_0)`` and ``g = category(x_1)`` are fixed hashes of the ids
     seq    = sum_j decay^(L-1-j) (1[g(h_j) = g] + 1[h_j = x_item])     (recency-weighted history match)
     dense  = beta . z,  z ~ N(0, I)
     dom    = a_d + D[d, g]
+    cross  = mean_{h in B} K[g, g(h)]                                 (candidate x domain-B history)
 
 Every per-id quantity (``e``, ``v``, ``q``, clusters, categories) is a hash of the id, so tables of
-any size cost no memory. ``pair``, ``hier``, ``seq``, ``dense`` and ``dom`` are centred and scaled to
+any size cost no memory. ``cross`` (off unless ``cross_domain_scale > 0``) reads only the history B of
+``cross_domain_sequence`` (the user's domain-B taste: which categories their B events fall in, matched
+to the candidate's category through a fixed random ``K [C, C]``; 0 for an empty history). K's rows
+are centred on the category frequencies of B events (pilot), so ``E[cross | candidate] = 0``: the
+candidate alone does not predict it, and as every sequence is drawn independently, no other history
+carries it. ``pair``, ``hier``, ``seq``, ``dense``, ``dom`` and ``cross`` are centred and scaled to
 unit standard deviation on a pilot sample, so each ``s_*`` is the standard deviation of its term in
 the logit; ``b_t`` is solved on the pilot so the mean click probability is ``click_rate``. The label
 is ``Bernoulli(sigmoid(logit_t))``; the oracle is ``sigmoid(logit_t)``.
@@ -35,7 +42,7 @@ from recscale.data.ragged import Ragged
 
 PILOT_ROWS = 65_536
 """Rows of the pilot sample that fixes the term scales and the biases."""
-NORMALISED_TERMS = ("pair", "hier", "seq", "dense", "dom")
+NORMALISED_TERMS = ("pair", "hier", "seq", "dense", "dom", "cross")
 
 
 def zipf_ranks(u: np.ndarray, num_ids: int, exponent: float) -> np.ndarray:
@@ -97,9 +104,13 @@ class PlantedModel:
         self.domain_bias = rng.standard_normal(synth.num_domains)
         self.domain_category = rng.standard_normal((synth.num_domains, c))
         self.candidate = self._candidate_fields()
+        # own generator, so the arrays above (and the data of configs without the term) stay as they were
+        self.cross_matrix = np.random.default_rng(seed_words(synth.seed, 11)).standard_normal((c, c))
+        self.cross_sequence = self._cross_sequence()
         self.term_mean: dict[str, float] = {}
         self.term_std: dict[str, float] = {}
         self.bias = np.zeros(self.num_tasks)
+        self.cross_share = 0.0
         self._calibrate()
 
     # ------------------------------------------------------------------------------ drawing inputs
@@ -111,6 +122,15 @@ class PlantedModel:
             same = [f for f, s in enumerate(self.features.sparse) if s.table == q.table]
             out.append(same[0] if same else min(1, len(self.features.sparse) - 1))
         return out
+
+    def _cross_sequence(self) -> int | None:
+        """Index of the domain-B sequence of the cross-domain term (None: the term is off)."""
+        names = [q.name for q in self.features.sequences]
+        if self.synth.cross_domain_scale <= 0 or len(self.features.sparse) < 2:
+            return None
+        if self.synth.cross_domain_sequence:
+            return names.index(self.synth.cross_domain_sequence)
+        return 1 if len(names) >= 2 else None
 
     def draw(self, n: int, rng: np.random.Generator, first_row: int) -> Inputs:
         """Draw n examples' features (``first_row`` numbers them, for timestamps)."""
@@ -198,7 +218,19 @@ class PlantedModel:
         if inputs.domain is not None and s.num_domains > 1 and len(inputs.sparse) >= 2:
             category = self.group(self._ids_of(inputs.sparse[1]), 1)
             out["dom"] = self.domain_bias[inputs.domain] + self.domain_category[inputs.domain, category]
+        out["cross"] = self._cross_domain(inputs)
         return out
+
+    def _cross_domain(self, inputs: Inputs) -> np.ndarray:
+        """``mean_{h in B} K[g(item), g(h)]`` per row; 0 without a history (or with the term off)."""
+        n = len(inputs.dense)
+        if self.cross_sequence is None:
+            return np.zeros(n)
+        history = inputs.sequences[self.cross_sequence]
+        category = self.group(self._ids_of(inputs.sparse[1]), 1)
+        row = history.row_of_value()
+        matched = self.cross_matrix[category[row], self.group(history.values, 1)]
+        return np.bincount(row, weights=matched, minlength=n) / np.maximum(history.lengths, 1)
 
     def _hierarchical(self, inputs: Inputs) -> np.ndarray:
         n = len(inputs.dense)
@@ -237,12 +269,20 @@ class PlantedModel:
     def _calibrate(self) -> None:
         """Fix the term scales and the per-task biases on a pilot sample."""
         inputs = self.draw(PILOT_ROWS, np.random.default_rng(seed_words(self.synth.seed, 99)), 0)
+        if self.cross_sequence is not None:
+            # centre K's rows on the categories of B events, so the candidate alone predicts nothing
+            history = inputs.sequences[self.cross_sequence].values
+            counts = np.bincount(self.group(history, 1), minlength=self.synth.num_clusters)
+            self.cross_matrix -= (self.cross_matrix @ (counts / max(counts.sum(), 1)))[:, None]
         raw = self.raw_terms(inputs)
         for name in NORMALISED_TERMS:
             std = float(raw[name].std())
             self.term_mean[name] = float(raw[name].mean())
             self.term_std[name] = std if std > 1e-12 else 1.0
         logits = self._unbiased(raw)
+        if self.cross_sequence is not None:
+            cross = self.synth.cross_domain_scale * (raw["cross"] - self.term_mean["cross"]) / self.term_std["cross"]
+            self.cross_share = float(cross.var() / logits[:, 0].var())
         for t in range(self.num_tasks):
             self.bias[t] = solve_bias(logits[:, t], self.synth.click_rate)
 
@@ -254,6 +294,7 @@ class PlantedModel:
             "seq": s.sequence_scale,
             "dense": s.dense_scale,
             "dom": s.domain_scale,
+            "cross": s.cross_domain_scale if self.cross_sequence is not None else 0.0,
         }
         out = raw["id"].copy()
         for name in NORMALISED_TERMS:
@@ -268,7 +309,7 @@ class PlantedModel:
     def summary(self) -> dict[str, object]:
         """What the model is, for the claims JSON."""
         s = self.synth
-        return {
+        out: dict[str, object] = {
             "terms": "logit_t = b_t + id_t + s_pair*pair + s_hier*hier + s_seq*seq + s_dense*dense + s_dom*dom",
             "term_std_in_logit": {
                 "id_per_field": s.id_effect_scale,
@@ -285,6 +326,14 @@ class PlantedModel:
             "item_field": self.features.sparse[1].name if len(self.features.sparse) > 1 else None,
             "multi_hot_fields": [f.name for f, m in zip(self.features.sparse, self.multi_hot) if m],
         }
+        if self.cross_sequence is not None:  # only with the term on: older claims stay as they were
+            out["terms"] = f"{out['terms']} + s_cross*cross"
+            out["term_std_in_logit"]["cross"] = s.cross_domain_scale  # type: ignore[index]
+            out["cross_domain"] = {
+                "sequence": self.features.sequences[self.cross_sequence].name,
+                "share_of_logit_variance": self.cross_share,
+            }
+        return out
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -175,6 +175,7 @@ def flops(args: argparse.Namespace) -> int:
     """Analytic FLOPs per example of the dense arch, per module (forward, backward, train)."""
     from recscale.modules.build import dense_flops
     from recscale.modules.flops import total
+    from recscale.modules.registry import get_spec
 
     cfg = _load(args)
     check_job(cfg, None, None)
@@ -186,6 +187,12 @@ def flops(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{cfg.model.arch}: FLOPs per example (matmuls; embedding lookups are memory traffic, not FLOPs)")
+    if get_spec(cfg.model.arch).uses_sequences:
+        at = ", ".join(f"{q.name} {q.max_length}" for q in cfg.data.features.sequences)
+        print(
+            f"event sequences at their max_length ({at}): the padded count; training counts each batch at its "
+            "real lengths (docs/measuring.md)"
+        )
     print(f"{'module':<32} {'forward':>14} {'backward':>14} {'train':>14} {'share':>7}")
     for name, count in breakdown.items():
         share = 100 * count.train / whole.train if whole.train else 0.0

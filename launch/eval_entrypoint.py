@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -68,9 +70,20 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
     cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
     info = init_distributed(cfg.trainer.device, cfg.sharding.plan_timeout_s)
     per_rank = (batch_size or cfg.trainer.batch_size) // info.world_size or 1
+    sharding = cfg.sharding
+    if info.world_size % sharding.ep_size:  # e.g. an ep_size 2 run evaluated on 1 rank
+        ep_size = math.gcd(sharding.ep_size, info.world_size)
+        logging.getLogger("recscale").info(
+            "evaluating with sharding.ep_size %d (the run used %d, which does not divide %d ranks); the dense "
+            "checkpoint is mapped onto it",
+            ep_size,
+            sharding.ep_size,
+            info.world_size,
+        )
+        sharding = dataclasses.replace(sharding, ep_size=ep_size)
     parallel = parallelize(
         build_model(cfg, dense_device=info.device),
-        cfg.sharding,
+        sharding,
         cfg.optimizer,
         info=info,
         batch_size_per_rank=per_rank,

@@ -5,7 +5,8 @@
 
 Each world size trains once, one after the other, into ``<sweep>/runs/ws<N>``; ``<sweep>/sweep.json``
 lists the run directories (rewritten after each run, so an interrupted sweep still reports what
-finished) and the sweep ends by writing ``<sweep>/report.html``. Runs are measurement runs:
+finished), then the scaling efficiency per world size (``efficiency``, also printed), and the sweep
+ends by writing ``<sweep>/report.html``. Runs are measurement runs:
 ``trainer.max_steps`` fixed, no periodic evaluation, no checkpoints (these win over ``--set``).
 
 The scheduler is pluggable (``Scheduler``): ``local`` trains on this machine with torchrun (what
@@ -218,6 +219,25 @@ def run_command(args: argparse.Namespace) -> int:
                 args.mode,
             )
             write_json_atomic(out / PROJECTION, inputs)
+    done, failed = [r for r in runs if r["ok"]], [r for r in runs if not r["ok"]]
+    efficiency = scaling_efficiency(out, done, args.mode)
+    write_json_atomic(out / SWEEP, {**index, "runs": done, "failed": failed, **efficiency})
+    for row in efficiency["efficiency"]:
+        print(
+            f"{row['world_size']} ranks: {row['examples_per_s']:,.0f} examples/s "
+            f"({row['examples_per_s_per_rank']:,.0f} per rank), {args.mode} scaling efficiency "
+            f"{100 * row['efficiency']:.1f}%"
+        )
     print(f"sweep directory: {out}")
     print(f"report: {write_report([out])}")
     return 0 if all(r["ok"] for r in runs) else 1
+
+
+def scaling_efficiency(out: Path, runs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    """``{"efficiency": rows}``: throughput, speed-up and efficiency per world size (``reports.scaling``)."""
+    from recscale.reports.rundata import load_run
+    from recscale.reports.scaling import efficiency_table
+
+    table = efficiency_table([load_run(out / r["run_dir"]) for r in runs], mode)
+    keys = ("world_size", "examples_per_s", "examples_per_s_per_rank", "speedup", "efficiency", "mfu")
+    return {"efficiency": [{k: row[k] for k in keys} for row in table]}

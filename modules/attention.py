@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from recscale.modules.flops import FlopCount
+from recscale.modules.flops import FlopCount, Lengths
 
 FLEX_BLOCK = 128
 """FlexAttention's default block size (queries and keys) on CUDA in torch 2.13."""
@@ -225,16 +225,7 @@ def attention_flops(
     and ``dP = dO Vᵀ`` (needed whenever anything upstream needs a gradient), ``dQ = dS K`` and
     ``dK = dSᵀ Q``.
     """
-    pairs = spec.num_pairs(q_len, k_len)
-    one = 2 * pairs * dim
-    backward = 0
-    if grad_q or grad_kv:
-        backward += one  # dP = dO Vᵀ
-    if grad_kv:
-        backward += 2 * one  # dV, dK
-    if grad_q:
-        backward += one  # dQ
-    return FlopCount(2 * one, backward)
+    return _model_pair_flops(spec.num_pairs(q_len, k_len), dim, grad_q, grad_kv)
 
 
 def executed_attention_flops(
@@ -246,11 +237,67 @@ def executed_attention_flops(
     ``Q Kᵀ`` (flash-style kernels keep no P). FLEX computes every pair of each tile that the band
     touches and recomputes ``Q Kᵀ`` in backward, like SDPA.
     """
-    full = MaskSpec()
+    pairs = spec.num_block_pairs(q_len, k_len) if backend == AttentionBackend.FLEX else q_len * k_len
+    return _executed_pair_flops(pairs, dim, backend, grad)
+
+
+def self_attention_flops(
+    lengths: Lengths, dim: int, spec: MaskSpec, backend: AttentionBackend | None = None
+) -> FlopCount:
+    """Self-attention of every example over its own real tokens, summed over the examples.
+
+    ``backend=None``: model FLOPs (the band's pairs among the L real tokens, ``attention_flops`` at
+    L); a backend: what that kernel would execute on the unpadded example
+    (``executed_attention_flops`` at L).
+    """
+    if backend is None:
+        return _model_pair_flops(lengths.band_pairs(spec.window, spec.causal), dim)
     if backend == AttentionBackend.FLEX:
-        pairs = spec.num_block_pairs(q_len, k_len)
+        pairs = lengths.sum_of(lambda n: spec.num_block_pairs(n, n))
     else:
-        pairs = full.num_pairs(q_len, k_len)
+        pairs = lengths.band_pairs()
+    return _executed_pair_flops(pairs, dim, backend)
+
+
+def cross_attention_flops(
+    queries: int | Lengths, keys: Lengths, dim: int, backend: AttentionBackend | None = None
+) -> FlopCount:
+    """Attention without a band from ``queries`` to each example's real keys, summed over the examples.
+
+    ``queries``: an int is that many queries in every example (learned seeds, a target query);
+    ``Lengths`` are real query tokens (cross-attention between two sequences). An example without
+    keys attends nothing (the padded kernels' one zero slot is padding). ``backend`` as in
+    ``self_attention_flops``.
+    """
+    full = MaskSpec()
+    if isinstance(queries, int):
+        pairs = queries * keys.tokens
+        if backend == AttentionBackend.FLEX:
+            pairs = keys.sum_of(lambda n: full.num_block_pairs(queries, n))
+    else:
+        pairs = queries.dot(keys)
+        if backend == AttentionBackend.FLEX:
+            pairs = sum(full.num_block_pairs(int(q), int(k)) for q, k in zip(queries.lengths_B, keys.lengths_B))
+    if backend is None:
+        return _model_pair_flops(pairs, dim)
+    return _executed_pair_flops(pairs, dim, backend)
+
+
+def _model_pair_flops(pairs: int, dim: int, grad_q: bool = True, grad_kv: bool = True) -> FlopCount:
+    """``Q Kᵀ`` and ``P V`` over ``pairs`` (query, key) pairs of width ``dim``; exact backward, no recompute."""
+    one = 2 * pairs * dim
+    backward = 0
+    if grad_q or grad_kv:
+        backward += one  # dP = dO Vᵀ
+    if grad_kv:
+        backward += 2 * one  # dV, dK
+    if grad_q:
+        backward += one  # dQ
+    return FlopCount(2 * one, backward)
+
+
+def _executed_pair_flops(pairs: int, dim: int, backend: AttentionBackend, grad: bool = True) -> FlopCount:
+    """What a kernel runs over ``pairs`` computed pairs: the reference keeps P, SDPA / FLEX recompute ``Q Kᵀ``."""
     one = 2 * pairs * dim
     if not grad:
         return FlopCount(2 * one, 0)

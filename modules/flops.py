@@ -5,14 +5,19 @@ Bias adds, activations, norms and embedding lookups count 0 — embedding work i
 and is reported as bytes (DESIGN.md §5). Backward is counted exactly rather than as "2 x forward":
 a matmul whose input needs no gradient (the first layer over raw dense features) only computes
 its weight gradient.
+
+Sequence models count at real lengths (``Lengths``): the FLOPs of a batch are the sum over its
+examples of what each example costs run alone with its sequences cut to their real length, so
+padding (wasted work) is not model FLOPs (docs/measuring.md §"Sequence lengths").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import nn
 
 
@@ -59,9 +64,16 @@ class LinearLike(Protocol):
         ...
 
 
-def linear_module(layer: nn.Linear, input_grad: bool = True, tokens: int = 1) -> FlopCount:
-    """``linear`` with the shapes and the weight's ``requires_grad`` read off the layer itself."""
-    return linear(layer.in_features, layer.out_features, input_grad, tokens, layer.weight.requires_grad)
+def linear_module(layer: nn.Module, input_grad: bool = True, tokens: int = 1) -> FlopCount:
+    """``linear`` with the shapes and the weight's ``requires_grad`` read off the layer itself.
+
+    A ``LinearLike`` stand-in (a HiLoMoE block in place of the Linear) counts itself.
+    """
+    if isinstance(layer, nn.Linear):
+        return linear(layer.in_features, layer.out_features, input_grad, tokens, layer.weight.requires_grad)
+    if isinstance(layer, LinearLike):
+        return layer.linear_flops(input_grad).scaled(tokens)
+    raise TypeError(f"linear_module: {type(layer).__name__} is neither an nn.Linear nor LinearLike")
 
 
 def linears(layers: Iterable[nn.Module], input_grad: bool = True, tokens: int = 1) -> FlopCount:
@@ -84,3 +96,59 @@ def total(breakdown: dict[str, FlopCount]) -> FlopCount:
     for count in breakdown.values():
         out = out + count
     return out
+
+
+class Lengths:
+    """Real lengths of one event sequence over the examples of a batch, and the sums FLOPs need.
+
+    Every length-aware count is linear in a few sums over the examples, so a batch costs O(1)
+    tensor reductions whatever its size: ``examples`` (per-example work, e.g. seed projections),
+    ``tokens`` = Σ L (per-event linear maps), ``band_pairs`` (self-attention pairs) and ``dot``
+    (cross-attention pairs, Σ L_i * M_i). An int ``L`` stands for one example of length L.
+
+    Args:
+        lengths_B: real length of each example (after truncation to ``max_length``), ``[B]``.
+    """
+
+    def __init__(self, lengths_B: torch.Tensor | Sequence[int]) -> None:
+        self.lengths_B = torch.as_tensor(lengths_B, dtype=torch.int64, device="cpu").flatten()
+        if self.lengths_B.numel() and int(self.lengths_B.min()) < 0:
+            raise ValueError(f"sequence lengths must be >= 0, got {self.lengths_B.tolist()}")
+        self.examples = int(self.lengths_B.numel())
+        self.tokens = int(self.lengths_B.sum())
+        self._pairs: dict[tuple[int, bool], int] = {}
+
+    @classmethod
+    def of(cls, length: int | Lengths) -> Lengths:
+        """``length`` itself, or one example of that length."""
+        return length if isinstance(length, Lengths) else cls([length])
+
+    @classmethod
+    def full(cls, length: int, examples: int) -> Lengths:
+        """``examples`` examples of the same length (e.g. all at ``max_length``)."""
+        return cls(torch.full((examples,), length, dtype=torch.int64))
+
+    def band_pairs(self, window: int = 0, causal: bool = False) -> int:
+        """Σ over examples of its pairs (i, j) of tokens with ``|i - j| <= window`` (0: all), ``j <= i`` if causal.
+
+        Closed form per example with m = min(window, L - 1): ``L (2m + 1) - m (m + 1)`` pairs, or
+        ``L (m + 1) - m (m + 1) / 2`` when causal (``MaskSpec.num_pairs`` at q = k = L, by loop).
+        """
+        key = (max(window, 0), causal)
+        if key not in self._pairs:
+            n = self.lengths_B
+            m = (n - 1).clamp(min=0) if window <= 0 else (n - 1).clamp(min=0, max=window)
+            per_B = n * (m + 1) - m * (m + 1) // 2 if causal else n * (2 * m + 1) - m * (m + 1)
+            self._pairs[key] = int(per_B.sum())
+        return self._pairs[key]
+
+    def dot(self, other: Lengths) -> int:
+        """Σ over examples of ``L_i * M_i``: the pairs of cross-attention from these queries to ``other``'s keys."""
+        if other.examples != self.examples:
+            raise ValueError(f"lengths of {self.examples} and {other.examples} examples do not pair up")
+        return int((self.lengths_B * other.lengths_B).sum())
+
+    def sum_of(self, per_example: Callable[[int], int]) -> int:
+        """Σ over examples of ``per_example(L)``, evaluated once per distinct length (for rare, irregular counts)."""
+        values, counts = torch.unique(self.lengths_B, return_counts=True)
+        return sum(per_example(int(v)) * int(c) for v, c in zip(values, counts))

@@ -17,11 +17,23 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 
 from recscale.configs.schema import DenseOptimizerConfig
-from recscale.modules.hilomoe import role_param_groups
+from recscale.modules.hilomoe import moe_blocks, role_param_groups
+from recscale.sharding.dense_checkpoint import (
+    DenseLayout,
+    check_shapes,
+    has_reference_state,
+    load_reference,
+    save_reference,
+    warn_fresh,
+)
 
 log = logging.getLogger("recscale")
 
@@ -100,6 +112,48 @@ def build_dense_optimizer(params: Any, cfg: DenseOptimizerConfig) -> torch.optim
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+class TorchParamAccess:
+    """Parameters and state of a plain torch optimizer, one state entry per parameter (``ParamAccess``).
+
+    Args:
+        optimizer: the torch optimizer.
+        masters: the optimizer's own tensor for a module parameter where it steps a copy (DeepSpeed's
+            fp32 masters of bf16 weights under ZeRO 0), by ``id`` of the module parameter.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, masters: dict[int, torch.Tensor] | None = None) -> None:
+        self.optimizer = optimizer
+        self.masters = masters or {}
+
+    def _stepped(self, p: nn.Parameter) -> torch.Tensor:
+        return self.masters.get(id(p), p)
+
+    def value(self, p: nn.Parameter) -> torch.Tensor:
+        """The (master) value, in fp32."""
+        return self._stepped(p).detach().float()
+
+    def set_value(self, p: nn.Parameter, value: torch.Tensor) -> None:
+        """Copy into the parameter and its master copy."""
+        p.data.copy_(value)
+        self._stepped(p).data.copy_(value)
+
+    def state(self, p: nn.Parameter) -> dict[str, torch.Tensor]:
+        """The optimizer's tensors for ``p`` (``step`` as an fp32 scalar tensor)."""
+        state = self.optimizer.state.get(self._stepped(p), {})
+        return {k: v if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in state.items()}
+
+    def prepare_state(self) -> None:
+        """Nothing: torch optimizers take a state dict as it is."""
+
+    def set_state(self, p: nn.Parameter, state: dict[str, torch.Tensor]) -> None:
+        """Replace ``p``'s state (none at all when ``state`` is empty, as for a never-stepped parameter)."""
+        stepped = self._stepped(p)
+        if state:
+            self.optimizer.state[stepped] = {k: v.clone().to(p.device) for k, v in state.items()}
+        else:
+            self.optimizer.state.pop(stepped, None)
+
+
 class DDPDense:
     """Dense part under PyTorch DDP (or plain, on one rank) with a torch optimizer.
 
@@ -171,15 +225,24 @@ class DDPDense:
         }
 
     def save(self, directory: Path) -> None:
-        """Dense state with DCP (replicated tensors are written once)."""
+        """Dense state with DCP (replicated tensors are written once): the layout-free form itself."""
         dcp.save(self.state_dict(), checkpoint_id=str(directory))
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        DenseLayout(backend="ddp", world_size=world).save(directory)
 
     def load(self, directory: Path) -> None:
-        """Read what ``save`` wrote, into the current layout (any world size).
+        """Read a dense checkpoint into the current layout (any world size), also one DeepSpeed wrote.
 
         Parameters without optimizer state in the checkpoint (frozen when it was written, e.g. experts
         in a training stage that trained only the backbone) keep fresh state.
         """
+        if not has_reference_state(directory):
+            raise ValueError(f"{directory}: no layout-free dense checkpoint (.metadata); {_NATIVE_ONLY}")
+        check_shapes(directory, self.inner)
+        layout = DenseLayout.read(directory)
+        if layout is not None and layout.backend != "ddp":
+            self._load_other_layout(directory, layout)
+            return
         state = self.state_dict()
         saved = set(dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata)
         optim_state = state["optim"]["state"]
@@ -196,7 +259,13 @@ class DDPDense:
         self.inner.load_state_dict(to_load["model"])
         state["optim"]["state"].update(to_load["optim"]["state"])
         state["optim"]["param_groups"] = to_load["optim"]["param_groups"]
-        set_optimizer_state_dict(self.inner, self.optimizer, state["optim"])
+        # parameters without state (``missing``, or frozen and never stepped in this process) are allowed
+        set_optimizer_state_dict(self.inner, self.optimizer, state["optim"], options=StateDictOptions(strict=False))
+        # truly fresh: no state at all, as in the run that wrote the checkpoint (the state materialised
+        # above for them has taken a zero step, which would shift Adam's bias correction by one)
+        params = dict(self.inner.named_parameters())
+        for name in missing:
+            self.optimizer.state.pop(params[name], None)
         self.scheduler.load_state_dict(to_load["scheduler"])
         if missing:
             log.warning(
@@ -205,6 +274,135 @@ class DDPDense:
                 len(missing),
                 missing[0],
             )
+
+    def _load_other_layout(self, directory: Path, layout: DenseLayout) -> None:
+        """A DeepSpeed checkpoint (experts possibly spread over ranks): its layout-free form."""
+        scheduler: dict[str, Any] = {"last_epoch": 0}
+        fresh = load_reference(directory, self.inner, TorchParamAccess(self.optimizer), scheduler)
+        restart_schedule(self.scheduler, self._base_lrs, int(scheduler["last_epoch"]))
+        warn_fresh(directory, fresh, f"written by {layout.backend} at world size {layout.world_size}")
+
+
+_NATIVE_ONLY = (
+    "it loads only under sharding.dense: deepspeed at the world size, ep_size and ZeRO stage it was written with"
+)
+
+
+def restart_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, base_lrs: list[float], last_epoch: int) -> None:
+    """Put ``scheduler`` at step ``last_epoch`` with the unscaled ``base_lrs`` (the loop re-applies stage scales).
+
+    Used when the checkpoint's optimizer groups differ from this run's (another backend or ``ep_size``):
+    only the schedule's position carries over.
+    """
+    scheduler.last_epoch = last_epoch
+    scale_scheduled_lrs(scheduler, base_lrs, [1.0] * len(base_lrs))
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]  # type: ignore[attr-defined]
+
+
+class ZeroParamAccess:
+    """Parameters and state of a DeepSpeed optimizer with fp32 master partitions (ZeRO 1/2, bf16) (``ParamAccess``).
+
+    Values and state go through DeepSpeed's fragment API (``safe_get_full_*``: an all-reduce over the
+    parameter's data-parallel group, so every rank of it must ask for the same parameters in the same
+    order; ``safe_set_full_*``: local). A partition's optimizer state is one flat tensor per key and one
+    ``step`` per optimizer group.
+    """
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+        lp_groups = optimizer.bit16_groups if hasattr(optimizer, "bit16_groups") else optimizer.bf16_groups
+        self._group = {id(p): i for i, group in enumerate(lp_groups) for p in group}
+        self._linked = False
+
+    def _flat_state(self, p: nn.Parameter) -> dict[str, Any]:
+        flat = self.optimizer.optimizer.param_groups[self._group[id(p)]]["params"][0]
+        state: dict[str, Any] = self.optimizer.optimizer.state.get(flat, {})
+        return state
+
+    def _link(self) -> None:
+        """Point every parameter's fragment at the optimizer's state.
+
+        DeepSpeed links once, after its first step of the *first* group (it steps the MoE groups one by
+        one), which leaves the other groups' fragments without state keys: relink when all have state.
+        """
+        flats = [g["params"][0] for g in self.optimizer.optimizer.param_groups]
+        if all(self.optimizer.optimizer.state.get(f) for f in flats):
+            self.optimizer._hp_optimizer_states_linked = False
+            self.optimizer._lazy_init_hp_params_optimizer_state()
+            self._linked = True
+
+    def value(self, p: nn.Parameter) -> torch.Tensor:
+        """The fp32 master value (collective)."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        value: torch.Tensor = safe_get_full_fp32_param(p)
+        return value
+
+    def set_value(self, p: nn.Parameter, value: torch.Tensor) -> None:
+        """The module's copy and this rank's fp32 master fragment."""
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        p.data.copy_(value)
+        safe_set_full_fp32_param(p, value.to(p.device, torch.float32))
+
+    def state(self, p: nn.Parameter) -> dict[str, torch.Tensor]:
+        """Full elementwise state (collective) and the group's step; empty before the first step."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        flat_state = self._flat_state(p)
+        if not flat_state:
+            return {}
+        if not self._linked:
+            self._link()
+        flat = self.optimizer.optimizer.param_groups[self._group[id(p)]]["params"][0]
+        out = {
+            k: safe_get_full_optimizer_state(p, k)
+            for k, v in sorted(flat_state.items())
+            if torch.is_tensor(v) and v.shape == flat.shape
+        }
+        if "step" in flat_state:
+            out["step"] = torch.tensor(float(flat_state["step"]))
+        return out
+
+    def prepare_state(self) -> None:
+        """Create the state of never-stepped partitions with one zero-gradient step at learning rate 0."""
+        inner = self.optimizer.optimizer
+        empty = [g["params"][0] for g in inner.param_groups if not inner.state.get(g["params"][0])]
+        if empty:
+            lrs = [g["lr"] for g in inner.param_groups]
+            for g in inner.param_groups:
+                g["lr"] = 0.0
+            for flat in empty:
+                flat.grad = torch.zeros_like(flat)
+            inner.step()
+            for flat in empty:
+                flat.grad = None
+                step = inner.state[flat].get("step")
+                if torch.is_tensor(step):  # that step does not count: a never-stepped group stays at 0
+                    step.zero_()
+                elif step is not None:
+                    inner.state[flat]["step"] = 0
+            for g, lr in zip(inner.param_groups, lrs):
+                g["lr"] = lr
+        self._link()
+
+    def set_state(self, p: nn.Parameter, state: dict[str, torch.Tensor]) -> None:
+        """This rank's fragment of each elementwise state (zeros when ``state`` is empty) and the step."""
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        flat_state = self._flat_state(p)
+        flat = self.optimizer.optimizer.param_groups[self._group[id(p)]]["params"][0]
+        for key, value in flat_state.items():
+            if torch.is_tensor(value) and value.shape == flat.shape:
+                full = state.get(key)
+                full = torch.zeros(p.shape) if full is None else full
+                safe_set_full_optimizer_state(p, full.to(flat.device, torch.float32), key)
+        if "step" in state and "step" in flat_state:
+            step = state["step"]
+            if torch.is_tensor(flat_state["step"]):
+                flat_state["step"].fill_(float(step))
+            else:
+                flat_state["step"] = int(step)
 
 
 class DeepSpeedDense:
@@ -305,12 +503,58 @@ class DeepSpeedDense:
         rates: list[float] = self.engine.get_lr()
         return float(rates[0])
 
+    def layout(self) -> DenseLayout:
+        """This engine's layout: world size, ``ep_size``, ZeRO stage and HiLoMoE dispatch."""
+        blocks = [b for _, b in moe_blocks(self.inner) if hasattr(b, "ep_size")]
+        return DenseLayout(
+            backend="deepspeed",
+            world_size=dist.get_world_size() if dist.is_initialized() else 1,
+            ep_size=int(getattr(blocks[0], "ep_size", 1)) if blocks else 1,
+            zero_stage=int(self.engine.zero_optimization_stage()),
+            dispatch=str(getattr(blocks[0], "dispatch", "")) if blocks else "",
+        )
+
+    def _access(self) -> TorchParamAccess | ZeroParamAccess:
+        opt = self.engine.optimizer
+        if hasattr(opt, "bit16_groups") or hasattr(opt, "bf16_groups"):
+            return ZeroParamAccess(opt)
+        masters = {}
+        if hasattr(opt, "fp16_groups") and hasattr(opt, "fp32_groups"):  # bf16 at ZeRO 0: fp32 copies stepped
+            for low, high in zip(opt.fp16_groups, opt.fp32_groups):
+                masters.update({id(p): master for p, master in zip(low, high)})
+        return TorchParamAccess(self._client_scheduler.optimizer, masters)
+
     def save(self, directory: Path) -> None:
-        """DeepSpeed's checkpoint layout (per-expert files, ZeRO optimizer shards); collective."""
+        """DeepSpeed's own checkpoint and the layout-free form beside it (collective).
+
+        DeepSpeed's files (``dense/dense/``: per-expert weights, ZeRO optimizer shards) reload only at this
+        layout; the DCP form (``sharding/dense_checkpoint.py``) at any.
+        """
         self.engine.save_checkpoint(str(directory), tag="dense", save_latest=False)
+        save_reference(directory, self.inner, self._access(), self._client_scheduler.state_dict(), self.layout())
 
     def load(self, directory: Path) -> None:
-        """Read what ``save`` wrote (same world size and ``ep_size``)."""
-        path, _ = self.engine.load_checkpoint(str(directory), tag="dense", load_lr_scheduler_states=True)
-        if path is None:
-            raise FileNotFoundError(f"no DeepSpeed dense checkpoint under {directory}")
+        """Read a dense checkpoint into this engine.
+
+        DeepSpeed's own files when this run's layout is the writer's (bit-exact resume), else the
+        layout-free form: another world size, ``ep_size`` or ZeRO stage, or a DDP checkpoint.
+        """
+        if has_reference_state(directory):
+            check_shapes(directory, self.inner)
+        saved, mine = DenseLayout.read(directory), self.layout()
+        if saved == mine or (saved is None and not has_reference_state(directory)):
+            path, _ = self.engine.load_checkpoint(str(directory), tag="dense", load_lr_scheduler_states=True)
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed dense checkpoint under {directory}")
+            return
+        if not has_reference_state(directory):
+            raise ValueError(f"{directory}: a DeepSpeed dense checkpoint without the layout-free form; {_NATIVE_ONLY}")
+        scheduler: dict[str, Any] = {"last_epoch": 0}
+        fresh = load_reference(directory, self.inner, self._access(), scheduler)
+        step = int(scheduler["last_epoch"])
+        restart_schedule(self._client_scheduler, self._base_lrs, step)
+        self.engine.global_steps = step
+        self.engine.global_samples = step * self.engine.train_batch_size()
+        was = f"{saved.backend}, world size {saved.world_size}, ep_size {saved.ep_size}" if saved else "ddp"
+        log.info("dense checkpoint %s (%s) mapped onto this run's layout (%s)", directory, was, mine)
+        warn_fresh(directory, fresh, f"written by {was}")

@@ -46,6 +46,7 @@ from recscale.modules.flops import FlopCount, matmul
 from recscale.modules.hilomoe.convert import moe_blocks
 from recscale.modules.hilomoe.layer import HiLoMoEBase, HiLoMoELinear, MoEBackend
 from recscale.modules.hilomoe.routing import Routing
+from recscale.sharding.dense_checkpoint import ExpertSlot
 from recscale.sharding.moe_collectives import gather_rows, install_global_balance_stats
 
 # --------------------------------------------------------------------------------------------------
@@ -291,6 +292,29 @@ class DeepSpeedHiLoMoELinear(HiLoMoEBase):
             v_NI, _ = cast(RankOneExperts, layer.experts).stacked()
             parts.append(gather_rows(v_NI, group) if self.ep_size > 1 else v_NI)
         return torch.cat(parts).view(self.num_layers, self.num_experts, self.in_features)
+
+    def expert_slots(self) -> dict[str, ExpertSlot]:
+        """Each local expert parameter (name inside this block) and its place in the reference stacks.
+
+        Global id g of local expert n is ``ep_rank·N + n``; with ``one_round`` g = l·K + k, with
+        ``per_layer`` dispatch m is layer l and g = k. Checkpoints use this to write and read the
+        layout-free ``experts_v [L, K, I]`` / ``experts_u [L, K, O]`` (``sharding/dense_checkpoint.py``).
+        """
+        group = self._ep_group() if self.ep_size > 1 else None
+        shapes = {
+            "v": (self.num_layers, self.num_experts, self.in_features),
+            "u": (self.num_layers, self.num_experts, self.out_features),
+        }
+        slots = {}
+        for m, dispatcher in enumerate(self._dispatchers()):
+            local = cast(RankOneExperts, dispatcher.experts).num_local_experts
+            for n in range(local):
+                g = self.ep_rank * local + n
+                layer, k = divmod(g, self.num_experts) if self.dispatch == "one_round" else (m, g)
+                for which, shape in shapes.items():
+                    name = f"moes.{m}.deepspeed_moe.experts.deepspeed_experts.{n}.{which}"
+                    slots[name] = ExpertSlot(f"experts_{which}", layer, k, shape, group)
+        return slots
 
     def expert_term(self, x_BI: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Dispatch, run and combine the routed experts of all layers (one or L all-to-all pairs)."""

@@ -3,7 +3,8 @@
 Layout of ``<run_dir>/checkpoints/step_<N>/``::
 
     sparse/        torch.distributed.checkpoint: tables + fused optimizer state (reshardable)
-    dense/         the dense backend's format (DCP for DDP, DeepSpeed's for a DeepSpeed engine)
+    dense/         layout-free DCP form + layout.json (any backend reloads it at any layout:
+                   ``sharding/dense_checkpoint.py``); a DeepSpeed engine's own files in dense/dense/
     trainer/rank<r>.pt   step, data position, RNG states of rank r
     manifest.json  every file with its size and SHA-256, the step, the world size
 
@@ -220,6 +221,9 @@ class CheckpointManager:
 
     def load(self, path: Path, parallel: ParallelModel) -> dict[str, Any]:
         """Load ``path`` into ``parallel`` (any world size and plan for the tables); return this rank's trainer state.
+
+        The dense part loads at any layout too (world size, ``ep_size``, ZeRO stage, backend), through
+        its layout-free form (``recscale.sharding.dense_checkpoint``).
 
         When the world size changed, ranks without a state file of their own get rank 0's; the data
         position is then mapped to the same fraction of the epoch (``trainer.data.TrainData.restore``).

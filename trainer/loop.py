@@ -24,7 +24,7 @@ from recscale.trainer.checkpoint import CheckpointManager, rng_state, set_rng_st
 from recscale.trainer.data import TrainData, make_eval_batches, make_train_data
 from recscale.trainer.embedding_traffic import EmbeddingTraffic
 from recscale.trainer.evaluate import evaluate
-from recscale.trainer.metrics import MetricsLog, embedding_bandwidth, memory_stats, mfu
+from recscale.trainer.metrics import BatchFlops, MetricsLog, embedding_bandwidth, memory_stats, mfu
 from recscale.trainer.moe_timing import MoEDispatchTimer
 from recscale.trainer.peaks import device_description, peak_tflops
 from recscale.trainer.pipeline import HybridTrainPipeline, PhaseTimer, PlainStepper
@@ -91,7 +91,7 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
 
     checkpoints = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
     start_step = 0
-    resumed_plateau = None
+    resumed_plateau, resumed_stages = None, None
     if faults.any_rank(resume):  # one restarted node makes every rank resume
         latest = checkpoints.latest_valid()
         if latest is not None:
@@ -101,6 +101,7 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
                 set_rng_state(state["rng"])
             data.restore(state["data"], state["world_size"])
             resumed_plateau = state.get("plateau")
+            resumed_stages = state.get("stages")
             log.info("resumed from %s at step %d", latest, start_step)
         else:
             log.info("no intact checkpoint in %s; starting from step 0", checkpoints.root)
@@ -111,6 +112,9 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
     loop = _Loop(cfg, run_dir, info, parallel, data, checkpoints, total_steps, per_rank_batch, schedule)
     if resumed_plateau is not None:
         loop.plateau.load_state_dict(resumed_plateau)
+    if schedule is not None and resumed_stages is not None:  # stages that ended early stay ended
+        schedule.load_state_dict(resumed_stages)
+        loop.total_steps = schedule.total_steps
     return loop.run(start_step)
 
 
@@ -150,7 +154,7 @@ class _Loop:
         self.progress = Progress(cfg.metrics.progress_bar, total_steps, enabled=info.is_main)
         self.steady_steps = 0  # steps after warm-up, the seconds they took (steps only), their FLOPs per rank
         self.steady_seconds = 0.0
-        self.steady_flops = 0.0
+        self.batch_flops = BatchFlops.for_job(cfg, parallel.dense.inner)  # FLOPs at real sequence lengths
         self.last_eval: dict[str, float] = {}
         self.plateau = Plateau(cfg.trainer.early_stopping)
         self.last_full_eval: tuple[int, dict[str, float]] | None = None
@@ -159,7 +163,7 @@ class _Loop:
 
     def run(self, start_step: int) -> dict[str, Any]:
         t = self.cfg.trainer
-        batches = self.traffic.wrap(self.data.batches(start_step))
+        batches = self.batch_flops.wrap(self.traffic.wrap(self.data.batches(start_step)))
         m = self.cfg.metrics
         self.profiler = StepProfiler.from_config(
             m.profile_steps,
@@ -172,6 +176,7 @@ class _Loop:
             self.peak,
             start_step,
             self.total_steps,
+            self.batch_flops.profiled_breakdown,
         )
         step = start_step
         window_loss = torch.zeros((), dtype=torch.float64)
@@ -194,10 +199,11 @@ class _Loop:
                 ) from None
             step += 1
             faults.after_step(step)  # progress board for hang diagnosis; injected faults (tests)
-            if step > start_step + WARMUP_STEPS and not (self.profiler and self.profiler.recording):
+            steady = step > start_step + WARMUP_STEPS and not (self.profiler and self.profiler.recording)
+            self.batch_flops.step(steady, profiled=self.profiler is not None and self.profiler.recording)
+            if steady:
                 self.steady_steps += 1
                 self.steady_seconds += time.perf_counter() - step_start
-                self.steady_flops += self.flops.train * self.per_rank_batch
             window_loss += out[0].double()
             for key, value in out[4].items():
                 if value.numel() == 1:
@@ -263,12 +269,30 @@ class _Loop:
             self._apply_lr()
         record = {**self.plateau.state_dict(), "improved": improved, "metric": es.metric}
         self.metrics.write("plateau", step, record)
-        if self.plateau.state.stopped and not was_stopped and self.info.is_main:
-            self.progress.message(
-                f"early stop at step {step}: no better {es.metric} for {es.patience} evaluations "
-                f"(best {self.plateau.state.best:.5f} at step {self.plateau.state.best_step})"
-            )
+        if self.plateau.state.stopped and not was_stopped:
+            why = f"no better {es.metric} for {es.patience} evaluations"
+            best = f"best {self.plateau.state.best:.5f} at step {self.plateau.state.best_step}"
+            ended = self._end_stage_early(step, why)
+            if self.info.is_main:
+                self.progress.message(f"{ended or 'early stop'} at step {step}: {why} ({best})")
         return improved
+
+    def _end_stage_early(self, step: int, why: str) -> str:
+        """After a plateau stop: end the current stage instead of the run, where it says so.
+
+        Returns what ended ("stage NAME"), or "" when the run stops (no stages, a stage without
+        ``end_on_plateau``, or the last stage).
+        """
+        if self.schedule is None or step >= self.total_steps:
+            return ""
+        stage = self.schedule.stages[self.schedule.index_after(step - 1)]
+        if not stage.end_on_plateau or not self.schedule.end_stage(step):
+            return ""
+        self.plateau.state.stopped = False
+        self.total_steps = self.schedule.total_steps
+        self.progress.set_total(self.total_steps)
+        self.metrics.write("stage_end", step, {"stage": stage.name, "reason": why})
+        return f"stage '{stage.name}' ends"
 
     def _final_evaluation(self, step: int) -> dict[str, float]:
         """The whole validation set at the end; with ``restore_best``, of the best weights.
@@ -285,11 +309,19 @@ class _Loop:
         if self.plateau.active:
             best = self.checkpoints.root / BEST
             if self.cfg.trainer.early_stopping.restore_best and not improved and best.is_dir():
-                self.checkpoints.load(best, self.parallel)
-                self.metrics.write("restore_best", step, {"best_step": self.plateau.state.best_step})
+                self._restore_best(step, "end of the run")
                 final = self._evaluate(step, 0, final=True)
                 final["restored_from_step"] = self.plateau.state.best_step
         return final
+
+    def _restore_best(self, step: int, when: str) -> None:
+        """Load ``checkpoints/best`` (weights, optimizer state) into the model, if there is one yet."""
+        best = self.checkpoints.root / BEST
+        if not best.is_dir():
+            log.warning("no best evaluation yet at the %s (step %d): continuing from the current weights", when, step)
+            return
+        self.checkpoints.load(best, self.parallel)
+        self.metrics.write("restore_best", step, {"best_step": self.plateau.state.best_step, "when": when})
 
     def _apply_lr(self) -> None:
         """Stage scales times the plateau's decay, on the dense groups and on the tables."""
@@ -298,8 +330,11 @@ class _Loop:
         self.parallel.updater.set_sparse_lr_scale(self.sparse_lr_scale * factor)
 
     def _trainer_state(self, step: int) -> dict[str, Any]:
-        """What a checkpoint saves besides the model: data position, RNG, plateau state."""
-        return {"data": self.data.state_after(step), "rng": rng_state(), "plateau": self.plateau.state_dict()}
+        """What a checkpoint saves besides the model: data position, RNG, plateau state, stage starts."""
+        state = {"data": self.data.state_after(step), "rng": rng_state(), "plateau": self.plateau.state_dict()}
+        if self.schedule is not None:
+            state["stages"] = self.schedule.state_dict()
+        return state
 
     def _log_train(
         self, step: int, mean_loss: torch.Tensor, steps: int, elapsed: float, diagnostics: dict[str, float]
@@ -314,8 +349,9 @@ class _Loop:
         phases = self.timer.take()
         per_rank = self.per_rank_batch * steps / max(elapsed, 1e-9)
         emb_bytes = self.traffic.take()
-        achieved = self.flops.train * per_rank
-        util = mfu(self.flops.train, per_rank, self.peak)
+        flops = self.batch_flops.take()  # the window's steps at their real sequence lengths
+        achieved = flops.per_example().train * per_rank
+        util = mfu(flops.per_example().train, per_rank, self.peak)
         record = {
             "loss": float(loss),
             "examples_per_s": per_rank * self.info.world_size,
@@ -330,6 +366,7 @@ class _Loop:
             **self.moe_timer.take(steps),
             **memory_stats(self.info.device),
             **{k: float(v) for k, v in zip(keys, values[1:])},
+            **flops.record(),
         }
         self.metrics.write("train", step, record)
         self.progress.update(step, float(loss), per_rank * self.info.world_size, util)
@@ -347,17 +384,21 @@ class _Loop:
 
     def _enter_stage(self, steps_done: int, resumed: bool = False) -> None:
         assert self.schedule is not None
+        self.batch_flops.flush()  # the steps so far count with the weights that trained in them
         index = self.schedule.index_after(steps_done)
         stage = self.schedule.stages[index]
+        fresh = steps_done == self.schedule.starts[index]
+        if fresh and stage.start_from_best:  # again after a resume at this very step: the same weights
+            self._restore_best(steps_done, f"start of stage '{stage.name}'")
         self.dense_lr_scales, self.sparse_lr_scale = enter_stage(self.parallel, stage)
-        if steps_done == self.schedule.starts[index]:
+        if fresh:
             self.plateau.new_stage()  # a stage starts at its own rates, without an earlier stage's decay
         self._apply_lr()
         # the stage decides what runs (experts off, frozen weights): count what it runs
         self.flops = total(self.parallel.dense.inner.flops())
         first = self.schedule.starts[index] + 1
         record = {"stage": stage.name, "index": index, "train": stage.train, "first_step": first}
-        record |= {"last_step": first + stage.steps - 1, "resumed_inside": resumed and steps_done >= first}
+        record |= {"last_step": first + stage.steps - 1, "resumed_inside": resumed and not fresh}
         record |= {"flops_per_example_train": self.flops.train}
         self.metrics.write("stage", steps_done, record)
         if self.info.is_main:
@@ -373,7 +414,11 @@ class _Loop:
     def _summary(self, step: int, final: dict[str, float], wall_s: float) -> dict[str, Any]:
         steps, seconds = self.steady_steps, self.steady_seconds
         per_rank = self.per_rank_batch * steps / seconds if seconds else 0.0
-        achieved_tflops = self.steady_flops / seconds / 1e12 if seconds else 0.0
+        self.batch_flops.flush()
+        steady, run = self.batch_flops.steady, self.batch_flops.run  # FLOPs at real and at padded lengths
+        achieved_tflops = steady.real_train / seconds / 1e12 if seconds else 0.0
+        padded_tflops = steady.padded_train / seconds / 1e12 if seconds else 0.0
+        real, padded = run.per_example(), run.per_example(padded=True)
         dense = self.parallel.dense.inner
         summary = {
             "name": self.cfg.name,
@@ -393,7 +438,9 @@ class _Loop:
                 "mean_step_time_s": seconds / steps if steps else None,
                 "excluded_warmup_steps": WARMUP_STEPS,
             },
-            "flops_per_example": {"forward": self.flops.forward, "train": self.flops.train},
+            "flops_per_example": {"forward": real.forward, "train": real.train},
+            "flops_per_example_padded": {"forward": padded.forward, "train": padded.train},
+            "padding": {k.removeprefix("padding/"): v for k, v in run.record().items() if k.startswith("padding/")},
             "params": {
                 "dense": sum(p.numel() for p in self.parallel.dense.inner.parameters()),
                 "embedding": sum(
@@ -409,6 +456,7 @@ class _Loop:
             "peak_tflops_per_rank": self.peak,
             "tflops_per_rank": achieved_tflops,
             "mfu": achieved_tflops / self.peak if self.peak else None,
+            "mfu_padded": padded_tflops / self.peak if self.peak else None,
             "wall_time_s": wall_s,
             "config_hash": config_hash(self.cfg),
             "versions": versions(),

@@ -75,6 +75,7 @@ class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
         super().__init__(model, _UpdaterAsOptimizer(updater), device, execute_all_batches=True)  # type: ignore[arg-type]
         self._updater = updater
         self._timer = timer
+        self._kept_forwards: tuple[list[Any], list[Any]] | None = None  # set by ``detach``
 
     def enqueue_batch(self, dataloader_iter: Iterator[Any]) -> bool:
         """Read the next batch (and copy it to the device): the "data" phase."""
@@ -95,6 +96,35 @@ class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
     def _optimizer_step(self) -> None:
         self._timer.timed("optimizer", self._updater.step)
 
+    def detach(self) -> torch.nn.Module:
+        """The model with its sharded modules' own forwards back (for evaluation between steps).
+
+        The pipelined forwards are kept, and ``attach`` puts them back as they were. TorchRec's own
+        ``attach`` rewrites the model again and restarts the input all-to-all of the batch already in
+        flight: that second input dist of one batch desynchronises the sequence (EmbeddingCollection)
+        all-to-alls across ranks on the next step (gloo: ``in->size == out->size``).
+        """
+        if self._model_attached and self._pipelined_modules:
+            self._kept_forwards = (
+                [m.forward for m in self._pipelined_modules],
+                [d.forward for d in _kjt_dists(self._pipelined_modules)],
+            )
+        model: torch.nn.Module = super().detach()
+        return model
+
+    def attach(self, model: torch.nn.Module | None = None, sparse_dist: bool = True) -> None:
+        """Undo ``detach``: the pipelined forwards as they were, no input all-to-all run again."""
+        kept, self._kept_forwards = self._kept_forwards, None
+        if kept is None or (model is not None and model is not self._model) or self._pipelined_postprocs:
+            super().attach(model, sparse_dist)
+            return
+        module_forwards, dist_forwards = kept
+        for module, forward in zip(self._pipelined_modules, module_forwards):
+            module.forward = forward
+        for dist, forward in zip(_kjt_dists(self._pipelined_modules), dist_forwards):
+            dist.forward = forward
+        self._model_attached = True
+
     def step(self, batches: Iterator[Any]) -> StepOutput:
         """One training step; ``StopIteration`` when the data is exhausted."""
         start = time.perf_counter()
@@ -104,6 +134,17 @@ class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
         counted = sum(self._timer.totals[p] - before.get(p, 0.0) for p in PHASES if p != "forward")
         self._timer.totals["forward"] += max(0.0, elapsed - counted)
         return out  # type: ignore[no-any-return]
+
+
+def _kjt_dists(modules: list[Any]) -> list[Any]:
+    """The KJT all-to-all modules inside the pipelined sharded modules, in TorchRec's order."""
+    return [
+        dist._dist
+        for module in modules
+        for _, child in module.named_modules()
+        for dist in getattr(child, "_input_dists", [])
+        if hasattr(dist, "_dist")
+    ]
 
 
 class PlainStepper:

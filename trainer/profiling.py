@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ class StepProfiler:
         peak_tflops: the run's peak per rank (None: MFU per row unknown).
         first: first profiled step (1-based, as the loop counts).
         last: last profiled step.
+        breakdown: per-module FLOPs per example of the profiled steps, asked for when the window
+            closes (``BatchFlops.profiled_breakdown``: real sequence lengths); default: ``dense.flops()``.
     """
 
     def __init__(
@@ -71,8 +74,10 @@ class StepProfiler:
         peak_tflops: float | None,
         first: int,
         last: int,
+        breakdown: Callable[[], dict[str, FlopCount]] | None = None,
     ) -> None:
         self.out_dir, self.rank, self.device, self.dense = out_dir, rank, device, dense
+        self.breakdown = breakdown
         self.examples_per_step, self.peak = examples_per_step, peak_tflops
         self.first, self.last = first, last
         self.recording = False
@@ -95,13 +100,14 @@ class StepProfiler:
         peak_tflops: float | None,
         start_step: int,
         total_steps: int,
+        breakdown: Callable[[], dict[str, FlopCount]] | None = None,
     ) -> StepProfiler | None:
         """The profiler of a run (None when ``steps`` is 0): the window is clamped inside the run."""
         if steps <= 0:
             return None
         last = min(start_step + wait_steps + steps, total_steps)
         first = max(start_step + 1, last - steps + 1)
-        return cls(run_dir / PROFILE_DIR, rank, device, dense, examples_per_step, peak_tflops, first, last)
+        return cls(run_dir / PROFILE_DIR, rank, device, dense, examples_per_step, peak_tflops, first, last, breakdown)
 
     # ---------------------------------------------------------------------------------- the loop's calls
 
@@ -149,8 +155,9 @@ class StepProfiler:
         tmp = trace.with_name(trace.name + ".tmp")
         self._prof.export_chrome_trace(str(tmp))
         tmp.replace(trace)
+        # every rank asks: it also clears the profiled steps
+        breakdown = self.breakdown() if self.breakdown else self.dense.flops()  # type: ignore[operator]
         if self.rank == 0:
-            breakdown: dict[str, FlopCount] = self.dense.flops()  # type: ignore[operator]
             table = module_table(self._prof.events(), self._rows, breakdown, self.device, steps, wall)
             table |= {"examples_per_step": self.examples_per_step, "peak_tflops": self.peak}
             table |= {"first_step": self.first, "last_step": self.first + steps - 1, "trace": trace.name}

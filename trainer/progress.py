@@ -44,6 +44,13 @@ class Progress:
                 "step %d/%d | loss %.4f | %s ex/s | MFU %s", step, self.total, loss, f"{examples_per_s:,.0f}", util
             )
 
+    def set_total(self, total_steps: int) -> None:
+        """The run got shorter (a training stage ended early)."""
+        self.total = total_steps
+        if self._bar is not None:
+            self._bar.total = total_steps
+            self._bar.refresh()
+
     def message(self, text: str) -> None:
         """A line that should not break the bar."""
         if not self.enabled:

@@ -21,7 +21,12 @@ from recscale.sharding.apply import ParallelModel
 
 
 class StageSchedule:
-    """Consecutive stages; stage i covers steps ``starts[i] + 1 .. starts[i] + steps``."""
+    """Consecutive stages; stage i covers steps ``starts[i] + 1 .. starts[i] + steps`` at most.
+
+    A stage with ``end_on_plateau`` may end early (``end_stage``): the later stages then start sooner,
+    keeping their own lengths. The actual starts are part of a checkpoint (``state_dict``), so a resumed
+    run sees the boundaries the interrupted one took.
+    """
 
     def __init__(self, stages: list[StageConfig]) -> None:
         self.stages = stages
@@ -29,8 +34,8 @@ class StageSchedule:
 
     @property
     def total_steps(self) -> int:
-        """Steps of all stages."""
-        return sum(s.steps for s in self.stages)
+        """Steps of all stages (as far as they are known: a stage that may still end early counts fully)."""
+        return self.starts[-1] + self.stages[-1].steps
 
     def index_after(self, steps_done: int) -> int:
         """The stage the next step (after ``steps_done`` steps) belongs to."""
@@ -39,6 +44,27 @@ class StageSchedule:
     def is_boundary(self, steps_done: int) -> bool:
         """True when the next step starts a new stage (not the first)."""
         return steps_done in self.starts[1:]
+
+    def end_stage(self, steps_done: int) -> bool:
+        """End the current stage after ``steps_done`` steps; False (nothing changes) in the last stage."""
+        index = self.index_after(steps_done - 1)
+        if index == len(self.stages) - 1:
+            return False
+        shift = self.starts[index + 1] - steps_done
+        self.starts[index + 1 :] = [start - shift for start in self.starts[index + 1 :]]
+        return True
+
+    def state_dict(self) -> dict[str, list[int]]:
+        """For checkpoints."""
+        return {"starts": list(self.starts)}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        """From a checkpoint (same stages, possibly ended early)."""
+        if len(state["starts"]) != len(self.stages):
+            raise ValueError(
+                f"trainer.stages: the checkpoint has {len(state['starts'])} stages, the config {len(self.stages)}"
+            )
+        self.starts = list(state["starts"])
 
 
 def enter_stage(parallel: ParallelModel, stage: StageConfig) -> tuple[list[float], float]:

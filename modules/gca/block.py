@@ -25,13 +25,13 @@ from recscale.modules.attention import (
     AttentionBackend,
     MaskSpec,
     attention,
-    attention_flops,
-    executed_attention_flops,
+    cross_attention_flops,
     merge_heads,
     nonempty_keys,
+    self_attention_flops,
     split_heads,
 )
-from recscale.modules.flops import FlopCount, linear
+from recscale.modules.flops import FlopCount, Lengths, linear
 
 
 def masked_abs_cos(x_BQD: torch.Tensor, y_BQD: torch.Tensor, mask_BQ: torch.Tensor) -> torch.Tensor:
@@ -113,18 +113,18 @@ class GatedCrossAttention(nn.Module):
         z_BQD = z_BQD * x_mask_BQ.unsqueeze(-1).to(z_BQD.dtype)
         return z_BQD, masked_abs_cos(x_BQD, xp_BQD, x_mask_BQ)
 
-    def flops(self, q_len: int, k_len: int, executed: bool = False) -> FlopCount:
-        """Per-example FLOPs (forward and exact backward) at query / key lengths ``q_len`` / ``k_len``."""
+    def flops(self, q_len: int | Lengths, k_len: int | Lengths, executed: bool = False) -> FlopCount:
+        """FLOPs at query / key lengths ``q_len`` / ``k_len`` (one example), or summed over a batch's real ``Lengths``.
+
+        Every real query attends every real key of its example (an example without keys attends
+        nothing: the padded kernel's zero slot is padding).
+        """
         d = self.out.in_features
-        spec = MaskSpec()
-        attn = (
-            executed_attention_flops(q_len, k_len, d, spec, self.backend)
-            if executed
-            else attention_flops(q_len, k_len, d, spec)
-        )
-        total = linear(d, d, tokens=q_len) + linear(d, 2 * d, tokens=k_len) + attn + linear(d, d, tokens=q_len)
+        q, k = Lengths.of(q_len), Lengths.of(k_len)
+        attn = cross_attention_flops(q, k, d, self.backend if executed else None)
+        total = linear(d, d, tokens=q.tokens) + linear(d, 2 * d, tokens=k.tokens) + attn + linear(d, d, tokens=q.tokens)
         if self.gate is not None:
-            total = total + linear(2 * d, d, tokens=q_len)
+            total = total + linear(2 * d, d, tokens=q.tokens)
         return total
 
 
@@ -156,20 +156,15 @@ class EncoderLayer(nn.Module):
         s_BLD = s_BLD + self.ffn(self.norm2(s_BLD))
         return s_BLD * mask_BL.unsqueeze(-1).to(s_BLD.dtype)
 
-    def flops(self, seq_len: int, executed: bool = False) -> FlopCount:
-        """Per-example FLOPs at ``seq_len`` (forward and exact backward)."""
-        d = self.out.in_features
-        spec = MaskSpec(self_attention=True)
-        attn = (
-            executed_attention_flops(seq_len, seq_len, d, spec, self.backend)
-            if executed
-            else attention_flops(seq_len, seq_len, d, spec)
-        )
+    def flops(self, seq_len: int | Lengths, executed: bool = False) -> FlopCount:
+        """FLOPs at ``seq_len`` (one example), or summed over a batch's real ``Lengths`` (exact backward)."""
+        d, n = self.out.in_features, Lengths.of(seq_len)
+        attn = self_attention_flops(n, d, MaskSpec(self_attention=True), self.backend if executed else None)
         ffn = self.ffn[0].out_features  # type: ignore[union-attr]
         return (
-            linear(d, 3 * d, tokens=seq_len)
+            linear(d, 3 * d, tokens=n.tokens)
             + attn
-            + linear(d, d, tokens=seq_len)
-            + linear(d, ffn, tokens=seq_len)
-            + linear(ffn, d, tokens=seq_len)
+            + linear(d, d, tokens=n.tokens)
+            + linear(d, ffn, tokens=n.tokens)
+            + linear(ffn, d, tokens=n.tokens)
         )

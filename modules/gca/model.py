@@ -16,6 +16,8 @@ Legend: B batch, L sequence length, D width, N dense features, P pooled width.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -23,13 +25,12 @@ from recscale.modules.attention import (
     AttentionBackend,
     MaskSpec,
     attention,
-    attention_flops,
-    executed_attention_flops,
+    cross_attention_flops,
     merge_heads,
     nonempty_keys,
     split_heads,
 )
-from recscale.modules.flops import FlopCount, linear, linears
+from recscale.modules.flops import FlopCount, Lengths, linear, linears
 from recscale.modules.gca.block import EncoderLayer, GatedCrossAttention
 from recscale.modules.mlp import MLP
 from recscale.modules.outputs import DenseOutput
@@ -177,31 +178,41 @@ class GCASequenceDense(nn.Module):
         )
         return merge_heads(o).squeeze(1)
 
-    def flops(self, seq_lengths: dict[str, int] | None = None, executed: bool = False) -> dict[str, FlopCount]:
-        """Per-example FLOPs by module (default lengths: each domain's max_length)."""
-        lengths = {d: (seq_lengths or {}).get(d, self.max_lengths[d]) for d in self.domains}
+    def flops(
+        self, seq_lengths: Mapping[str, int | Lengths] | None = None, executed: bool = False
+    ) -> dict[str, FlopCount]:
+        """FLOPs by module: per example (ints, default each domain's max_length), or summed over a batch.
+
+        With ``Lengths`` (a batch's real lengths) every count is the sum over its examples, each at
+        its own lengths (a domain left out counts at max_length in every example).
+        """
+        given = dict(seq_lengths or {})
+        batch = [n for n in given.values() if isinstance(n, Lengths)]
+        examples = batch[0].examples if batch else 1
+        lengths = {}
+        for d in self.domains:
+            n = given.get(d, self.max_lengths[d])
+            lengths[d] = n if isinstance(n, Lengths) else Lengths.full(n, examples)
+        backend = self.backend if executed else None
         out: dict[str, FlopCount] = {}
         if self.dense_mlp is not None:
-            out["context/dense"] = linears(self.dense_mlp, input_grad=False)
-        out["context/linear"] = linear(self.context.in_features, self.context.out_features)
+            out["context/dense"] = linears(self.dense_mlp, input_grad=False).scaled(examples)
+        out["context/linear"] = linear(self.context.in_features, self.context.out_features).scaled(examples)
         a, b = self.domains
         for d in self.domains:
-            proj = self.in_proj[d]
-            out[f"{d}/in_proj"] = linear(proj.in_features, proj.out_features, tokens=lengths[d])
+            proj, n = self.in_proj[d], lengths[d]
+            out[f"{d}/in_proj"] = linear(proj.in_features, proj.out_features, tokens=n.tokens)
             for i, layer in enumerate(self.encoders[d]):  # type: ignore[arg-type]
-                out[f"{d}/layer{i}"] = layer.flops(lengths[d], executed)
+                out[f"{d}/layer{i}"] = layer.flops(n, executed)
             width = proj.out_features
-            spec = MaskSpec()
-            attn = (
-                executed_attention_flops(1, lengths[d], width, spec, self.backend)
-                if executed
-                else attention_flops(1, lengths[d], width, spec)
+            query = linear(width, width).scaled(examples)  # the context vector's query, once per example
+            out[f"{d}/pool"] = (
+                query + linear(width, 2 * width, tokens=n.tokens) + cross_attention_flops(1, n, width, backend)
             )
-            out[f"{d}/pool"] = linear(width, width) + linear(width, 2 * width, tokens=lengths[d]) + attn
         for key, block in self.gca.items():
             q = key.split("_", 1)[1]
             kv = b if q == a else a
             out[f"gca/{key}"] = block.flops(lengths[q], lengths[kv], executed)  # type: ignore[operator]
-        out["top"] = linears(self.top)
-        out["head"] = linear(self.head.in_features, self.head.out_features)
+        out["top"] = linears(self.top).scaled(examples)
+        out["head"] = linear(self.head.in_features, self.head.out_features).scaled(examples)
         return out

@@ -56,12 +56,15 @@ def convert_towers(root: nn.Module, towers: list[str], layers: list[int], **kwar
 
     Args:
         root: the dense arch (modified in place).
-        towers: dotted paths of ``nn.Sequential`` towers (``*`` matches any child).
-        layers: positions among each tower's Linear layers (negative from the end); empty = all.
+        towers: dotted paths (``*`` matches any child) of ``nn.Sequential`` towers, or of single
+            ``nn.Linear`` layers (e.g. DCN-V2's cross layers: ``cross.*.full``).
+        layers: positions among each tower's Linear layers (negative from the end); empty = all. Single
+            Linear targets are always converted.
         **kwargs: ``HiLoMoELinear`` arguments (see ``block_kwargs``).
 
     Raises:
-        ValueError: a path matches nothing, is not a Sequential, or a layer position is out of range.
+        ValueError: a path matches nothing, is neither a Sequential nor a Linear, or a layer position is
+            out of range.
     """
     converted: list[str] = []
     for pattern in towers:
@@ -69,8 +72,15 @@ def convert_towers(root: nn.Module, towers: list[str], layers: list[int], **kwar
         if not matches:
             raise ValueError(f"model.hilomoe.towers: {pattern!r} matches no module of {type(root).__name__}")
         for path, tower in matches:
+            if isinstance(tower, nn.Linear):
+                parent_path, _, name = path.rpartition(".")
+                setattr(root.get_submodule(parent_path), name, HiLoMoELinear.from_linear(tower, **kwargs))
+                converted.append(path)
+                continue
             if not isinstance(tower, nn.Sequential):
-                raise ValueError(f"model.hilomoe.towers: {path!r} is a {type(tower).__name__}, not an MLP tower")
+                raise ValueError(
+                    f"model.hilomoe.towers: {path!r} is a {type(tower).__name__}, not an MLP tower or a Linear"
+                )
             positions = [i for i, m in enumerate(tower) if isinstance(m, nn.Linear)]
             chosen = layers or list(range(len(positions)))
             for j in chosen:

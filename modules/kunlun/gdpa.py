@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.modules.attention import merge_heads, split_heads
-from recscale.modules.flops import FlopCount, linear, matmul
+from recscale.modules.flops import FlopCount, Lengths, linear, matmul
 
 GDPA_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
@@ -124,14 +124,16 @@ class GDPA(nn.Module):
             y_BLE = self.norm(y_BLE)
         return y_BLE * mask_BL.unsqueeze(-1).to(y_BLE.dtype)
 
-    def flops(self, seq_len: int) -> FlopCount:
-        """Per-example FLOPs at sequence length ``seq_len``, forward and exact backward."""
+    def flops(self, seq_len: int | Lengths) -> FlopCount:
+        """FLOPs at sequence length ``seq_len`` (one example), or summed over a batch's real ``Lengths``.
+
+        K and V (and the token mixing) are made from X_sum once per example whatever its length; the
+        "attention" (``Q Kᵀ``, ``act(.) V``) and ``W_o`` run on the real events only.
+        """
         dim, ctx = self.out.in_features, self.k_proj.in_features
-        n, m = self.num_context_tokens, self.num_kv_tokens
-        total = FlopCount()
+        m, n = self.num_kv_tokens, Lengths.of(seq_len)
+        per_example = linear(ctx, dim, tokens=m).scaled(2)  # K and V
         if self.mix is not None:
-            total = total + linear(n, m, tokens=ctx)
-        total = total + linear(ctx, dim, tokens=m).scaled(2)  # K and V
-        total = total + matmul(seq_len, dim, m)  # Q Kᵀ over heads (H * [L, d] @ [d, M])
-        total = total + matmul(seq_len, m, dim)  # act(.) V
-        return total + linear(dim, dim, tokens=seq_len)
+            per_example = per_example + linear(self.num_context_tokens, m, tokens=ctx)
+        per_token = matmul(1, dim, m) + matmul(1, m, dim)  # Q Kᵀ over heads (H * [1, d] @ [d, M]), act(.) V
+        return per_example.scaled(n.examples) + per_token.scaled(n.tokens) + linear(dim, dim, tokens=n.tokens)

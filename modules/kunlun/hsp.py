@@ -20,13 +20,12 @@ from recscale.modules.attention import (
     AttentionBackend,
     MaskSpec,
     attention,
-    attention_flops,
-    executed_attention_flops,
+    cross_attention_flops,
     merge_heads,
     nonempty_keys,
     split_heads,
 )
-from recscale.modules.flops import FlopCount, linear, matmul
+from recscale.modules.flops import FlopCount, Lengths, linear, matmul
 
 
 class SumKronLinear(nn.Module):
@@ -110,12 +109,15 @@ class HierarchicalSeedPooling(nn.Module):
         o_BHSd = attention(q_BHSd, k_BHLd, v_BHLd, nonempty_keys(mask_BL), MaskSpec(), self.backend)
         return self.kron(self.out(merge_heads(o_BHSd)))
 
-    def flops(self, seq_len: int, executed: bool = False) -> FlopCount:
-        """Per-example FLOPs at sequence length ``seq_len``; ``executed`` counts what the kernel runs."""
-        dim, seeds = self.out.in_features, self.seeds_SE.shape[0]
-        if executed:
-            attn = executed_attention_flops(seeds, seq_len, dim, MaskSpec(), self.backend)
-        else:
-            attn = attention_flops(seeds, seq_len, dim, MaskSpec())
-        kv = linear(dim, dim, tokens=seq_len).scaled(2)
-        return kv + attn + linear(dim, dim, tokens=seeds) + self.kron.flops()
+    def flops(self, seq_len: int | Lengths, executed: bool = False) -> FlopCount:
+        """FLOPs at sequence length ``seq_len`` (one example), or summed over a batch's real ``Lengths``.
+
+        The seeds attend an example's real events only (none for an event-free example: the padded
+        kernel's zero slot is padding); the seed-side maps (``W_o``, SumKronLinear) run once per
+        example whatever its length. ``executed`` counts what the kernel runs on the real events.
+        """
+        dim, seeds, n = self.out.in_features, self.seeds_SE.shape[0], Lengths.of(seq_len)
+        attn = cross_attention_flops(seeds, n, dim, self.backend if executed else None)
+        kv = linear(dim, dim, tokens=n.tokens).scaled(2)
+        per_example = linear(dim, dim, tokens=seeds) + self.kron.flops()
+        return kv + attn + per_example.scaled(n.examples)

@@ -10,6 +10,7 @@ Legend: B batch, N dense features, P pooled width, L sequence length, D token wi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from recscale.modules.attention import time_positions
-from recscale.modules.flops import FlopCount, linear, linears
+from recscale.modules.flops import FlopCount, Lengths, linear, linears
 from recscale.modules.kunlun.mowe import MixtureOfWukongExperts, MoWEOptions
 from recscale.modules.kunlun.sequence import EventSequenceStack, EventSpec, SequenceOptions
 from recscale.modules.kunlun.tokens import GatedCompression, NonSequenceTokens
@@ -140,24 +141,34 @@ class KunlunDense(nn.Module):
             return time_positions(times_BL, self.opts.rote_time_scale)
         return None
 
-    def flops(self, seq_lengths: dict[str, int] | None = None, executed: bool = False) -> dict[str, FlopCount]:
-        """Per-example FLOPs by module, forward and exact backward.
+    def flops(
+        self, seq_lengths: Mapping[str, int | Lengths] | None = None, executed: bool = False
+    ) -> dict[str, FlopCount]:
+        """FLOPs by module, forward and exact backward: per example, or summed over a batch.
 
         Args:
-            seq_lengths: sequence length per event type (default: each event's ``max_length``, which
-                is what the padded implementation runs).
+            seq_lengths: sequence length per event type. Ints: one example at those lengths (default:
+                each event's ``max_length``, what the padded implementation runs). ``Lengths``: a
+                batch's real lengths; every count is then the sum over its examples, each at its own
+                lengths (an event type left out counts at ``max_length`` in every example).
             executed: count what the attention kernels execute (every pair for ``reference`` and
                 ``sdpa``, touched tiles for ``flex``) instead of model FLOPs (window pairs only).
         """
-        lengths = seq_lengths or {}
+        lengths = dict(seq_lengths or {})
+        batch = [n for n in lengths.values() if isinstance(n, Lengths)]
+        examples = batch[0].examples if batch else 1
         out: dict[str, FlopCount] = dict(self.tokens.flops())
-        for name, stack in self.stacks.items():
-            out.update(stack.flops(lengths.get(name), executed))  # type: ignore[operator]
         for i in range(self.opts.num_layers):
             out[f"layer{i}/xsum"] = self.xsum[i].flops()  # type: ignore[operator]
             out[f"layer{i}/mowe"] = self.interaction[i].flops()  # type: ignore[operator]
         out["top"] = linears(self.top)
         out["head"] = linear(self.head.in_features, self.head.out_features)
+        out = {k: v.scaled(examples) for k, v in out.items()}  # the non-sequence side: once per example
+        for name, stack in self.stacks.items():
+            length = lengths.get(name, stack.event.max_length)
+            if batch and not isinstance(length, Lengths):
+                length = Lengths.full(length, examples)
+            out.update(stack.flops(length, executed))  # type: ignore[operator]
         return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
 
 

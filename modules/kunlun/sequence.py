@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from recscale.modules.attention import AttentionBackend
-from recscale.modules.flops import FlopCount, linear
+from recscale.modules.flops import FlopCount, Lengths, linear
 from recscale.modules.kunlun.gdpa import GDPA, gdpa_temperature
 from recscale.modules.kunlun.hsp import HierarchicalSeedPooling
 from recscale.modules.kunlun.swa import SlidingWindowAttention
@@ -162,13 +162,19 @@ class EventSequenceStack(nn.Module):
         assert summary_BTD is not None, "layer 0 always computes a summary"
         return s_BLE, summary_BTD
 
-    def flops(self, seq_len: int | None = None, executed: bool = False) -> dict[str, FlopCount]:
-        """Per-example FLOPs by part (``layer{i}/{event}/{gdpa,swa,hsp}``) at ``seq_len`` (default max_length)."""
-        length = seq_len or self.event.max_length
+    def flops(self, seq_len: int | Lengths | None = None, executed: bool = False) -> dict[str, FlopCount]:
+        """FLOPs by part (``layer{i}/{event}/{gdpa,swa,hsp}``).
+
+        Args:
+            seq_len: one example's length (default ``max_length``), or a batch's real ``Lengths``
+                (then the counts are sums over its examples).
+            executed: count what the attention kernels run instead of model FLOPs.
+        """
+        length = Lengths.of(self.event.max_length if seq_len is None else seq_len)
         name = self.event.name
         out: dict[str, FlopCount] = {}
         if self.in_proj is not None:
-            out[f"{name}/in_proj"] = linear(self.in_proj.in_features, self.in_proj.out_features, tokens=length)
+            out[f"{name}/in_proj"] = linear(self.in_proj.in_features, self.in_proj.out_features, tokens=length.tokens)
         for i in range(len(self.plan)):
             key = str(i)
             if key in self.gdpa:

@@ -17,13 +17,12 @@ from recscale.modules.attention import (
     AttentionBackend,
     MaskSpec,
     attention,
-    attention_flops,
-    executed_attention_flops,
     merge_heads,
     rotary,
+    self_attention_flops,
     split_heads,
 )
-from recscale.modules.flops import FlopCount, linear
+from recscale.modules.flops import FlopCount, Lengths, linear
 
 
 class SlidingWindowAttention(nn.Module):
@@ -79,15 +78,13 @@ class SlidingWindowAttention(nn.Module):
             y_BLE = self.norm(y_BLE)
         return y_BLE * mask_BL.unsqueeze(-1).to(y_BLE.dtype)
 
-    def flops(self, seq_len: int, executed: bool = False) -> FlopCount:
-        """Per-example FLOPs at ``seq_len``.
+    def flops(self, seq_len: int | Lengths, executed: bool = False) -> FlopCount:
+        """FLOPs at sequence length ``seq_len`` (one example), or summed over a batch's real ``Lengths``.
 
-        Model FLOPs count only the window's pairs; ``executed`` counts what the configured kernel
-        runs (every pair for REFERENCE / SDPA, the touched tiles for FLEX).
+        Model FLOPs count only the window's pairs among an example's real events; ``executed`` counts
+        what the configured kernel runs on them (every pair for REFERENCE / SDPA, the touched tiles
+        for FLEX).
         """
-        dim = self.out.in_features
-        if executed:
-            attn = executed_attention_flops(seq_len, seq_len, dim, self.spec, self.backend)
-        else:
-            attn = attention_flops(seq_len, seq_len, dim, self.spec)
-        return linear(dim, 3 * dim, tokens=seq_len) + attn + linear(dim, dim, tokens=seq_len)
+        dim, n = self.out.in_features, Lengths.of(seq_len)
+        attn = self_attention_flops(n, dim, self.spec, self.backend if executed else None)
+        return linear(dim, 3 * dim, tokens=n.tokens) + attn + linear(dim, dim, tokens=n.tokens)

@@ -231,3 +231,104 @@ def test_generator_and_converter_settings_are_validated():
     assert "data.convert.min_count: expected >= 1, got 0" in problems
     for preset in ("quickstart", "criteo_kaggle", "frappe"):
         assert not [p for p in collect_problems(load_config(preset)) if p.startswith("data.")]
+
+
+def two_domain(*overrides):
+    """The gca_two_domain preset at test size (row groups of 3000: several per split)."""
+    sets = ["data.synthetic.num_train=6000", "data.synthetic.num_valid=30000", "data.synthetic.row_group_size=3000"]
+    return load_config("gca_two_domain", [*sets, *overrides])
+
+
+def category_matrix_term(model, items, histories):
+    """``mean_{h in history} K[category(item), category(h)]`` row by row (a plain loop, 0 when empty)."""
+    out = np.zeros(len(items))
+    for r, (item, history) in enumerate(zip(items, histories)):
+        if history:
+            g = model.group(np.array([item]), 1)[0]
+            out[r] = np.mean([model.cross_matrix[g, c] for c in model.group(np.array(history), 1)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def cross_domain(tmp_path_factory):
+    """The same two-domain data generated without and with the cross-domain term."""
+    from recscale.data.planted import PlantedModel
+
+    root = tmp_path_factory.mktemp("cross")
+    off, on = two_domain("data.synthetic.cross_domain_scale=0"), two_domain("data.synthetic.cross_domain_scale=1.5")
+    claims_off = generate_synthetic(off.data, off.embeddings, root / "off")
+    claims_on = generate_synthetic(on.data, on.embeddings, root / "on")
+    model = PlantedModel(on.data.features, on.embeddings, on.data.synthetic)
+    return root, on, claims_off, claims_on, model
+
+
+def test_cross_domain_term_only_changes_the_labels(cross_domain):
+    root, cfg, _, claims_on, _ = cross_domain
+    for split in ("train", "valid"):
+        a, b = pq.read_table(root / "off" / split), pq.read_table(root / "on" / split)
+        features = [c for c in a.column_names if c not in ("label", "true_prob")]
+        assert len(features) == 11 and a.select(features).equals(b.select(features))
+        assert not np.array_equal(a.column("true_prob").to_numpy(), b.column("true_prob").to_numpy())
+        # the same files and row groups, so the reader's per-rank split (by row group) is the same too
+        for fa, fb in zip(
+            sorted((root / "off" / split).glob("*.parquet")), sorted((root / "on" / split).glob("*.parquet"))
+        ):
+            ma, mb = pq.ParquetFile(fa).metadata, pq.ParquetFile(fb).metadata
+            assert [ma.row_group(i).num_rows for i in range(ma.num_row_groups)] == [
+                mb.row_group(i).num_rows for i in range(mb.num_row_groups)
+            ]
+    for rank in (0, 1):
+        users = []
+        for name in ("off", "on"):
+            reader = ParquetBatchReader(
+                root / name / "train", cfg.data.features, cfg.embeddings, cfg.data.reader,
+                batch_size=500, rank=rank, world_size=2,
+            )  # fmt: skip
+            users.append(np.concatenate([b.sparse["user"].values().numpy() for b in reader]))
+        assert np.array_equal(users[0], users[1]) and len(users[0]) >= 2500
+    assert claims_on["planted"]["cross_domain"]["sequence"] == "domain_b"
+    assert claims_on["planted"]["term_std_in_logit"]["cross"] == 1.5
+
+
+def test_oracle_is_the_planted_logit_with_the_cross_domain_term(cross_domain):
+    root, _, claims_off, claims_on, model = cross_domain
+    off, on = pq.read_table(root / "off" / "valid"), pq.read_table(root / "on" / "valid")
+    items = on.column("item").to_numpy()
+    term_b = category_matrix_term(model, items, on.column("hist_domain_b").to_pylist())
+    term_a = category_matrix_term(model, items, on.column("hist_domain_a").to_pylist())
+
+    def logit(p):
+        p = p.astype(np.float64)
+        return np.log(p) - np.log1p(-p)
+
+    base, diff = logit(off.column("true_prob").to_numpy()), None
+    diff = logit(on.column("true_prob").to_numpy()) - base
+    slope, intercept = np.polyfit(term_b, diff, 1)
+    assert np.abs(diff - (slope * term_b + intercept)).max() < 1e-3  # float32 probabilities
+    assert np.std(slope * term_b) == pytest.approx(1.5, rel=0.03)  # the scale is the term's std in the logit
+    assert abs(np.corrcoef(term_a, diff)[0, 1]) < 0.03  # domain A's history does not carry it
+    labels = on.column("label").to_numpy()
+    planted = base + slope * term_b + intercept
+    assert auc(labels, planted) == pytest.approx(claims_on["oracle_auc_valid"]["label"], abs=1e-4)
+    assert claims_on["oracle_auc_valid"]["label"] > claims_off["oracle_auc_valid"]["label"] + 0.02
+    assert 0.3 < claims_on["planted"]["cross_domain"]["share_of_logit_variance"] < 0.7
+
+
+def test_cross_domain_generation_is_deterministic(cross_domain, tmp_path):
+    root, cfg, _, claims_on, _ = cross_domain
+    again = generate_synthetic(cfg.data, cfg.embeddings, tmp_path / "again")
+    assert pq.read_table(tmp_path / "again" / "train").equals(pq.read_table(root / "on" / "train"))
+    assert again["oracle_auc_valid"] == claims_on["oracle_auc_valid"]
+
+
+def test_cross_domain_settings_are_validated():
+    from recscale.configs import collect_problems
+
+    problems = "\n".join(collect_problems(two_domain("data.synthetic.cross_domain_sequence=nope")))
+    assert (
+        "data.synthetic.cross_domain_sequence: no sequence named 'nope'; sequences: ['domain_a', 'domain_b']"
+        in problems
+    )
+    problems = "\n".join(collect_problems(small_quickstart("data.synthetic.cross_domain_scale=1")))
+    assert "data.synthetic.cross_domain_scale: the cross-domain term needs two data.features.sequences" in problems
+    assert not [p for p in collect_problems(two_domain()) if p.startswith("data.")]

@@ -100,3 +100,42 @@ def test_a_failing_job_is_reported_failed(cluster):
     status = recscale("status", handle, env=env)
     assert f"{handle}: FAILED" in status.stdout
     print(f"slurm failing job: FAILED in {time.monotonic() - start:.1f} s")
+
+
+def test_sweep_at_one_and_two_ranks_runs_each_as_a_slurm_job(cluster):
+    """``recscale sweep --scheduler slurm``: one job per world size (``-j 1xN``), waited for in turn."""
+    root, env = cluster
+    out = root / "sweep"
+    start = time.monotonic()
+    proc = recscale(
+        "sweep", "quickstart", "--world-sizes", "1,2", "--steps", "6", "--scheduler", "slurm", "--out", str(out),
+        *small_sets(root), env=env,
+    )  # fmt: skip
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["scheduler"] == "slurm" and index["failed"] == []
+    assert [(r["world_size"], r["run_dir"]) for r in index["runs"]] == [(1, "runs/ws1"), (2, "runs/ws2")]
+    per_rank = {}
+    for n in (1, 2):
+        run_dir = out / "runs" / f"ws{n}"
+        launch = json.loads((run_dir / "launch.json").read_text())
+        assert launch["scheduler"] == "slurm" and launch["nnodes"] == 1 and launch["args"][5] == str(n)
+        job_id = launch["handle"].rsplit("/", 1)[1]
+        assert sacct_states(job_id) == {"quickstart-0": "COMPLETED node1"}
+        assert (run_dir / "logs" / "slurm" / f"slurm-{job_id}-quickstart-0.err").is_file()
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert (summary["world_size"], summary["steps"], summary["batch_size"]) == (n, 6, 384 * n)  # weak
+        assert [r["step"] for r in records(run_dir, "train")] == list(range(1, 7))
+        per_rank[n] = summary["throughput"]["examples_per_s_per_rank"]
+        assert per_rank[n] > 0
+    rows = {row["world_size"]: row for row in index["efficiency"]}
+    assert rows[1]["efficiency"] == 1.0
+    assert rows[2]["efficiency"] == pytest.approx(per_rank[2] / per_rank[1])
+    assert rows[2]["examples_per_s"] == pytest.approx(2 * per_rank[2])
+    assert f"2 ranks: {rows[2]['examples_per_s']:,.0f} examples/s" in proc.stdout
+    assert f"weak scaling efficiency {100 * rows[2]['efficiency']:.1f}%" in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "Scaling efficiency (weak scaling)" in report and f"| {100 * rows[2]['efficiency']:.1f}% |" in report
+    print(f"slurm sweep 1,2: {seconds:.1f} s; weak scaling efficiency at 2 ranks {rows[2]['efficiency']:.2f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -199,6 +200,29 @@ def test_converted_dcnv2_returns_aux_and_diagnostics_and_counts_flops():
         assert diag[key].numel() == 1
     assert diag["moe/expert_load"].shape == (2 * 2 * 4,)
     count = total(model.flops())
+    assert fwd.get_total_flops() == 5 * count.forward
+    assert bwd.get_total_flops() == 5 * count.backward
+
+
+def test_single_linear_targets_dcnv2_cross_layers():
+    """``cross.*.full`` converts each full-rank cross layer's W: same outputs at U = 0, FLOPs still exact."""
+    torch.manual_seed(0)
+    plain = DCNv2Dense(3, 16, bottom=[], deep=[24], num_cross_layers=2, low_rank=0)
+    converted = copy.deepcopy(plain)
+    cfg = HiLoMoEConfig(num_experts=4, num_layers=2, routing="dense", towers=["cross.*.full", "deep"])
+    model = build_moe_dense(converted, cfg, [])
+    assert [name for name, _ in moe_blocks(model)] == ["inner.cross.0.full", "inner.cross.1.full", "inner.deep.0"]
+    dense, pooled = torch.randn(5, 3), torch.randn(5, 16, requires_grad=True)
+    torch.testing.assert_close(model(dense, pooled)[0], plain(dense, pooled)[0], rtol=0, atol=0)
+    for _, block in moe_blocks(model):  # experts on: outputs move, and the count follows them
+        torch.nn.init.normal_(block.experts_u)
+    with FlopCounterMode(display=False) as fwd:
+        logits, aux, _ = model(dense, pooled)
+    with FlopCounterMode(display=False) as bwd:
+        (logits.sum() + aux).backward()
+    assert not torch.allclose(logits, plain(dense, pooled)[0])
+    count = total(model.flops())
+    assert count.forward > total(plain.flops()).forward
     assert fwd.get_total_flops() == 5 * count.forward
     assert bwd.get_total_flops() == 5 * count.backward
 

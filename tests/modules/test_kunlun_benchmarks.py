@@ -37,3 +37,21 @@ def test_cost_script_writes_the_reductions(tmp_path: Path) -> None:
     for variant in result["variants"].values():
         assert variant["auc"] is None and variant["oracle_auc"] is None
     assert result["shapes"]["seq_len"] == 1000 and result["shapes"]["dim"] >= 256
+
+
+def test_recounting_the_flops_keeps_the_trained_quality(tmp_path: Path) -> None:
+    out = tmp_path / "cost.json"
+    _run("kunlun_cost.py", "--out", str(out))
+    trained = json.loads(out.read_text())
+    run = {"seed": 0, "auc": 0.74, "auc_gap": 0.12}
+    trained["auc"], trained["equal_quality"] = {"full": 0.74}, {"compskip": {"within_0.1_percent": True}}
+    trained["preset"]["variants"]["full"].update(auc=0.74, oracle_auc=0.86, runs=[run])
+    trained["preset"]["variants"]["swa"].update(auc=0.73, overrides=["something.else=1"])  # trained differently
+    out.write_text(json.dumps(trained))
+    _run("kunlun_cost.py", "--out", str(out))
+    again = json.loads(out.read_text())
+    assert again["auc"] == {"full": 0.74} and again["equal_quality"] == trained["equal_quality"]
+    full = again["preset"]["variants"]["full"]
+    assert (full["auc"], full["oracle_auc"], full["runs"]) == (0.74, 0.86, [run])
+    assert again["preset"]["variants"]["swa"]["auc"] is None  # its overrides changed: not the same variant
+    assert again["flops_reduction_compskip"] == trained["flops_reduction_compskip"]

@@ -170,3 +170,16 @@ def test_preset_validates_and_its_variants_cost_less() -> None:
 def test_config_problems_name_the_key(kunlun: dict[str, Any], message: str) -> None:
     cfg = seq_config(model={"kunlun": {"dim": 16, "num_layers": 2, **kunlun}})
     assert any(message in p for p in check_model(cfg)), check_model(cfg)
+
+
+def test_compskip_trains_every_block_and_odd_layers_reach_the_output() -> None:
+    """Every parameter of a CompSkip stack gets a gradient, and an odd (SWA-only) layer changes the logits."""
+    model = _kunlun(compskip=True, num_layers=4, events=[{"name": "click"}, {"name": "buy", "num_layers": 2}])
+    model(*_inputs())[0].sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+    swa = model.stacks["click"].swa["1"]  # click layer 1: SWA only; its summary is the reused one of layer 0
+    before = model(*_inputs())[0].detach()
+    with torch.no_grad():
+        swa.out.weight.mul_(3.0)
+    assert not torch.allclose(model(*_inputs())[0], before)  # it feeds layer 2's GDPA and fresh summary
