@@ -20,6 +20,12 @@ def recscale(*args: str) -> str:
     return proc.stdout
 
 
+def quiet(run_root: Path) -> list[str]:
+    """Overrides every benchmark run takes: its run directory under ``run_root``, no progress bar, no
+    TensorBoard files (the results are read from ``summary.json`` and ``metrics.jsonl``)."""
+    return [f"launch.run_root={run_root}", "metrics.progress_bar=never", "metrics.tensorboard=false"]
+
+
 def train(preset: str, overrides: list[str], nproc: int = 2) -> tuple[Path, dict[str, Any]]:
     """``recscale train PRESET --nproc N --set ...``; returns the run directory and its summary."""
     out = recscale("train", preset, "--nproc", str(nproc), *[x for s in overrides for x in ("--set", s)])

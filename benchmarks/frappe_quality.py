@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli_runs import ROOT, recscale, train
+from cli_runs import ROOT, quiet, recscale, train
 
 from recscale.trainer.peaks import cpu_model
 
@@ -45,8 +45,7 @@ def run_once(preset: str, seed: int, data: Path, work: Path) -> dict[str, Any]:
         f"seed={seed}",
         f"data.train_path={data / 'train'}",
         f"data.valid_path={data / 'valid'}",
-        f"launch.run_root={work / 'runs'}",
-        "metrics.progress_bar=never",
+        *quiet(work / "runs"),
     ]
     run_dir, _ = train(preset, sets)
     return read_run(run_dir, seed)

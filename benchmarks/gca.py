@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli_runs import ROOT, train
+from cli_runs import ROOT, quiet, train
 
 
 def main() -> int:
@@ -45,9 +45,7 @@ def main() -> int:
         "trainer.eval_every=0",
         "checkpoint.every_steps=0",
         "checkpoint.at_end=false",
-        f"launch.run_root={work / 'runs'}",
-        "metrics.progress_bar=never",
-        "metrics.tensorboard=false",
+        *quiet(work / "runs"),
     ]
     started = time.perf_counter()
     runs: dict[str, list[dict[str, float]]] = {"gca": [], "wider_baseline": []}

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli_runs import ROOT, train
+from cli_runs import ROOT, quiet, train
 
 RESULTS = ROOT / "benchmarks/results/kunlun_cost.json"
 EQUAL = 0.001
@@ -69,9 +69,7 @@ def main() -> int:
         "trainer.eval_every=0",
         "checkpoint.every_steps=0",
         "checkpoint.at_end=false",
-        f"launch.run_root={work / 'runs'}",
-        "metrics.progress_bar=never",
-        "metrics.tensorboard=false",
+        *quiet(work / "runs"),
     ]
     started = time.perf_counter()
     for name in names:  # runs of other seeds already in the JSON (same command) are kept and pooled

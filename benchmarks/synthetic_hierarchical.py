@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from cli_runs import ROOT, train
+from cli_runs import ROOT, quiet, train
 
 MODELS = {"dcnv2": "quickstart", "wukong": "wukong_synthetic", "dcnv2_hilomoe": "dcnv2_hilomoe"}
 
@@ -43,9 +43,7 @@ def main() -> int:
         f"trainer.batch_size={batch}",
         "trainer.eval_every=0",
         "checkpoint.every_steps=0",
-        f"launch.run_root={work / 'runs'}",
-        "metrics.progress_bar=never",
-        "metrics.tensorboard=false",
+        *quiet(work / "runs"),
     ]
     per_model = {
         "dcnv2": [f"trainer.max_steps={steps}"],

@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cli_runs import quiet
+
 from recscale.trainer.peaks import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,9 +51,7 @@ def run(world: int, per_rank_batch: int, rows: int, cache: Path, runs: Path) -> 
         "trainer.log_every=5",
         "checkpoint.every_steps=0",
         "checkpoint.at_end=false",
-        "metrics.tensorboard=false",
-        "metrics.progress_bar=never",
-        f"launch.run_root={runs}",
+        *quiet(runs),
         f"name=tput{world}",
     ]
     cmd = [str(ROOT / ".venv/bin/recscale"), "train", "dcnv2_criteo", "--nproc", str(world)]

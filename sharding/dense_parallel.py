@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +33,7 @@ from recscale.sharding.dense_checkpoint import (
     save_reference,
     warn_fresh,
 )
+from recscale.sharding.process_group import deepspeed_environment
 
 log = logging.getLogger("recscale")
 
@@ -430,7 +430,7 @@ class DeepSpeedDense:
         micro_batch_per_rank: int,
         bf16: bool,
     ) -> None:
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        deepspeed_environment()
         import deepspeed
         from deepspeed.moe.utils import split_params_into_different_moe_groups_for_optimizer
 

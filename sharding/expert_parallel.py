@@ -48,6 +48,7 @@ from recscale.modules.hilomoe.layer import HiLoMoEBase, HiLoMoELinear, MoEBacken
 from recscale.modules.hilomoe.routing import Routing
 from recscale.sharding.dense_checkpoint import ExpertSlot
 from recscale.sharding.moe_collectives import gather_rows, install_global_balance_stats
+from recscale.sharding.process_group import deepspeed_environment
 
 # --------------------------------------------------------------------------------------------------
 # DeepSpeed gate and experts
@@ -369,6 +370,7 @@ def apply_expert_parallel(
         cfg: ``sharding.moe``.
         ep_rank: this rank's EP position (default ``rank % ep_size``).
     """
+    deepspeed_environment()  # before DeepSpeed's communication starts (it compiles an op then)
     cfg = cfg or MoEParallelConfig()
     if ep_rank is None:
         ep_rank = dist.get_rank() % ep_size if dist.is_initialized() else 0

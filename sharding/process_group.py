@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -73,3 +75,15 @@ def all_ranks_agree(flag: bool) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def deepspeed_environment() -> None:
+    """Settings DeepSpeed reads from the environment, set (unless the user did) before it initialises.
+
+    ``DS_ACCELERATOR``: CUDA when there is a GPU, else CPU. ``TORCH_EXTENSIONS_DIR``: the JIT ops
+    DeepSpeed compiles at start-up (``deepspeed_shm_comm``) go under this Python environment, not the
+    shared ``~/.cache/torch_extensions``, where a second checkout's processes would rebuild the ``.so``
+    (its sources live at another path) while this one's ranks load it.
+    """
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from recscale.configs import JobConfig, dump_config, load_config
 from recscale.data.prepare import prepare_data
@@ -53,3 +55,35 @@ def losses(run_dir: Path) -> dict[int, float]:
 def final_eval(run_dir: Path) -> dict[str, float]:
     evals = [json.loads(x) for x in (run_dir / METRICS).read_text().splitlines()]
     return [e for e in evals if e["kind"] == "eval"][-1]
+
+
+def train_worker(rank: int, world: int, cfg: JobConfig, run_dir: Path, resume: bool) -> int:
+    """``run_distributed`` worker: train (or resume) ``cfg`` in ``run_dir``; the steps the run ended at."""
+    from recscale.trainer.loop import train
+
+    return int(train(cfg, run_dir, resume=resume)["steps"])
+
+
+def eval_checkpoint_worker(rank: int, world: int, checkpoint: Path) -> dict[str, float]:
+    """``run_distributed`` worker: ``recscale eval`` of ``checkpoint`` on its own validation data."""
+    from recscale.launch.eval_entrypoint import evaluate_checkpoint
+
+    return evaluate_checkpoint(checkpoint, "", 384)
+
+
+def train_watching_stages(cfg: JobConfig, run_dir: Path, resume: bool, on_enter: Callable[[Any, Any], None]) -> None:
+    """Train with ``on_enter(parallel, stage)`` called each time the loop has entered a training stage."""
+    from recscale.trainer import loop
+
+    original = loop.enter_stage
+
+    def watched(parallel: Any, stage: Any) -> Any:
+        scales = original(parallel, stage)
+        on_enter(parallel, stage)
+        return scales
+
+    loop.enter_stage = watched
+    try:
+        loop.train(cfg, run_dir, resume=resume)
+    finally:
+        loop.enter_stage = original

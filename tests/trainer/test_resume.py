@@ -8,21 +8,10 @@ import shutil
 import pytest
 
 from recscale.trainer.checkpoint import CheckpointManager
-from recscale.trainer.loop import train
 from tests.distributed import run_distributed
-from tests.trainer.runs import final_eval, losses, new_run, small_job
+from tests.trainer.runs import eval_checkpoint_worker, final_eval, losses, new_run, small_job, train_worker
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-
-def _train(rank, world, cfg, run_dir, resume):
-    return train(cfg, run_dir, resume=resume)["steps"]
-
-
-def _eval_checkpoint(rank, world, checkpoint):
-    from recscale.launch.eval_entrypoint import evaluate_checkpoint
-
-    return evaluate_checkpoint(checkpoint, "", 384)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +19,7 @@ def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     cfg = small_job(root / "cache")
     run_dir = new_run(root, "full", cfg)
-    assert run_distributed(_train, 2, cfg, run_dir, False) == [16, 16]  # 8 steps per epoch, 2 epochs
+    assert run_distributed(train_worker, 2, cfg, run_dir, False) == [16, 16]  # 8 steps per epoch, 2 epochs
     return cfg, run_dir, root
 
 
@@ -48,7 +37,7 @@ def test_resumed_run_equals_uninterrupted_bit_exactly(uninterrupted):
     cfg, full, root = uninterrupted
     resumed = new_run(root, "resumed", cfg)
     shutil.copytree(full / "checkpoints" / "step_00000004", resumed / "checkpoints" / "step_00000004")
-    run_distributed(_train, 2, cfg, resumed, True)
+    run_distributed(train_worker, 2, cfg, resumed, True)
     expected, got = losses(full), losses(resumed)
     assert sorted(got) == list(range(5, 17))  # it continued at step 5, across the epoch boundary at 8
     assert [got[s] for s in range(5, 17)] == [expected[s] for s in range(5, 17)]
@@ -73,15 +62,15 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(uninterrupted, cap
 def test_checkpoint_of_two_ranks_loads_on_other_world_sizes(uninterrupted, world):
     cfg, full, root = uninterrupted
     checkpoint = full / "checkpoints" / "step_00000008"
-    on_two = run_distributed(_eval_checkpoint, 2, checkpoint)[0]
-    here = run_distributed(_eval_checkpoint, world, checkpoint)[0]
+    on_two = run_distributed(eval_checkpoint_worker, 2, checkpoint)[0]
+    here = run_distributed(eval_checkpoint_worker, world, checkpoint)[0]
     assert here["num_examples"] == on_two["num_examples"] == 1024
     assert math.isclose(here["auc"], on_two["auc"], abs_tol=1e-6)
     assert math.isclose(here["logloss"], on_two["logloss"], abs_tol=1e-6)
     # and training continues from it on the new world size
     run_dir = new_run(root, f"reshard{world}", cfg)
     shutil.copytree(checkpoint, run_dir / "checkpoints" / checkpoint.name)
-    assert run_distributed(_train, world, cfg, run_dir, True)[0] == 16
+    assert run_distributed(train_worker, world, cfg, run_dir, True)[0] == 16
     assert all(math.isfinite(v) for v in losses(run_dir).values())
 
 
@@ -89,9 +78,9 @@ def test_checkpoint_of_two_ranks_loads_on_other_world_sizes(uninterrupted, world
 def test_deepspeed_dense_resume_is_exact(tmp_path, zero):
     cfg = small_job(tmp_path / "cache", "sharding.dense=deepspeed", f"sharding.zero_stage={zero}", "trainer.epochs=1")
     full = new_run(tmp_path, "full", cfg)
-    run_distributed(_train, 2, cfg, full, False)
+    run_distributed(train_worker, 2, cfg, full, False)
     resumed = new_run(tmp_path, "resumed", cfg)
     shutil.copytree(full / "checkpoints" / "step_00000004", resumed / "checkpoints" / "step_00000004")
-    run_distributed(_train, 2, cfg, resumed, True)
+    run_distributed(train_worker, 2, cfg, resumed, True)
     expected, got = losses(full), losses(resumed)
     assert [got[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]

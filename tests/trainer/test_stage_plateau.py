@@ -13,10 +13,9 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from recscale.configs import ConfigError, load_config
 from recscale.configs.schema import StageConfig
 from recscale.configs.validate import validate
-from recscale.trainer.loop import train
 from recscale.trainer.stages import StageSchedule
 from tests.distributed import run_distributed
-from tests.trainer.runs import losses, new_run, small_job
+from tests.trainer.runs import losses, new_run, small_job, train_watching_stages
 
 # Full evaluations every 2 steps; nothing after the first one counts as better (min_delta 1), so the
 # backbone stage's plateau stops at step 4 (planned: 12) with the best weights those of step 2.
@@ -58,20 +57,12 @@ def test_plateau_stage_options_are_checked():
 
 
 def _train(rank, world, cfg, run_dir, resume):
-    from recscale.trainer import loop
-
     entered = {}
-    original = loop.enter_stage
 
-    def spy(parallel, stage):  # the dense weights each stage starts from (after any restore)
+    def record(parallel, stage):  # the dense weights each stage starts from (after any restore)
         entered[stage.name] = {k: v.detach().clone() for k, v in parallel.dense.inner.state_dict().items()}
-        return original(parallel, stage)
 
-    loop.enter_stage = spy
-    try:
-        train(cfg, run_dir, resume=resume)
-    finally:
-        loop.enter_stage = original
+    train_watching_stages(cfg, run_dir, resume, record)
     return entered
 
 

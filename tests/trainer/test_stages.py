@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 
-from recscale.trainer.loop import train
 from tests.distributed import run_distributed
-from tests.trainer.runs import losses, new_run, small_job
+from tests.trainer.runs import losses, new_run, small_job, train_watching_stages
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -26,23 +25,15 @@ STAGES = [
 
 def _train(rank, world, cfg, run_dir, resume):
     from recscale.modules.hilomoe import param_roles
-    from recscale.trainer import loop
 
     seen = {}
-    original = loop.enter_stage
 
-    def spy(parallel, stage):  # record which roles train in each stage
-        scales = original(parallel, stage)
+    def record(parallel, stage):  # which roles train in each stage
         roles = param_roles(parallel.dense.inner)
         trains = {n: p.requires_grad for n, p in parallel.dense.inner.named_parameters()}
         seen[stage.name] = sorted({roles[n] for n, on in trains.items() if on})
-        return scales
 
-    loop.enter_stage = spy
-    try:
-        train(cfg, run_dir, resume=resume)
-    finally:
-        loop.enter_stage = original
+    train_watching_stages(cfg, run_dir, resume, record)
     return seen
 
 
