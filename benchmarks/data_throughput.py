@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import write_results
 
 from recscale.configs import list_presets, load_config
 from recscale.data import ParquetBatchReader, generate_synthetic
@@ -159,9 +160,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(out)
+    write_results(out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cli_runs import ROOT, quiet, recscale, train
+from results_io import write_results
 
 from recscale.trainer.peaks import cpu_model
 
@@ -160,7 +161,7 @@ def main() -> int:
         verdict["hilomoe"] = gain["auc_gain_relative"] >= 0.001 and gain["flops_change_relative"] < 0
     results["verdict"] = verdict
     results["machine"] = {"cores": os.cpu_count(), "cpu": cpu_model(), "note": "2 ranks x 1 thread, CPU, gloo"}
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     print(f"wrote {args.out}")
     return 0
 

@@ -16,7 +16,6 @@ its t statistic. Writes ``benchmarks/results/gca.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 from cli_runs import ROOT, quiet, train
+from results_io import write_results
 
 
 def main() -> int:
@@ -99,7 +99,7 @@ def main() -> int:
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from kunlun_common import PRODUCTION, bootstrap, build_dense
+from results_io import write_results
 
 SOURCES = {"compskip": -0.431, "swa": -0.295}
 """Reported FLOPs changes (papers.md §2.7, third-party notes)."""
@@ -151,7 +152,7 @@ def main() -> None:
     if out.is_file():
         keep_quality(json.loads(out.read_text()), result)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     print(json.dumps({k: result[k] for k in ("flops_reduction_compskip", "flops_reduction_swa")}, indent=2))
     print(f"wrote {out}")
 

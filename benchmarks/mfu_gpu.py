@@ -21,7 +21,6 @@ Results: ``benchmarks/results/mfu_gpu.json`` with, per model, ``mfu``, ``tflops`
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from kunlun_common import PRODUCTION, TINY, bootstrap, build_dense
 from mfu_gpu_kunlun import make_inputs, timed, train_step
+from results_io import write_results
 
 GOAL_MFU = 0.40
 """The issue's goal for the Wukong and Kunlun stacks (fraction of the dense bf16 peak)."""
@@ -277,9 +277,7 @@ def main() -> None:  # noqa: D103
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)
+    write_results(path, out)
     print(f"wrote {path}")
 
 

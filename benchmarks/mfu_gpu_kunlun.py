@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from kunlun_common import PRODUCTION, TINY, Shapes, bootstrap, build_dense
+from results_io import write_results
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "B200": 2250.0, "GB200": 2500.0}
 """Dense bf16 peaks (SXM parts; an H100 PCIe is 756)."""
@@ -215,7 +216,7 @@ def main() -> None:  # noqa: D103
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     print(json.dumps({k: result[k] for k in ("device", "step_ms", "achieved_tflops", "mfu", "executed_mfu")}, indent=2))
     for m in modules:
         print(f"  {m['module']:>6}: {m['ms']:9.3f} ms  {m['tflops']:8.2f} TFLOP/s  MFU {m['mfu']:.1%}")

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.multiprocessing as mp
+from results_io import write_results
 
 from recscale.trainer.peaks import cpu_model
 
@@ -188,7 +189,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -15,11 +15,11 @@ Writes ``benchmarks/results/synthetic_hierarchical.json``: per model ``auc``, ``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from cli_runs import ROOT, quiet, train
+from results_io import write_results
 
 MODELS = {"dcnv2": "quickstart", "wukong": "wukong_synthetic", "dcnv2_hilomoe": "dcnv2_hilomoe"}
 
@@ -92,7 +92,7 @@ def main() -> int:
         "hierarchical_scale": 0.6,
         "epochs": args.epochs,
     }
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, results)
     print(f"wrote {args.out}")
     return 0
 

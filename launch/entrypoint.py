@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             "rank %s failed: %s\n%s", os.environ.get("RANK", "0"), reason, traceback.format_exc()
         )
         return 1
+    from recscale.sharding.process_group import shutdown_distributed
+
+    shutdown_distributed()
     return 0
 
 

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if result is not None:
         write_json(Path(args.out), result)
+    from recscale.sharding.process_group import shutdown_distributed
+
+    shutdown_distributed()
     return 0
 
 

@@ -60,6 +60,23 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     return DistInfo(rank, world_size, local_rank, local_world_size, dev)
 
 
+def shutdown_distributed() -> None:
+    """Leave the process group at the end of a successful run, before the interpreter exits.
+
+    A process that exits with its group alive can abort with "terminate called without an active
+    exception" (pytorch#190489): the backend's threads outlive the interpreter and touch Python
+    objects during finalisation. Unreachable objects that hold the group (sharded modules, DeepSpeed
+    engines) are collected first, then every group is destroyed while the interpreter is whole. Not
+    called after a failure: a rank whose peers are still inside a collective would wait here
+    (torchtitan makes the same choice).
+    """
+    import gc
+
+    gc.collect()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _free_port() -> int:
     import socket
 

@@ -7,6 +7,7 @@ run that hangs is killed after ``timeout_s`` instead of hanging the test suite.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import pickle
 import socket
@@ -41,6 +42,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn: Callable[..
     import torch
     import torch.distributed as dist
 
+    faulthandler.enable(all_threads=True)  # a rank killed by a signal prints every thread's stack
     torch.set_num_threads(1)
     result: dict[str, Any]
     try:
@@ -49,8 +51,9 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn: Callable[..
     except BaseException as err:  # noqa: BLE001 - reported to the parent test
         result = {"ok": False, "error": f"rank {rank}: {type(err).__name__}: {err}\n{traceback.format_exc()}"}
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        from recscale.sharding.process_group import shutdown_distributed
+
+        shutdown_distributed()
     with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as f:
         pickle.dump(result, f)
 
@@ -68,12 +71,18 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
         import time
 
         deadline = time.monotonic() + timeout_s
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    if p.is_alive():
-                        p.kill()
-                raise AssertionError(f"distributed run of {fn.__name__} timed out after {timeout_s} s")
+        try:
+            while not ctx.join(timeout=1.0):
+                if time.monotonic() > deadline:
+                    for p in ctx.processes:
+                        if p.is_alive():
+                            p.kill()
+                    raise AssertionError(f"distributed run of {fn.__name__} timed out after {timeout_s} s")
+        except mp.ProcessExitedException as err:
+            written = [r for r in range(world_size) if (Path(out_dir) / f"rank{r}.pkl").exists()]
+            raise AssertionError(
+                f"{fn.__name__}: {err} (ranks that had written their result: {written or 'none'})"
+            ) from err
         results = []
         for rank in range(world_size):
             path = Path(out_dir) / f"rank{rank}.pkl"

@@ -1,0 +1,32 @@
+"""Leaving the process group at the end of a run (``sharding.process_group.shutdown_distributed``)."""
+
+from __future__ import annotations
+
+from tests.distributed import run_distributed
+
+
+def _shutdown_with_a_subgroup_held(rank: int, world: int) -> dict[str, object]:
+    """A subgroup kept alive only by a reference cycle (as sharded modules hold theirs), then shutdown."""
+    import torch
+    import torch.distributed as dist
+
+    from recscale.sharding.process_group import shutdown_distributed
+
+    class Holder:
+        def __init__(self) -> None:
+            self.group = dist.new_group(list(range(world)))
+            self.me = self  # unreachable only through the garbage collector
+
+    holder = Holder()
+    t = torch.ones(1)
+    dist.all_reduce(t, group=holder.group)
+    del holder
+    shutdown_distributed()
+    after = dist.is_initialized()
+    shutdown_distributed()  # a second call is a no-op, not an error
+    return {"sum": float(t.item()), "initialized_after": after}
+
+
+def test_shutdown_destroys_every_group_and_is_idempotent():
+    results = run_distributed(_shutdown_with_a_subgroup_held, 2)
+    assert results == [{"sum": 2.0, "initialized_after": False}] * 2
