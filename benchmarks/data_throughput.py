@@ -159,7 +159,6 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_results(out, result)
     print(json.dumps(result, indent=2))
 

@@ -151,7 +151,6 @@ def main() -> None:
     out = Path(args.out)
     if out.is_file():
         keep_quality(json.loads(out.read_text()), result)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_results(out, result)
     print(json.dumps({k: result[k] for k in ("flops_reduction_compskip", "flops_reduction_swa")}, indent=2))
     print(f"wrote {out}")

@@ -276,7 +276,6 @@ def main() -> None:  # noqa: D103
         "models": results,
     }
     path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_results(path, out)
     print(f"wrote {path}")
 

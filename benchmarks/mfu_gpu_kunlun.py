@@ -215,7 +215,6 @@ def main() -> None:  # noqa: D103
         "tiny": args.tiny,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_results(out, result)
     print(json.dumps({k: result[k] for k in ("device", "step_ms", "achieved_tflops", "mfu", "executed_mfu")}, indent=2))
     for m in modules:

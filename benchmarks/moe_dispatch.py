@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # rank 0 hands its rows over beside it
     tmp = Path(args.out).with_suffix(".rank0.tmp")
     rows = _run(args.steps, tmp, "") + _run(args.steps, tmp, "4294967295")
     import deepspeed
@@ -188,7 +189,6 @@ def main() -> None:
         "results": rows,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_results(out, result)
     print(json.dumps(result, indent=2))
 

@@ -1,7 +1,8 @@
-"""Process-group set-up: the backend for the device, a timeout so a stuck rank fails, not hangs."""
+"""Process-group set-up and shutdown: the backend for the device, a timeout so a stuck rank fails, not hangs."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -70,8 +71,6 @@ def shutdown_distributed() -> None:
     called after a failure: a rank whose peers are still inside a collective would wait here
     (torchtitan makes the same choice).
     """
-    import gc
-
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
