@@ -63,8 +63,15 @@ def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float
 
 
 def _matmul_probe(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
-    a = torch.randn(n, n, dtype=dtype)
-    b = torch.randn(n, n, dtype=dtype)
+    """TFLOP/s of timed ``n x n`` matmuls.
+
+    The operands come from a private generator: the probe runs only when the cache misses, so drawing
+    from torch's global one would make a run's random stream (and its result) depend on whether this
+    machine had probed before.
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
     for _ in range(2):
         a @ b
     iters = 0
