@@ -349,7 +349,7 @@ class _Loop:
         phases = self.timer.take()
         per_rank = self.per_rank_batch * steps / max(elapsed, 1e-9)
         emb_bytes = self.traffic.take()
-        flops = self.batch_flops.take()  # the window's steps at their real sequence lengths
+        flops = self.batch_flops.take().summed_over_ranks()  # the window's steps, all ranks, real lengths
         achieved = flops.per_example().train * per_rank
         util = mfu(flops.per_example().train, per_rank, self.peak)
         record = {
@@ -415,9 +415,12 @@ class _Loop:
         steps, seconds = self.steady_steps, self.steady_seconds
         per_rank = self.per_rank_batch * steps / seconds if seconds else 0.0
         self.batch_flops.flush()
-        steady, run = self.batch_flops.steady, self.batch_flops.run  # FLOPs at real and at padded lengths
-        achieved_tflops = steady.real_train / seconds / 1e12 if seconds else 0.0
-        padded_tflops = steady.padded_train / seconds / 1e12 if seconds else 0.0
+        # every rank's trained examples, at real and at padded lengths; per rank = the ranks' mean
+        steady = self.batch_flops.steady.summed_over_ranks()
+        run = self.batch_flops.run.summed_over_ranks()
+        world = self.info.world_size
+        achieved_tflops = steady.real_train / world / seconds / 1e12 if seconds else 0.0
+        padded_tflops = steady.padded_train / world / seconds / 1e12 if seconds else 0.0
         real, padded = run.per_example(), run.per_example(padded=True)
         dense = self.parallel.dense.inner
         summary = {

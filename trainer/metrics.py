@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from recscale.configs import JobConfig
@@ -232,6 +233,22 @@ class FlopSums:
         for key in vars(self):
             setattr(self, key, getattr(self, key) + getattr(other, key))
         return self
+
+    def summed_over_ranks(self) -> FlopSums:
+        """These sums added up over every rank of the default process group (a copy when alone).
+
+        Each rank counts the batches it trains; a sequence model's batches differ in real lengths
+        from rank to rank, so the run's FLOPs per example is the mean over all ranks' examples.
+        Summed as int64 (exact); a collective: every rank must call it at the same point.
+        """
+        keys = list(vars(self))
+        values = torch.tensor([int(getattr(self, k)) for k in keys], dtype=torch.int64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(values)
+        out = FlopSums()
+        for key, value in zip(keys, values.tolist(), strict=True):
+            setattr(out, key, value)
+        return out
 
     def per_example(self, padded: bool = False) -> FlopCount:
         """Mean FLOPs per example, at real or at padded lengths (0 when nothing was counted)."""

@@ -105,8 +105,13 @@ def _train(rank, world, cfg, run_dir):  # type: ignore[no-untyped-def]
     return train(cfg, run_dir)["steps"]
 
 
-def test_kunlun_run_reports_mfu_at_real_lengths_and_the_padding(tmp_path) -> None:
-    """One rank, 2 epochs: the run's mean is over every training row twice, so it is known exactly."""
+@pytest.mark.parametrize("world", [1, 2])
+def test_kunlun_run_reports_mfu_at_real_lengths_and_the_padding(tmp_path, world) -> None:
+    """2 epochs: the run's mean is over every training row twice, so it is known exactly.
+
+    On 2 ranks each rank trains its own half of the rows, of other lengths: the logged and summary
+    FLOPs are the mean over both ranks' examples, the same numbers as on one rank.
+    """
     cfg = small_job(
         tmp_path / "cache",
         "data.features.sequences.0.max_length=16",
@@ -120,7 +125,7 @@ def test_kunlun_run_reports_mfu_at_real_lengths_and_the_padding(tmp_path) -> Non
         preset="kunlun_synthetic",
     )
     run_dir = new_run(tmp_path, "run", cfg)
-    assert run_distributed(_train, 1, cfg, run_dir) == [16]
+    assert run_distributed(_train, world, cfg, run_dir) == [16] * world  # the global batch splits over the ranks
     summary = json.loads((run_dir / "summary.json").read_text())
 
     rows = ds.dataset(prepare_data(cfg.data, cfg.embeddings).train, format="parquet").to_table()
