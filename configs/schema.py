@@ -311,6 +311,10 @@ class HiLoMoEConfig:
     """First routing query: a learned linear map of the input, or the input itself."""
     logit_scale: float = 0.0
     """Router logits are ``q Vᵀ * logit_scale`` (0 = 1/sqrt(d_in))."""
+    route_dropout: float = 0.0
+    """Training-time "expert dropout": each route's combine weight is zeroed with this probability
+    (kept ones scaled by 1/(1-p)), so a token loses single experts' contributions; the routing chain
+    and auxiliary losses use the undropped scores. 0 = off."""
     expert_init_std: float = 0.0
     """Init std of the up-projections U (0 = zeros: the model starts as its base model)."""
     expert_compute: Literal["dense", "gather"] = "dense"

@@ -30,6 +30,7 @@ def block_kwargs(cfg: HiLoMoEConfig) -> dict[str, Any]:
         "router_keys": cfg.router_keys,
         "query": cfg.query,
         "logit_scale": cfg.logit_scale,
+        "route_dropout": cfg.route_dropout,
         "aux_weights": AuxWeights(cfg.load_balance_weight, cfg.z_loss_weight, cfg.diversity_weight),
         "diversity_normalize": cfg.diversity_normalize,
         "expert_init_std": cfg.expert_init_std,

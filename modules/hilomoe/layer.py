@@ -76,6 +76,7 @@ class HiLoMoEBase(nn.Module):
         router_keys: ``tied`` or ``separate``.
         query: ``linear`` or ``identity``.
         logit_scale: router logits multiplier (0 = 1/sqrt(I)).
+        route_dropout: training-time dropout of the routes' combine weights (``HierarchicalRouter``).
         aux_weights: weights of the auxiliary losses.
         diversity_normalize: row-normalise V in the diversity penalty.
         bias: the base layer has a bias.
@@ -96,6 +97,7 @@ class HiLoMoEBase(nn.Module):
         router_keys: str = "tied",
         query: str = "linear",
         logit_scale: float = 0.0,
+        route_dropout: float = 0.0,
         aux_weights: AuxWeights | None = None,
         diversity_normalize: bool = True,
         bias: bool = True,
@@ -116,7 +118,7 @@ class HiLoMoEBase(nn.Module):
             router
             if router is not None
             else HierarchicalRouter(
-                in_features, num_experts, num_layers, routing, top_k, router_keys, query, logit_scale
+                in_features, num_experts, num_layers, routing, top_k, router_keys, query, logit_scale, route_dropout
             )
         )
         self.aux_weights = aux_weights or AuxWeights()

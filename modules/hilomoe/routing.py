@@ -53,6 +53,10 @@ class HierarchicalRouter(nn.Module):
         router_keys: ``tied`` (keys are passed in: the experts' V) or ``separate`` (own parameter).
         query: ``linear`` (learned W_q) or ``identity``.
         logit_scale: logits multiplier (0 = 1/sqrt(I)).
+        route_dropout: in training, each (token, layer, expert) route's combine weight is zeroed
+            with this probability and the kept ones scaled by 1/(1-p) ("expert dropout": an
+            expert's contribution to a token is dropped). The chain and the auxiliary losses use
+            the undropped scores; evaluation never drops.
 
     Example::
 
@@ -71,8 +75,11 @@ class HierarchicalRouter(nn.Module):
         router_keys: str = "tied",
         query: str = "linear",
         logit_scale: float = 0.0,
+        route_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= route_dropout < 1.0:
+            raise ValueError(f"model.hilomoe.route_dropout: expected 0 <= p < 1, got {route_dropout}")
         if routing not in ("dense", "topk"):
             raise ValueError(f"model.hilomoe.routing: expected 'dense' or 'topk', got {routing!r}")
         if routing == "topk" and not 1 <= top_k <= num_experts:
@@ -83,6 +90,7 @@ class HierarchicalRouter(nn.Module):
         self.routing = routing
         self.top_k = top_k if routing == "topk" else num_experts
         self.scale = logit_scale if logit_scale > 0 else 1.0 / math.sqrt(in_features)
+        self.route_dropout = route_dropout
         self.query = nn.Linear(in_features, in_features, bias=False) if query == "linear" else None
         self.keys: nn.Parameter | None = None
         if router_keys == "separate":
@@ -113,11 +121,17 @@ class HierarchicalRouter(nn.Module):
             weights.append(w_BK)
             experts.append(e_BA)
             gates.append(g_BA.to(x_BI.dtype))
+        weights_BLK = torch.stack(weights, dim=1)
+        experts_BLA = torch.stack(experts, dim=1)
+        gates_BLA = torch.stack(gates, dim=1)
+        if self.training and self.route_dropout > 0:
+            weights_BLK = F.dropout(weights_BLK, self.route_dropout)
+            gates_BLA = weights_BLK.gather(-1, experts_BLA)
         return Routing(
             logits_BLK=torch.stack(logits, dim=1),
-            weights_BLK=torch.stack(weights, dim=1),
-            experts_BLA=torch.stack(experts, dim=1),
-            gates_BLA=torch.stack(gates, dim=1),
+            weights_BLK=weights_BLK,
+            experts_BLA=experts_BLA,
+            gates_BLA=gates_BLA,
         )
 
     def _scores(self, logits_BK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

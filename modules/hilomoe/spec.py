@@ -24,6 +24,8 @@ def check_hilomoe(cfg: JobConfig) -> list[str]:
     for key in ("load_balance_weight", "z_loss_weight", "diversity_weight", "logit_scale", "expert_init_std"):
         if getattr(h, key) < 0:
             out.append(f"model.hilomoe.{key}: expected >= 0, got {getattr(h, key)}")
+    if not 0.0 <= h.route_dropout < 1.0:
+        out.append(f"model.hilomoe.route_dropout: expected 0 <= p < 1, got {h.route_dropout}")
     s = cfg.sharding
     if s.dense == "deepspeed" and s.ep_size > 1:
         experts = h.num_experts * (h.num_layers if s.moe.dispatch == "one_round" else 1)

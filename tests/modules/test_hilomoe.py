@@ -110,6 +110,33 @@ def test_topk_routing_weights_and_dense_limit():
     torch.testing.assert_close(everything(x), dense(x))
 
 
+@pytest.mark.parametrize("routing", ["dense", "topk"])
+def test_route_dropout_drops_whole_routes_in_training_only(routing):
+    p = 0.5
+    block = _block(routing=routing, top_k=2, route_dropout=p)
+    plain = _block(routing=routing, top_k=2)
+    x = torch.randn(64, 12)
+    torch.testing.assert_close(block.eval()(x), plain.eval()(x))  # evaluation never drops
+    block.train()
+    torch.manual_seed(1)
+    r = block.router(x, block.experts_v)
+    ref = plain.router(x, plain.experts_v)
+    torch.testing.assert_close(r.logits_BLK, ref.logits_BLK)  # the chain runs on undropped scores
+    kept = r.weights_BLK != 0
+    routed = ref.weights_BLK != 0
+    assert (kept <= routed).all() and 0.3 < kept.sum() / routed.sum() < 0.7
+    torch.testing.assert_close(r.weights_BLK[kept], ref.weights_BLK[kept] / (1 - p))
+    assert torch.equal(r.weights_BLK.gather(-1, r.experts_BLA), r.gates_BLA)
+    # the block's output is its base plus the kept routes' experts only
+    torch.manual_seed(1)
+    y = block(x)
+    v, u = block.experts_v, block.experts_u
+    expert = torch.einsum("bi,lki,blk,lko->bo", x, v, r.weights_BLK, u)
+    torch.testing.assert_close(y, block.base(x) + expert)
+    with pytest.raises(ValueError, match="route_dropout"):
+        _block(route_dropout=1.0)
+
+
 def test_identity_query_and_separate_keys():
     block = _block(query="identity", router_keys="separate")
     assert block.router.query is None and block.router.keys is not None
@@ -260,13 +287,22 @@ def test_experts_off_means_base_model_and_no_aux():
 
 def test_hilomoe_config_problems_name_their_keys():
     cfg = tiny_config(
-        model={"arch": "dcnv2_hilomoe", "hilomoe": {"num_experts": 3, "routing": "topk", "top_k": 5}},
+        model={
+            "arch": "dcnv2_hilomoe",
+            "hilomoe": {"num_experts": 3, "routing": "topk", "top_k": 5, "route_dropout": 1.0},
+        },
         sharding={"dense": "deepspeed", "ep_size": 2, "moe": {"dispatch": "per_layer", "capacity_factor": -1.0}},
     )
     problems = "\n".join(check_model(cfg))
-    for key in ("model.hilomoe.top_k", "sharding.ep_size", "sharding.moe.capacity_factor"):
+    for key in (
+        "model.hilomoe.top_k",
+        "model.hilomoe.route_dropout",
+        "sharding.ep_size",
+        "sharding.moe.capacity_factor",
+    ):
         assert key in problems
     cfg.sharding.moe.dispatch = "one_round"  # 2 layers x 3 experts = 6 experts per dispatch: divisible by 2
     cfg.sharding.moe.capacity_factor = 0.0
     cfg.model.hilomoe.top_k = 2
+    cfg.model.hilomoe.route_dropout = 0.1
     assert check_model(cfg) == []
