@@ -29,7 +29,7 @@ from recscale.sharding.fused_optim import apply_sparse_optimizer, unfused_table_
 from recscale.sharding.moe_collectives import install_global_balance_stats
 from recscale.sharding.plan import EmbeddingPlan
 from recscale.sharding.planner import PlanningError, plan_embeddings, sharders
-from recscale.sharding.process_group import DistInfo, all_ranks_agree
+from recscale.sharding.process_group import DistInfo, all_ranks_agree, host_group
 
 
 class Updater:
@@ -201,7 +201,7 @@ def _check_same_plan(plan: EmbeddingPlan) -> None:
     digest = hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).digest()[:8]
     mine = torch.tensor(list(digest), dtype=torch.int64)
     lowest = mine.clone()
-    dist.all_reduce(lowest, op=dist.ReduceOp.MIN)
+    dist.all_reduce(lowest, op=dist.ReduceOp.MIN, group=host_group())
     if not all_ranks_agree(bool(torch.equal(mine, lowest))):
         raise PlanningError("ranks computed different embedding plans; the planner is not deterministic here")
 

@@ -58,7 +58,29 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
             timeout=timedelta(seconds=timeout_s),
             device_id=dev if kind == "cuda" else None,
         )
+    _set_host_group(timeout_s)
     return DistInfo(rank, world_size, local_rank, local_world_size, dev)
+
+
+_HOST_GROUP: dist.ProcessGroup | None = None
+
+
+def host_group() -> dist.ProcessGroup | None:
+    """The group for the trainer's small collectives on CPU tensors (flags, counts, plan digests, eval scores).
+
+    NCCL moves CUDA tensors only: a CPU tensor on an NCCL default group fails with "No backend type
+    associated with device type cpu". On GPU runs this is a gloo group over the same ranks, made once
+    by ``init_distributed``; on CPU runs None, i.e. the (gloo) default group.
+    """
+    return _HOST_GROUP
+
+
+def _set_host_group(timeout_s: float) -> None:
+    """Make the gloo side group when the default group cannot move CPU tensors (collective: every rank)."""
+    global _HOST_GROUP
+    _HOST_GROUP = None
+    if "gloo" not in str(dist.get_backend()):  # "nccl"; "cpu:gloo,cuda:nccl" would already do CPU
+        _HOST_GROUP = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
 
 
 def shutdown_distributed() -> None:
@@ -72,6 +94,8 @@ def shutdown_distributed() -> None:
     (torchtitan makes the same choice).
     """
     gc.collect()
+    global _HOST_GROUP
+    _HOST_GROUP = None
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -89,7 +113,7 @@ def all_ranks_agree(flag: bool) -> bool:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
     t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=host_group())
     return bool(t.item())
 
 

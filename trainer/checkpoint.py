@@ -30,6 +30,7 @@ import torch.distributed.checkpoint as dcp
 
 from recscale.configs.schema import CheckpointConfig
 from recscale.sharding.apply import ParallelModel
+from recscale.sharding.process_group import host_group
 from recscale.trainer.run_dir import CHECKPOINTS, write_json
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ class CheckpointManager:
                 log.warning("skipping damaged checkpoint %s:\n  %s", candidate, "\n  ".join(problems))
         if dist.is_initialized() and self.world_size > 1:
             box = [choice]
-            dist.broadcast_object_list(box, src=0)
+            dist.broadcast_object_list(box, src=0, group=host_group())
             choice = box[0]
         return Path(choice) if choice else None
 

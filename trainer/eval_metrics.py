@@ -12,6 +12,8 @@ import math
 import torch
 import torch.distributed as dist
 
+from recscale.sharding.process_group import host_group
+
 
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve of ``scores [N]`` for binary ``labels [N]`` (NaN if one class is absent)."""
@@ -55,12 +57,12 @@ def gather_all(values: torch.Tensor) -> torch.Tensor:
     world = dist.get_world_size()
     n = torch.tensor([values.shape[0]], dtype=torch.int64)
     sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
+    dist.all_gather(sizes, n, group=host_group())
     longest = int(max(s.item() for s in sizes))
     padded = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype)
     padded[: values.shape[0]] = values.cpu()
     parts = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
+    dist.all_gather(parts, padded, group=host_group())
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from recscale.sharding.process_group import host_group
 from recscale.trainer.run_dir import METRICS
 
 log = logging.getLogger("recscale")
@@ -69,7 +70,7 @@ def any_rank(flag: bool) -> bool:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return flag
     t = torch.tensor([1 if flag else 0], dtype=torch.int64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
     return bool(t.item())
 
 
@@ -280,6 +281,8 @@ def arm(run_dir: Path, rank: int, world_size: int, collective_timeout_s: float, 
 
         dist.barrier()  # every rank's stale marks are gone before anyone can read them
         _set_pg_timeout(timedelta(seconds=collective_timeout_s))
+        if host_group() is not None:  # GPU runs: the gloo side group waits no longer than the default one
+            _set_pg_timeout(timedelta(seconds=collective_timeout_s), host_group())
 
 
 def after_step(step: int) -> None:

@@ -18,7 +18,7 @@ from recscale.configs import JobConfig, config_hash
 from recscale.modules.build import build_model, flops_per_example
 from recscale.modules.flops import total
 from recscale.sharding.apply import ParallelModel, parallelize
-from recscale.sharding.process_group import DistInfo, init_distributed
+from recscale.sharding.process_group import DistInfo, host_group, init_distributed
 from recscale.trainer import faults
 from recscale.trainer.checkpoint import CheckpointManager, rng_state, set_rng_state
 from recscale.trainer.data import TrainData, make_eval_batches, make_train_data
@@ -343,7 +343,7 @@ class _Loop:
         keys = sorted(diagnostics)
         values = torch.tensor([float(mean_loss)] + [diagnostics[k] for k in keys], dtype=torch.float64)
         if dist.is_initialized():
-            dist.all_reduce(values)
+            dist.all_reduce(values, group=host_group())
             values /= self.info.world_size
         loss = values[0]
         phases = self.timer.take()

@@ -23,6 +23,7 @@ from torch import nn
 from recscale.configs import JobConfig
 from recscale.modules.flops import FlopCount, Lengths, total
 from recscale.modules.registry import get_spec
+from recscale.sharding.process_group import host_group
 from recscale.trainer.run_dir import METRICS, TENSORBOARD
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ class FlopSums:
         keys = list(vars(self))
         values = torch.tensor([int(getattr(self, k)) for k in keys], dtype=torch.int64)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(values)
+            dist.all_reduce(values, group=host_group())
         out = FlopSums()
         for key, value in zip(keys, values.tolist(), strict=True):
             setattr(out, key, value)
