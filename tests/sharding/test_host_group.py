@@ -11,6 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.distributed import run_distributed
 from tests.trainer.runs import new_run, small_job
 
@@ -55,3 +58,26 @@ def test_cpu_collectives_use_the_side_group(tmp_path) -> None:
         assert r["steps"] == r["resumed_at"] == 16
         # plan digest, restart flag, log windows (loss and FLOP sums), eval gathers: a few dozen
         assert r["host_collectives"] > 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: NCCL")
+def test_nccl_default_group_refuses_cpu_tensors_and_the_side_group_takes_them(monkeypatch) -> None:
+    """The premise, on a real NCCL group of one rank (one GPU is enough)."""
+    import torch.distributed as dist
+
+    from recscale.sharding.process_group import _free_port, host_group, init_distributed, shutdown_distributed
+
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in {**env, "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(key, value)
+    init_distributed("cuda", timeout_s=60)
+    try:
+        assert dist.get_backend() == "nccl" and host_group() is not None
+        with pytest.raises(RuntimeError):
+            dist.all_reduce(torch.ones(1))
+        t = torch.ones(1)
+        dist.all_reduce(t, group=host_group())
+        assert t.item() == 1.0
+    finally:
+        shutdown_distributed()
