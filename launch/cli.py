@@ -1,7 +1,8 @@
 """The ``recscale`` command line.
 
     recscale train CONFIG [--nproc N] [--set key=value ...] [--resume RUN_DIR] [--profile]
-    recscale launch CONFIG --scheduler local_cwd|slurm -j NODESxPROCS [--dry-run]; status|logs HANDLE  (docs/launch.md)
+    recscale launch CONFIG --scheduler local_cwd|slurm -j NODESxPROCS [--dry-run]  (docs/launch.md)
+    recscale status|logs|cancel HANDLE
     recscale plan CONFIG --world-size 64 --device cuda --hbm-gb 80 --ranks-per-node 8
     recscale eval CHECKPOINT --data PATH
     recscale flops CONFIG
@@ -99,7 +100,7 @@ def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore
 
     data_cli.register(sub)
     measure_cli.register(sub)  # report, sweep, scaling-law, project
-    launch_cli.register(sub)  # launch, status, logs (TorchX)
+    launch_cli.register(sub)  # launch, status, logs, cancel (TorchX)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, TimeoutError) as err:
         print(f"recscale {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,9 +1,10 @@
-"""``recscale launch`` / ``status`` / ``logs``: a training job through TorchX, on this machine or on Slurm.
+"""``recscale launch`` / ``status`` / ``logs`` / ``cancel``: a training job through TorchX, here or on Slurm.
 
     recscale launch CONFIG [--scheduler local_cwd|slurm] [-j NODESxPROCS] [--set key=value ...]
                            [--max-restarts N] [--run-dir DIR] [--dry-run] [--wait]
     recscale status HANDLE
     recscale logs HANDLE [--stream stderr|stdout] [--node K]
+    recscale cancel HANDLE [--wait-s S]
 
 ``launch`` checks everything it can before it creates or submits anything (scheduler, ``-j``, the
 config, what the scheduler can give, data paths, the run root), creates the run directory and its
@@ -18,6 +19,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +37,7 @@ LAUNCH_RECORD = "launch.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``launch``, ``status`` and ``logs`` to a ``recscale`` argument parser."""
+    """Add ``launch``, ``status``, ``logs`` and ``cancel`` to a ``recscale`` argument parser."""
     p = subparsers.add_parser("launch", help="run a training job through TorchX (local_cwd or Slurm)")
     p.add_argument("config", help="preset name or path to a YAML config")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override")
@@ -56,6 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--stream", choices=["stderr", "stdout"], default="stderr")
     p.add_argument("--node", type=int, default=None, help="only this node (default: every node)")
     p.set_defaults(func=logs)
+
+    p = subparsers.add_parser("cancel", help="stop a launched job and wait until it has ended")
+    p.add_argument("handle", help="e.g. slurm://torchx/42")
+    p.add_argument("--wait-s", type=float, default=120.0, help="how long to wait for the job to end (default 120)")
+    p.set_defaults(func=cancel)
 
 
 # ------------------------------------------------------------------------------------------ launch
@@ -227,6 +234,8 @@ def launch(args: argparse.Namespace) -> int:
             return 1
         role = app.roles[0]
         record = {"run_dir": str(run_dir), "scheduler": scheduler, "role": role.name, "nnodes": role.num_replicas}
+        if scheduler == "local_cwd":  # the job lives in this process: `recscale cancel` interrupts it
+            record["launcher_pid"] = os.getpid()
         record["log_dir"] = str(torchx_cfg.get("log_dir") or torchx_cfg.get("job_dir"))
         schedulers.record_launch(handle, record)
         schedulers.write_json(
@@ -257,11 +266,16 @@ def _wait(runner: Any, handle: str, scheduler: str, role: str, run_dir: Path) ->
     if scheduler == "local_cwd":
         streamer = threading.Thread(target=_stream, args=(runner, handle, role), daemon=True)
         streamer.start()
+    from torchx.schedulers.local_scheduler import SignalException
+
     try:
         final = runner.wait(handle, wait_interval=1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SignalException) as err:  # Ctrl-C or `recscale cancel` (SIGINT), SIGTERM
+        # TorchX's local scheduler turns SIGINT/SIGTERM into its SignalException while it owns the job
         runner.cancel(handle)
-        raise
+        schedulers.record_launch(handle, {"state": "CANCELLED"})
+        print(f"{handle}: CANCELLED", file=sys.stderr)
+        raise KeyboardInterrupt from err
     if streamer is not None:
         streamer.join(timeout=5)
     state = final.state.name if final is not None else "UNKNOWN"
@@ -341,6 +355,71 @@ def logs(args: argparse.Namespace) -> int:
             for line in _node_lines(runner, args.handle, str(role), k, stream, known, session, app_id):
                 sys.stdout.write(f"{role}/{k} {line}" if line.endswith("\n") else f"{role}/{k} {line}\n")
     return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """Stop a launched job, wait for its end, record and print its final state.
+
+    Slurm: ``scancel`` through TorchX. local_cwd: the job lives in the ``recscale launch`` process that
+    started it, so that process is interrupted (SIGINT, as Ctrl-C would), and it stops the ranks.
+    """
+    _quiet_torchx(args)
+    scheduler, _, _ = _parse_handle(args.handle)
+    known = schedulers.find_launch(args.handle)
+    if known.get("state"):
+        print(f"{args.handle}: already ended {known['state']}")
+        return 0
+    if scheduler == "local_cwd":
+        state = _cancel_local(args.handle, known, args.wait_s)
+    else:
+        state = _cancel_scheduled(args.handle, scheduler, args.wait_s)
+    schedulers.record_launch(args.handle, {"state": state})
+    print(f"{args.handle}: {state}")
+    return 0
+
+
+def _cancel_scheduled(handle: str, scheduler: str, wait_s: float) -> str:
+    """Cancel through the scheduler; the state the job ended in."""
+    from recscale.launch.torchx_runner import get_runner
+
+    with schedulers.in_state_dir(scheduler), get_runner() as runner:
+        found = runner.status(handle)
+        if found is None:
+            raise ValueError(f"{handle}: unknown to the {scheduler} scheduler")
+        if not found.is_terminal():
+            runner.cancel(handle)
+            deadline = time.monotonic() + wait_s
+            while found is not None and not found.is_terminal():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{handle}: still {found.state.name} {wait_s:g} s after the cancel")
+                time.sleep(1)
+                found = runner.status(handle)
+    return found.state.name if found is not None else "CANCELLED"
+
+
+def _cancel_local(handle: str, known: dict[str, Any], wait_s: float) -> str:
+    """Interrupt the ``recscale launch`` process that runs a local_cwd job (it stops its ranks)."""
+    pid = int(known.get("launcher_pid") or 0)
+    if not known or not pid:
+        raise ValueError(f"{handle}: no recscale launch process is recorded for this job")
+    if not _is_recscale_launch(pid):
+        return "UNKNOWN"  # the launch process is gone without recording an end state
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + wait_s
+    while _is_recscale_launch(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{handle}: its launch process {pid} is still running {wait_s:g} s after SIGINT")
+        time.sleep(0.5)
+    return str(schedulers.find_launch(handle).get("state") or "CANCELLED")
+
+
+def _is_recscale_launch(pid: int) -> bool:
+    """Whether ``pid`` is alive and still a ``recscale launch`` (not a process that reused the number)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(b"recscale" in part for part in cmdline) and b"launch" in cmdline
 
 
 def _node_lines(

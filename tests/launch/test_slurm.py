@@ -102,6 +102,28 @@ def test_a_failing_job_is_reported_failed(cluster):
     print(f"slurm failing job: FAILED in {time.monotonic() - start:.1f} s")
 
 
+def test_cancel_stops_a_running_job(cluster):
+    root, env = cluster
+    long_job = [*small_sets(root), "--set", "trainer.epochs=500", "--set", "checkpoint.every_steps=0"]
+    proc = recscale("launch", "quickstart", "-s", "slurm", "-j", "2x1", *long_job, env=env)  # no --wait
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    handle = proc.stdout.splitlines()[0]
+    job_id = handle.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 120
+    while f"{handle}: RUNNING" not in recscale("status", handle, env=env).stdout:
+        assert time.monotonic() < deadline, "the job did not start running"
+        time.sleep(1)
+    start = time.monotonic()
+    cancel = recscale("cancel", handle, env=env)
+    assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+    assert cancel.stdout.strip() == f"{handle}: CANCELLED"
+    assert all(state.startswith("CANCELLED") for state in sacct_states(job_id).values()), sacct_states(job_id)
+    assert f"{handle}: CANCELLED" in recscale("status", handle, env=env).stdout
+    again = recscale("cancel", handle, env=env)
+    assert again.stdout.strip() == f"{handle}: already ended CANCELLED"
+    print(f"slurm cancel: RUNNING to CANCELLED in {time.monotonic() - start:.1f} s")
+
+
 def test_sweep_at_one_and_two_ranks_runs_each_as_a_slurm_job(cluster):
     """``recscale sweep --scheduler slurm``: one job per world size (``-j 1xN``), waited for in turn."""
     root, env = cluster
