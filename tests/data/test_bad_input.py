@@ -246,40 +246,47 @@ def test_line_numbers_stay_right_after_skipped_lines(tmp_path):
 # ------------------------------------------------------------------------------------------ CSV
 
 
-FRAPPE_HEADER = "label,user,item,daytime,weekday,isweekend,homework,cost,weather,country,city"
+def csv_config(*overrides):
+    """The quickstart preset's own made-up schema, read from CSV: label, 4 dense, 8 categorical columns."""
+    return load_config("quickstart", list(overrides))
 
 
-def frappe_like(path, rows):
-    path.write_text("\n".join([FRAPPE_HEADER, *rows]) + "\n")
+DENSE = [f"dense_{i}" for i in range(4)]
+CSV_HEADER = ",".join(["label", *DENSE, "user", "item", "category", *(f"context_{i}" for i in range(5))])
+
+
+def csv_file(path, rows):
+    path.write_text("\n".join([CSV_HEADER, *rows]) + "\n")
     return path
 
 
-def frappe_rows(n):
-    """Made-up rows in Frappe's layout (ids in range for the preset's tables; no row of the real data)."""
-    return [f"{i % 2},{i % 7},{100 + i % 13},3,5,1,2,1,4,7,9" for i in range(n)]
+def csv_rows(n):
+    """Made-up rows of the quickstart schema (ids in range for its tables). Tests of real layouts read
+    ``../shared/data`` instead: its data may not be copied into the repository."""
+    return [f"{i % 2},0.5,{i},-1.25,,{i % 7},{100 + i % 13},{i % 5},3,5,1,2,1" for i in range(n)]
 
 
 def test_csv_missing_column_is_named(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("label,user,item\n1,2,3\n")
-    cfg = load_config("frappe")
-    with pytest.raises(DataError, match=r"x\.csv: column 'daytime' is missing; the header has label, user, item"):
+    cfg = csv_config()
+    with pytest.raises(DataError, match=r"x\.csv: column 'dense_0' is missing; the header has label, user, item"):
         convert_csv([path], tmp_path / "out", cfg.data, cfg.embeddings, progress=False)
 
 
 @pytest.mark.parametrize(
     "row,message",
     [
-        ("3,1,2,3,5,1,2,1,4,7,9", r"line 6: column 'label': label '3' is not 0 or 1"),
-        ("1,1,2,3", r"line 6: expected 11 fields separated by commas, got 4"),
-        ("1,x,2,3,5,1,2,1,4,7,9", r"line 6: column 'user': 'x' is not an integer"),
-        ("1,1,99999,3,5,1,2,1,4,7,9", r"line 6: column 'item': id 99999 is outside its table"),
+        ("3,0,0,0,0,1,2,3,3,5,1,2,1", r"line 6: column 'label': label '3' is not 0 or 1"),
+        ("1,1,2,3", r"line 6: expected 13 fields separated by commas, got 4"),
+        ("1,0,0,0,0,x,2,3,3,5,1,2,1", r"line 6: column 'user': 'x' is not an integer"),
+        ("1,0,0,0,0,1,99999,3,3,5,1,2,1", r"line 6: column 'item': id 99999 is outside its table"),
     ],
 )
 def test_a_bad_csv_row_names_file_line_and_column(tmp_path, row, message):
-    rows = frappe_rows(10)
+    rows = csv_rows(10)
     rows[4] = row
-    path = frappe_like(tmp_path / "f.csv", rows)
-    cfg = load_config("frappe", ["data.convert.categorical=integer", "embeddings.tables.1.num_embeddings=6000"])
+    path = csv_file(tmp_path / "f.csv", rows)
+    cfg = csv_config("data.convert.categorical=integer")
     with pytest.raises(DataError, match=r"f\.csv: " + message):
         convert_csv([path], tmp_path / "out", cfg.data, cfg.embeddings, progress=False)

@@ -229,10 +229,10 @@ def test_schema_json_records_what_was_done(tmp_path):
 
 
 def test_output_row_groups_and_files_follow_the_convert_settings(tmp_path):
-    from tests.data.test_bad_input import frappe_like, frappe_rows
+    from tests.data.test_bad_input import csv_config, csv_file, csv_rows
 
-    path = frappe_like(tmp_path / "f.csv", frappe_rows(200))
-    cfg = load_config("frappe", ["data.convert.row_group_size=30", "data.convert.rows_per_file=100"])
+    path = csv_file(tmp_path / "f.csv", csv_rows(200))
+    cfg = csv_config("data.convert.row_group_size=30", "data.convert.rows_per_file=100")
     convert_csv([path], tmp_path / "o", cfg.data, cfg.embeddings, progress=False)
     files = sorted((tmp_path / "o" / "train").glob("*.parquet"))
     groups = [

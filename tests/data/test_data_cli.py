@@ -9,7 +9,8 @@ import pytest
 
 from recscale.data import DataError
 from recscale.launch import data_cli
-from tests.data.test_bad_input import criteo_file, criteo_lines, frappe_like, frappe_rows
+from tests.data.helpers import shared_data
+from tests.data.test_bad_input import criteo_file, criteo_lines
 
 
 def run(*argv: str) -> int:
@@ -107,9 +108,16 @@ def test_convert_criteo_skip_bad_rows_flag(tmp_path, capsys):
     assert result["skipped_rows"] == 1 and result["rows"]["train"] == 39
 
 
+def _head(source, path, rows):
+    """The header and the first ``rows`` rows of a real CSV (read from ../shared/data, never kept here)."""
+    with source.open() as f:
+        path.write_text("".join(next(f) for _ in range(rows + 1)))
+    return path
+
+
 def test_convert_csv_with_the_frappe_preset(tmp_path, capsys):
-    train = frappe_like(tmp_path / "train.csv", frappe_rows(200))
-    valid = frappe_like(tmp_path / "valid.csv", frappe_rows(30))
+    train = _head(shared_data("frappe_x1", "train.csv"), tmp_path / "train.csv", 200)
+    valid = _head(shared_data("frappe_x1", "valid.csv"), tmp_path / "valid.csv", 30)
     out = tmp_path / "frappe"
     code = run(
         "data",
@@ -129,7 +137,8 @@ def test_convert_csv_with_the_frappe_preset(tmp_path, capsys):
     assert code == 0  # --out defaults to the parent of data.train_path
     assert json.loads(capsys.readouterr().out)["rows"] == {"train": 200, "valid": 30}
     users = pq.read_table(out / "train", columns=["user"]).column("user").to_numpy()
-    assert set(np.unique(users)) <= set(range(2, 9))  # vocab rows: 7 distinct users -> rows 2..8
+    distinct = len({line.split(",")[1] for line in train.read_text().splitlines()[1:]})
+    assert set(np.unique(users)) == set(range(2, 2 + distinct))  # vocab rows: 2.. (0 missing, 1 unseen)
 
 
 def test_cli_errors_are_value_errors(tmp_path):
