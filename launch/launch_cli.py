@@ -400,7 +400,7 @@ def _cancel_scheduled(handle: str, scheduler: str, wait_s: float) -> str:
 def _cancel_local(handle: str, known: dict[str, Any], wait_s: float) -> str:
     """Interrupt the ``recscale launch`` process that runs a local_cwd job (it stops its ranks)."""
     pid = int(known.get("launcher_pid") or 0)
-    if not known or not pid:
+    if not pid:
         raise ValueError(f"{handle}: no recscale launch process is recorded for this job")
     if not _is_recscale_launch(pid):
         return "UNKNOWN"  # the launch process is gone without recording an end state

@@ -236,7 +236,7 @@ class FlopSums:
         return self
 
     def summed_over_ranks(self) -> FlopSums:
-        """These sums added up over every rank of the default process group (a copy when alone).
+        """These sums added up over every rank of the job (a copy when alone), through ``host_group()``.
 
         Each rank counts the batches it trains; a sequence model's batches differ in real lengths
         from rank to rank, so the run's FLOPs per example is the mean over all ranks' examples.
