@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,10 +40,20 @@ def gpu_peak_tflops(device_name: str, dtype: str) -> float | None:
     return None
 
 
+PROBE_VERSION = 2
+"""Part of the cache key: a probe that measures differently must not read an older probe's entries.
+Version 1 averaged one 1024² matmul loop, so a machine busy while it ran cached a peak up to 2x low."""
+
+PROBE_SIZES = (512, 1024, 2048)
+
+
 def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float:
     """Measured matmul TFLOP/s of this CPU with this process's thread count (cached per machine)."""
     threads = torch.get_num_threads()
-    key = f"{platform.processor() or platform.machine()}|{cpu_model()}|{threads}t|{dtype}|torch{torch.__version__}"
+    key = (
+        f"{platform.processor() or platform.machine()}|{cpu_model()}|{threads}t|{dtype}|"
+        f"torch{torch.__version__}|probe{PROBE_VERSION}"
+    )
     cache = (cache_dir or Path(os.path.expanduser("~/.cache/recscale"))) / "cpu_peak.json"
     try:
         known = json.loads(cache.read_text())
@@ -62,25 +73,44 @@ def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float
     return value
 
 
-def _matmul_probe(dtype: torch.dtype, n: int = 1024, seconds: float = 0.5) -> float:
-    """TFLOP/s of timed ``n x n`` matmuls.
+def _matmul_probe(dtype: torch.dtype, seconds: float = 0.6) -> float:
+    """TFLOP/s of the fastest ``n x n`` matmul seen, over the sizes in ``PROBE_SIZES``.
+
+    The peak is the best single matmul, not the mean of a loop: the probe runs once per machine and
+    its result is cached, and whatever else runs meanwhile (another rank starting, a data conversion)
+    only ever slows matmuls down, so the fastest one is the estimate such noise cannot drag down.
+    Several sizes because few threads peak on small matrices and many threads only on large ones; a
+    size whose one matmul would take more than a third of its share of ``seconds`` is skipped.
 
     The operands come from a private generator: the probe runs only when the cache misses, so drawing
     from torch's global one would make a run's random stream (and its result) depend on whether this
     machine had probed before.
     """
+    share = seconds / len(PROBE_SIZES)
+    best, last_s = 0.0, 0.0
+    for n in PROBE_SIZES:
+        if last_s and 8 * last_s > share / 3:  # the next size: 8x the work of this one
+            break
+        rate, last_s = _fastest_matmul(n, dtype, share)
+        best = max(best, rate)
+    return best / 1e12
+
+
+def _fastest_matmul(
+    n: int, dtype: torch.dtype, seconds: float, clock: Callable[[], float] = time.perf_counter
+) -> tuple[float, float]:
+    """(FLOP/s of the fastest of repeated ``n x n`` matmuls, its seconds): at least 3, for ``seconds``."""
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(dtype)
     b = torch.randn(n, n, generator=g).to(dtype)
-    for _ in range(2):
+    a @ b  # warm-up: first-call allocation and packing
+    fastest, iters, spent = float("inf"), 0, 0.0
+    while iters < 3 or spent < seconds:
+        start = clock()
         a @ b
-    iters = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        iters += 1
-    elapsed = time.perf_counter() - start
-    return 2 * n**3 * iters / elapsed / 1e12
+        took = clock() - start
+        fastest, iters, spent = min(fastest, took), iters + 1, spent + took
+    return 2 * n**3 / fastest, fastest
 
 
 def cpu_model() -> str:
