@@ -1,7 +1,7 @@
 """Report sections about runs: one run in full, or several side by side.
 
-One run: summary, curves, time split, FLOPs and the profile's per-module table, the sharding plan,
-config and versions.
+One run: summary, training stages (staged runs), curves, time split, FLOPs and the profile's
+per-module table, the sharding plan, config and versions.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def run_section(report: Report, run: RunData) -> None:
         "steps. Embedding lookups are memory traffic: reported as bytes of rows read and the bandwidth they imply.",
         note=True,
     )
+    stages_section(report, s.get("stages"))
     curves_section(report, [run])
     report.heading("Where the time goes")
     split = step_breakdown(run)
@@ -62,6 +63,32 @@ def run_section(report: Report, run: RunData) -> None:
     report.pre(yaml.safe_dump(run.config, sort_keys=False), summary="config.yaml")
     report.table(["package", "version"], [[k, v] for k, v in (s.get("versions") or {}).items()])
     report.text(f"run directory: {run.path}", note=True)
+
+
+def stages_section(report: Report, stages: list[dict] | None) -> None:
+    """A staged run (``trainer.stages``): each stage's steps, FLOPs per example, throughput and MFU."""
+    if not stages:
+        return
+    report.heading("Training stages")
+    rows = [
+        [
+            r["stage"],
+            r["train"],
+            "-" if r["first_step"] is None else f"{r['first_step']}..{r['last_step']}",
+            r["steps_run"],
+            None if r["flops_per_example"] is None else r["flops_per_example"]["train"] / 1e6,
+            r["examples_per_s_per_rank"],
+            percent(r["mfu"], 2),
+        ]
+        for r in stages
+    ]
+    report.table(["stage", "trains", "steps", "steps run", "MFLOP/ex", "examples/s per rank", "MFU"], rows)
+    report.text(
+        "Each stage runs a different model (stage 1 without experts, a frozen backbone in stage 2), so its FLOPs "
+        "and MFU are its own; 'steps run' counts this run's process (a resumed run did not run the earlier ones). "
+        "Throughput leaves out the warm-up and profiled steps.",
+        note=True,
+    )
 
 
 def curves_section(report: Report, runs: list[RunData]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from recscale.trainer.plateau import Plateau
 from recscale.trainer.profiling import StepProfiler
 from recscale.trainer.progress import Progress
 from recscale.trainer.run_dir import PLAN, SUMMARY, write_json
-from recscale.trainer.stages import StageSchedule, enter_stage
+from recscale.trainer.stages import StageSchedule, enter_stage, stage_rows
 from recscale.trainer.versions import versions
 
 log = logging.getLogger("recscale")
@@ -154,6 +155,8 @@ class _Loop:
         self.progress = Progress(cfg.metrics.progress_bar, total_steps, enabled=info.is_main)
         self.steady_steps = 0  # steps after warm-up, the seconds they took (steps only), their FLOPs per rank
         self.steady_seconds = 0.0
+        self.stage_steps: dict[int, int] = defaultdict(int)  # staged runs: steps run, steady seconds per stage
+        self.stage_steady_seconds: dict[int, float] = defaultdict(float)
         self.batch_flops = BatchFlops.for_job(cfg, parallel.dense.inner)  # FLOPs at real sequence lengths
         self.last_eval: dict[str, float] = {}
         self.plateau = Plateau(cfg.trainer.early_stopping)
@@ -201,9 +204,13 @@ class _Loop:
             faults.after_step(step)  # progress board for hang diagnosis; injected faults (tests)
             steady = step > start_step + WARMUP_STEPS and not (self.profiler and self.profiler.recording)
             self.batch_flops.step(steady, profiled=self.profiler is not None and self.profiler.recording)
+            took = time.perf_counter() - step_start
             if steady:
                 self.steady_steps += 1
-                self.steady_seconds += time.perf_counter() - step_start
+                self.steady_seconds += took
+            if self.batch_flops.stage is not None:
+                self.stage_steps[self.batch_flops.stage] += 1
+                self.stage_steady_seconds[self.batch_flops.stage] += took if steady else 0.0
             window_loss += out[0].double()
             for key, value in out[4].items():
                 if value.numel() == 1:
@@ -384,8 +391,8 @@ class _Loop:
 
     def _enter_stage(self, steps_done: int, resumed: bool = False) -> None:
         assert self.schedule is not None
-        self.batch_flops.flush()  # the steps so far count with the weights that trained in them
         index = self.schedule.index_after(steps_done)
+        self.batch_flops.enter_stage(index)  # the steps so far count with the weights that trained in them
         stage = self.schedule.stages[index]
         fresh = steps_done == self.schedule.starts[index]
         if fresh and stage.start_from_best:  # again after a resume at this very step: the same weights
@@ -460,6 +467,17 @@ class _Loop:
             "tflops_per_rank": achieved_tflops,
             "mfu": achieved_tflops / self.peak if self.peak else None,
             "mfu_padded": padded_tflops / self.peak if self.peak else None,
+            "stages": None
+            if self.schedule is None
+            else stage_rows(
+                self.schedule,
+                step,
+                self.batch_flops,
+                self.stage_steps,
+                self.stage_steady_seconds,
+                self.info.world_size,
+                self.peak,
+            ),
             "wall_time_s": wall_s,
             "config_hash": config_hash(self.cfg),
             "versions": versions(),

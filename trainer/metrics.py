@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,8 +118,8 @@ class BatchFlops:
     ``wrap`` notes each batch's real lengths (``min(events, max_length)``) as the reader yields it;
     ``step`` takes them in training order (the pipeline reads ahead but trains in order). The
     steps are counted in bulk by ``flush`` with the dense arch as it is then (the count depends on
-    which weights train), one evaluation per log window instead of one per step; call ``flush``
-    before a stage changes what trains.
+    which weights train), one evaluation per log window instead of one per step; call ``enter_stage``
+    when a stage changes what trains (it flushes, and keeps per-stage sums from then on).
 
     Args:
         dense: the dense arch (its ``flops(seq_lengths)`` takes ``Lengths`` when ``max_lengths`` is given).
@@ -134,6 +134,9 @@ class BatchFlops:
         self.window = FlopSums()
         self.run = FlopSums()
         self.steady = FlopSums()
+        self.stage: int | None = None  # the training stage the pending steps belong to (staged runs)
+        self.stage_run: dict[int, FlopSums] = defaultdict(FlopSums)  # per stage: every step, and steady ones
+        self.stage_steady: dict[int, FlopSums] = defaultdict(FlopSums)
         self._profiled: list[tuple[int, torch.Tensor | None]] = []  # steps inside a --profile window
 
     @classmethod
@@ -211,7 +214,16 @@ class BatchFlops:
             self.run += sums
             if steady:
                 self.steady += sums
+            if self.stage is not None:
+                self.stage_run[self.stage] += sums
+                if steady:
+                    self.stage_steady[self.stage] += sums
         self._pending.clear()
+
+    def enter_stage(self, index: int) -> None:
+        """Steps from now on belong to stage ``index``; the ones before count with the weights they trained."""
+        self.flush()
+        self.stage = index
 
     def take(self) -> FlopSums:
         """The FLOPs of the steps since the last call (counted now); resets the window."""

@@ -8,16 +8,22 @@ At a boundary (and again when a run resumes inside a stage) the trainer:
   4. rescales the tables' learning rate (``sparse_lr_scale``; 0 freezes them),
 and writes a ``stage`` record to ``metrics.jsonl``. Everything a stage sets is a function of the
 stage alone, so resuming mid-stage re-applies it exactly.
+
+The run's ``summary.json`` has a row per stage (``stage_rows``): its steps, FLOPs per example and
+MFU, since a stage changes what runs (stage 1 without experts, stage 2 with a frozen backbone).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Mapping
 from itertools import accumulate
+from typing import Any
 
 from recscale.configs.schema import StageConfig
 from recscale.modules.hilomoe import apply_training_stage, stage_group_scales, stage_lr_scales
 from recscale.sharding.apply import ParallelModel
+from recscale.trainer.metrics import BatchFlops
 
 
 class StageSchedule:
@@ -76,3 +82,59 @@ def enter_stage(parallel: ParallelModel, stage: StageConfig) -> tuple[list[float
     apply_training_stage(parallel.dense.inner, stage)
     parallel.refresh_dense()
     return stage_group_scales(parallel.dense.param_groups(), stage), stage_lr_scales(stage)["sparse"]
+
+
+def stage_rows(
+    schedule: StageSchedule,
+    last_step: int,
+    flops: BatchFlops,
+    steps_run: Mapping[int, int],
+    steady_seconds: Mapping[int, float],
+    world_size: int,
+    peak_tflops: float | None,
+) -> list[dict[str, Any]]:
+    """``summary.json``'s ``stages``: one row per stage, as this process ran it.
+
+    ``first_step`` / ``last_step``: the stage's actual steps (an early end moves the later stages),
+    clipped to the run's ``last_step``; None for a stage the run ended before. ``steps_run``: the
+    steps this process trained (0 for a stage that ended before a resume). FLOPs per example: the
+    stage's mean over every rank's examples. Throughput and MFU: its steady steps (after warm-up,
+    outside the profile window), timed on this rank like the run's own figures; None without any.
+    A collective (the FLOP sums are added up over ranks): every rank calls it.
+
+    Args:
+        schedule: the run's stages, with the starts it actually took.
+        last_step: the run's last step.
+        flops: the run's ``BatchFlops`` (per-stage sums).
+        steps_run: steps trained per stage index in this process.
+        steady_seconds: seconds of the steady steps per stage index.
+        world_size: ranks.
+        peak_tflops: peak per rank (None: MFU unknown).
+    """
+    flops.flush()
+    rows = []
+    for index, stage in enumerate(schedule.stages):
+        run = flops.stage_run[index].summed_over_ranks()
+        steady = flops.stage_steady[index].summed_over_ranks()
+        first = schedule.starts[index] + 1
+        end = schedule.starts[index + 1] if index + 1 < len(schedule.stages) else first + stage.steps - 1
+        seconds = steady_seconds.get(index, 0.0)
+        per_rank = steady.examples / world_size / seconds if seconds else None
+        tflops = steady.real_train / world_size / seconds / 1e12 if seconds else None
+        per_example = run.per_example() if run.examples else None
+        rows.append(
+            {
+                "stage": stage.name,
+                "train": stage.train,
+                "first_step": first if first <= last_step else None,  # None: the run ended before it
+                "last_step": min(end, last_step) if first <= last_step else None,
+                "steps_run": steps_run.get(index, 0),
+                "flops_per_example": None
+                if per_example is None
+                else {"forward": per_example.forward, "train": per_example.train},
+                "examples_per_s_per_rank": per_rank,
+                "tflops_per_rank": tflops,
+                "mfu": tflops / peak_tflops if tflops is not None and peak_tflops else None,
+            }
+        )
+    return rows

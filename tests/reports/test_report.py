@@ -37,6 +37,25 @@ def test_one_run_report_inlines_every_chart_and_writes_its_markdown_twin(tmp_pat
     assert "| MFU | 3.00% |" in md  # 3 MFLOP x 1000 examples/s / 0.1 TFLOP/s
 
 
+def test_staged_run_report_has_a_row_per_stage(tmp_path):
+    run = write_run(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    stage = {"examples_per_s_per_rank": 900.0, "tflops_per_rank": 0.0018, "mfu": 0.018}
+    summary["stages"] = [
+        {"stage": "backbone", "train": "backbone", "first_step": 1, "last_step": 10, "steps_run": 10}
+        | {"flops_per_example": {"forward": 6e5, "train": 2e6}}
+        | stage,
+        {"stage": "experts", "train": "experts", "first_step": None, "last_step": None, "steps_run": 0}
+        | {"flops_per_example": None, "examples_per_s_per_rank": None, "tflops_per_rank": None, "mfu": None},
+    ]
+    (run / "summary.json").write_text(json.dumps(summary))
+    write_report([run])
+    md = (run / "report.md").read_text()
+    assert "## Training stages" in md
+    assert "| backbone | backbone | 1..10 | 10 | 2 | 900 | 1.80% |" in md
+    assert "| experts | experts | - | 0 |" in md  # the run ended before it: no numbers made up
+
+
 def test_sweep_report_has_efficiency_and_the_time_split(tmp_path):
     sweep = write_sweep(tmp_path / "sweep")
     html = write_report([sweep]).read_text()

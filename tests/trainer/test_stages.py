@@ -65,6 +65,27 @@ def test_stage_boundaries_are_logged_and_the_right_parameters_train(staged):
     assert sorted(losses(run_dir)) == list(range(1, 13))
 
 
+def test_summary_has_each_stages_steps_flops_and_mfu(staged):
+    _, run_dir, _, _ = staged
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["stage"]: r["flops_per_example_train"] for r in records if r["kind"] == "stage"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = summary["stages"]
+    assert [(r["stage"], r["first_step"], r["last_step"], r["steps_run"]) for r in rows] == [
+        ("backbone", 1, 4, 4),
+        ("experts", 5, 8, 4),
+        ("joint", 9, 12, 4),
+    ]
+    assert {r["stage"]: r["flops_per_example"]["train"] for r in rows} == logged  # the model each stage ran
+    # the run's mean is the stages' mean weighted by their examples (equal here: 4 steps each)
+    assert sum(r["flops_per_example"]["train"] for r in rows) / 3 == pytest.approx(
+        summary["flops_per_example"]["train"], abs=1
+    )
+    for r in rows:  # the backbone stage's steps 1..3 are warm-up: its one steady step still has a rate
+        assert r["mfu"] == pytest.approx(r["tflops_per_rank"] / summary["peak_tflops_per_rank"])
+        assert r["examples_per_s_per_rank"] > 0 and 0 < r["mfu"] < 1
+
+
 def test_resume_inside_a_stage_is_exact(staged):
     cfg, full, root, _ = staged
     resumed = new_run(root, "resumed", cfg)
@@ -75,6 +96,12 @@ def test_resume_inside_a_stage_is_exact(staged):
     records = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     first = [r for r in records if r["kind"] == "stage"][0]
     assert first["stage"] == "experts" and first["resumed_inside"] is True
+    rows = json.loads((resumed / "summary.json").read_text())["stages"]  # what this process ran
+    assert [(r["stage"], r["steps_run"], r["flops_per_example"] is None) for r in rows] == [
+        ("backbone", 0, True),
+        ("experts", 2, False),
+        ("joint", 4, False),
+    ]
 
 
 def test_expert_parallel_staged_run_resumes_exactly(tmp_path):
