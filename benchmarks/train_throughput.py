@@ -17,6 +17,7 @@ Reported:
                             loop does per step: logging, metrics, Python)
   loop_overhead_fraction    loop_overhead / step time
   outside_compute_and_comm_fraction   (loop_overhead + data) / step time
+  mfu, peak_tflops_per_rank  each run's MFU and the peak it divides by (1-thread CPU matmul probe)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from cli_runs import quiet
+from results_io import write_results
 
 from recscale.trainer.peaks import cpu_model
 
@@ -99,12 +101,14 @@ def main() -> int:
             for w, r in results.items()
         },
         "mfu": {str(w): r["summary"]["mfu"] for w, r in results.items()},
+        # what MFU divides by: on CPU the cached fastest-matmul probe (trainer/peaks.py) with 1 thread
+        "peak_tflops_per_rank": results[1]["summary"]["peak_tflops_per_rank"],
         "flops_per_example": results[1]["summary"]["flops_per_example"],
         "final_auc": {str(w): r["summary"]["final_eval"]["auc"] for w, r in results.items()},
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "versions": results[1]["summary"]["versions"],
     }
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_results(args.out, out)
     print(
         json.dumps(
             {k: out[k] for k in ("examples_per_s", "weak_scaling_efficiency", "loop_overhead_fraction")}, indent=2

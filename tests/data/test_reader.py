@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -122,17 +120,16 @@ def test_resume_continues_into_the_next_epoch(data_dir):
     assert np.array_equal(np.concatenate(rids(list(resumed))), np.concatenate(second))
 
 
-def test_state_dict_is_small_and_cheap(data_dir):
+def test_state_dict_is_a_few_ints_of_the_position(data_dir):
+    """Checkpoints take it after any batch: the position and what the stream depends on, no file state."""
     reader = make_reader(data_dir)
     it = iter(reader)
     next(it)
+    next(it)
     state = reader.state_dict()
     assert set(state) == {"epoch", "batches_done", "world_size", "num_workers", "batch_size", "seed"}
-    assert all(isinstance(v, int) for v in state.values())
-    start = time.perf_counter()
-    for _ in range(10_000):
-        reader.state_dict()
-    assert (time.perf_counter() - start) / 10_000 < 20e-6
+    assert all(type(v) is int for v in state.values())
+    assert (state["epoch"], state["batches_done"]) == (0, 2)
 
 
 def test_resume_with_other_settings_is_refused_unless_not_strict(data_dir):
