@@ -44,7 +44,7 @@ PROBE_VERSION = 2
 """Part of the cache key: a probe that measures differently must not read an older probe's entries.
 Version 1 averaged one 1024² matmul loop, so a machine busy while it ran cached a peak up to 2x low."""
 
-PROBE_SIZES = (512, 1024, 2048)
+PROBE_SIZES = (256, 512, 1024, 2048)
 
 
 def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float:
@@ -79,8 +79,10 @@ def _matmul_probe(dtype: torch.dtype, seconds: float = 0.6) -> float:
     The peak is the best single matmul, not the mean of a loop: the probe runs once per machine and
     its result is cached, and whatever else runs meanwhile (another rank starting, a data conversion)
     only ever slows matmuls down, so the fastest one is the estimate such noise cannot drag down.
-    Several sizes because few threads peak on small matrices and many threads only on large ones; a
-    size whose one matmul would take more than a third of its share of ``seconds`` is skipped.
+    Several sizes because few threads peak on small matrices and many threads only on large ones; the
+    smallest also fits between two preemptions on an oversubscribed machine (beside four busy
+    processes on 2 cores, 512² matmuls read half the peak, 256² ones all of it). A size whose one
+    matmul would take more than a third of its share of ``seconds`` is skipped.
 
     The operands come from a private generator: the probe runs only when the cache misses, so drawing
     from torch's global one would make a run's random stream (and its result) depend on whether this
