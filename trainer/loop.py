@@ -27,7 +27,7 @@ from recscale.trainer.embedding_traffic import EmbeddingTraffic
 from recscale.trainer.evaluate import evaluate
 from recscale.trainer.metrics import BatchFlops, MetricsLog, embedding_bandwidth, memory_stats, mfu
 from recscale.trainer.moe_timing import MoEDispatchTimer
-from recscale.trainer.peaks import device_description, peak_tflops
+from recscale.trainer.peaks import above_peak_warning, device_description, peak_source, peak_tflops
 from recscale.trainer.pipeline import HybridTrainPipeline, PhaseTimer, PlainStepper
 from recscale.trainer.plateau import Plateau
 from recscale.trainer.profiling import StepProfiler
@@ -149,6 +149,7 @@ class _Loop:
         self.stepper = stepper_cls(parallel.model, parallel.updater, info.device, self.timer)
         self.flops = flops_per_example(cfg)
         self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
+        self.peak_source = peak_source(info.device, cfg.metrics.peak_tflops)
         self.traffic = EmbeddingTraffic(cfg)  # embedding rows read: bytes, not FLOPs
         self.moe_timer = MoEDispatchTimer(parallel.dense.inner, info.device)
         self.profiler: StepProfiler | None = None
@@ -180,6 +181,7 @@ class _Loop:
             start_step,
             self.total_steps,
             self.batch_flops.profiled_breakdown,
+            self.peak_source,
         )
         step = start_step
         window_loss = torch.zeros((), dtype=torch.float64)
@@ -484,6 +486,9 @@ class _Loop:
         }
         if self.info.is_main:
             write_json(self.run_dir / SUMMARY, summary)
+            warning = above_peak_warning(summary["mfu"], self.peak, self.peak_source)
+            if warning:
+                log.warning("%s", warning)
         return summary
 
 

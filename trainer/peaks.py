@@ -133,6 +133,37 @@ def device_description(device: torch.device) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
+def peak_source(device: torch.device, override: float) -> str:
+    """Where a run's peak comes from and how to correct it, in words (for ``above_peak_warning``)."""
+    if override > 0:
+        return "metrics.peak_tflops: set it to the device's dense peak"
+    if device.type == "cuda":
+        return "recscale's table entry for this GPU: set metrics.peak_tflops to its dense peak"
+    cache = Path(os.path.expanduser("~/.cache/recscale")) / "cpu_peak.json"
+    return f"this machine's CPU probe, cached in {cache}: delete that file to measure again, or set metrics.peak_tflops"
+
+
+def above_peak_warning(mfu: float | None, peak: float | None, source: str, what: str = "MFU") -> str | None:
+    """The warning for an MFU above 100% (None when it is not): the peak is wrong, say which and how to fix it.
+
+    No run exceeds the device's dense peak, so an MFU above 1 means the peak divided by is too low: a
+    ``metrics.peak_tflops`` set too low, a GPU whose table entry is off, or a CPU probe measured while
+    something else held the cores (it is cached, so later runs inherit it).
+
+    Args:
+        mfu: the MFU (None: unknown, no warning).
+        peak: the peak it divides by, TFLOP/s per rank.
+        source: ``peak_source(...)``.
+        what: which MFU (``MFU``, ``module 'deep' MFU``).
+    """
+    if mfu is None or peak is None or mfu <= 1:
+        return None
+    return (
+        f"{what} {100 * mfu:.0f}% is above 100%: the peak it divides by ({peak:.4g} TFLOP/s per rank) is too "
+        f"low. It comes from {source}"
+    )
+
+
 def peak_tflops(device: torch.device, precision: str, override: float = 0.0) -> float | None:
     """Dense peak TFLOP/s per rank for MFU; ``override`` (config) wins; None when unknown."""
     if override > 0:

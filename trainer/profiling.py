@@ -37,6 +37,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
 from recscale.modules.flops import FlopCount
+from recscale.trainer.peaks import above_peak_warning
 from recscale.trainer.profile_groups import ResolvedGroup, resolve_groups
 
 log = logging.getLogger("recscale")
@@ -62,6 +63,7 @@ class StepProfiler:
         last: last profiled step.
         breakdown: per-module FLOPs per example of the profiled steps, asked for when the window
             closes (``BatchFlops.profiled_breakdown``: real sequence lengths); default: ``dense.flops()``.
+        peak_source: where the peak comes from (``peaks.peak_source``), for the warning of a row above 100%.
     """
 
     def __init__(
@@ -75,9 +77,10 @@ class StepProfiler:
         first: int,
         last: int,
         breakdown: Callable[[], dict[str, FlopCount]] | None = None,
+        peak_source: str = "",
     ) -> None:
         self.out_dir, self.rank, self.device, self.dense = out_dir, rank, device, dense
-        self.breakdown = breakdown
+        self.breakdown, self.peak_source = breakdown, peak_source
         self.examples_per_step, self.peak = examples_per_step, peak_tflops
         self.first, self.last = first, last
         self.recording = False
@@ -101,13 +104,25 @@ class StepProfiler:
         start_step: int,
         total_steps: int,
         breakdown: Callable[[], dict[str, FlopCount]] | None = None,
+        peak_source: str = "",
     ) -> StepProfiler | None:
         """The profiler of a run (None when ``steps`` is 0): the window is clamped inside the run."""
         if steps <= 0:
             return None
         last = min(start_step + wait_steps + steps, total_steps)
         first = max(start_step + 1, last - steps + 1)
-        return cls(run_dir / PROFILE_DIR, rank, device, dense, examples_per_step, peak_tflops, first, last, breakdown)
+        return cls(
+            run_dir / PROFILE_DIR,
+            rank,
+            device,
+            dense,
+            examples_per_step,
+            peak_tflops,
+            first,
+            last,
+            breakdown,
+            peak_source,
+        )
 
     # ---------------------------------------------------------------------------------- the loop's calls
 
@@ -164,6 +179,10 @@ class StepProfiler:
             add_rates(table, self.examples_per_step, self.peak)
             write_json_atomic(self.out_dir / MODULES_JSON, table)
             log.info("%s", format_table(table))
+            for row in table["rows"]:
+                warning = above_peak_warning(row["mfu"], self.peak, self.peak_source, f"module '{row['module']}' MFU")
+                if warning:
+                    log.warning("%s", warning)
         self._prof = None
 
     def _sync(self) -> None:

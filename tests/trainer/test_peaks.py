@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from recscale.trainer.peaks import PROBE_VERSION, _fastest_matmul, cpu_peak_tflops
+from recscale.trainer.peaks import PROBE_VERSION, _fastest_matmul, above_peak_warning, cpu_peak_tflops, peak_source
 
 
 def test_probe_leaves_the_global_random_stream_alone(tmp_path) -> None:
@@ -54,3 +54,19 @@ def _seed_cache(tmp_path, value: float):
     path = tmp_path / "cpu_peak.json"
     path.write_text(json.dumps({key.removesuffix(f"|probe{PROBE_VERSION}"): value}))
     return path
+
+
+@pytest.mark.parametrize(
+    ("device", "override", "says"),
+    [
+        ("cpu", 0.0, "cpu_peak.json: delete that file to measure again, or set metrics.peak_tflops"),
+        ("cpu", 0.02, "metrics.peak_tflops: set it to the device's dense peak"),
+        ("cuda", 0.0, "table entry for this GPU: set metrics.peak_tflops"),
+    ],
+)
+def test_an_mfu_above_100_percent_names_the_peak_and_its_fix(device, override, says) -> None:
+    source = peak_source(torch.device(device), override)
+    warning = above_peak_warning(1.07, 0.0337, source, "module 'deep' MFU")
+    assert warning is not None and warning.startswith("module 'deep' MFU 107% is above 100%")
+    assert "0.0337 TFLOP/s per rank" in warning and says in warning
+    assert above_peak_warning(0.99, 0.0337, source) is None and above_peak_warning(None, None, source) is None
