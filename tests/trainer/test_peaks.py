@@ -70,3 +70,11 @@ def test_an_mfu_above_100_percent_names_the_peak_and_its_fix(device, override, s
     assert warning is not None and warning.startswith("module 'deep' MFU 107% is above 100%")
     assert "0.0337 TFLOP/s per rank" in warning and says in warning
     assert above_peak_warning(0.99, 0.0337, source) is None and above_peak_warning(None, None, source) is None
+
+
+def test_bf16_peak_is_never_below_the_fp32_one(tmp_path) -> None:
+    """Without bf16 units a CPU emulates bf16 matmuls far below its fp32 rate: the fp32 rate is its ceiling."""
+    fp32 = cpu_peak_tflops("fp32", cache_dir=tmp_path)
+    assert cpu_peak_tflops("bf16", cache_dir=tmp_path) >= fp32
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # this machine: the fallback alone is far below
+        assert _fastest_matmul(256, torch.bfloat16, seconds=0.05)[0] < fp32 * 1e12 / 4
