@@ -778,6 +778,11 @@ class CheckpointConfig:
     """Keep this many complete checkpoints."""
     at_end: bool = True
     """Save when training ends."""
+    deepspeed_files: bool = True
+    """With ``sharding.dense: deepspeed``, also write DeepSpeed's own dense files (``dense/dense/``, what
+    ``zero_to_fp32.py`` reads) beside the layout-free form that every layout reads. ``false`` halves
+    the dense part of a checkpoint; a resume at the same layout then reads the layout-free form, which
+    continues bit-exactly there too (tests/trainer/test_resume.py)."""
 
 
 @dataclass(kw_only=True)

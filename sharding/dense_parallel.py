@@ -67,8 +67,12 @@ class DenseBackend(Protocol):
     def refresh(self) -> None:
         """Re-wrap after ``requires_grad`` changed (a training stage froze or unfroze parameters)."""
 
-    def save(self, directory: Path) -> None:
-        """Write dense weights and optimizer state under ``directory`` (collective)."""
+    def save(self, directory: Path, backend_files: bool = True) -> None:
+        """Write dense weights and optimizer state under ``directory`` (collective).
+
+        Always the layout-free form (``dense_checkpoint.py``); ``backend_files``: also the backend's own
+        files where they differ from it (DeepSpeed's), for tools that read those.
+        """
 
     def load(self, directory: Path) -> None:
         """Read what ``save`` wrote (collective)."""
@@ -224,8 +228,11 @@ class DDPDense:
             "scheduler": self.scheduler.state_dict(),
         }
 
-    def save(self, directory: Path) -> None:
-        """Dense state with DCP (replicated tensors are written once): the layout-free form itself."""
+    def save(self, directory: Path, backend_files: bool = True) -> None:
+        """Dense state with DCP (replicated tensors are written once): the layout-free form itself.
+
+        DDP has no files of its own besides it, so ``backend_files`` changes nothing.
+        """
         dcp.save(self.state_dict(), checkpoint_id=str(directory))
         world = dist.get_world_size() if dist.is_initialized() else 1
         DenseLayout(backend="ddp", world_size=world).save(directory)
@@ -282,6 +289,9 @@ class DDPDense:
         restart_schedule(self.scheduler, self._base_lrs, int(scheduler["last_epoch"]))
         warn_fresh(directory, fresh, f"written by {layout.backend} at world size {layout.world_size}")
 
+
+DEEPSPEED_TAG = "dense"
+"""DeepSpeed's own files of a dense checkpoint: ``<checkpoint>/dense/dense/``."""
 
 _NATIVE_ONLY = (
     "it loads only under sharding.dense: deepspeed at the world size, ep_size and ZeRO stage it was written with"
@@ -524,26 +534,31 @@ class DeepSpeedDense:
                 masters.update({id(p): master for p, master in zip(low, high)})
         return TorchParamAccess(self._client_scheduler.optimizer, masters)
 
-    def save(self, directory: Path) -> None:
-        """DeepSpeed's own checkpoint and the layout-free form beside it (collective).
+    def save(self, directory: Path, backend_files: bool = True) -> None:
+        """The layout-free form and, with ``backend_files``, DeepSpeed's own checkpoint beside it (collective).
 
-        DeepSpeed's files (``dense/dense/``: per-expert weights, ZeRO optimizer shards) reload only at this
-        layout; the DCP form (``sharding/dense_checkpoint.py``) at any.
+        DeepSpeed's files (``dense/dense/``: per-expert weights, ZeRO optimizer shards, ``zero_to_fp32.py``)
+        reload only at this layout; the DCP form (``sharding/dense_checkpoint.py``) at any, and at this
+        layout as exactly (``checkpoint.deepspeed_files``, docs/training.md). Without DeepSpeed's files
+        the dense part of a checkpoint is about half the size.
         """
-        self.engine.save_checkpoint(str(directory), tag="dense", save_latest=False)
+        if backend_files:
+            self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False)
         save_reference(directory, self.inner, self._access(), self._client_scheduler.state_dict(), self.layout())
 
     def load(self, directory: Path) -> None:
         """Read a dense checkpoint into this engine.
 
-        DeepSpeed's own files when this run's layout is the writer's (bit-exact resume), else the
-        layout-free form: another world size, ``ep_size`` or ZeRO stage, or a DDP checkpoint.
+        DeepSpeed's own files when this run's layout is the writer's and they were written (bit-exact
+        resume), else the layout-free form: another world size, ``ep_size`` or ZeRO stage, a DDP
+        checkpoint, or one written with ``checkpoint.deepspeed_files: false`` (bit-exact at its layout).
         """
         if has_reference_state(directory):
             check_shapes(directory, self.inner)
         saved, mine = DenseLayout.read(directory), self.layout()
-        if saved == mine or (saved is None and not has_reference_state(directory)):
-            path, _ = self.engine.load_checkpoint(str(directory), tag="dense", load_lr_scheduler_states=True)
+        native = (Path(directory) / DEEPSPEED_TAG).is_dir()
+        if (saved == mine and native) or (saved is None and not has_reference_state(directory)):
+            path, _ = self.engine.load_checkpoint(str(directory), tag=DEEPSPEED_TAG, load_lr_scheduler_states=True)
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed dense checkpoint under {directory}")
             return
@@ -556,5 +571,6 @@ class DeepSpeedDense:
         self.engine.global_steps = step
         self.engine.global_samples = step * self.engine.train_batch_size()
         was = f"{saved.backend}, world size {saved.world_size}, ep_size {saved.ep_size}" if saved else "ddp"
-        log.info("dense checkpoint %s (%s) mapped onto this run's layout (%s)", directory, was, mine)
+        how = "read from its layout-free form" if saved == mine else "mapped onto this run's layout"
+        log.info("dense checkpoint %s (%s) %s (%s)", directory, was, how, mine)
         warn_fresh(directory, fresh, f"written by {was}")

@@ -138,7 +138,7 @@ class CheckpointManager:
             (tmp / "trainer").mkdir(parents=True)
         _barrier()
         dcp.save(sparse_state(parallel), checkpoint_id=str(tmp / "sparse"))
-        parallel.dense.save(tmp / "dense")
+        parallel.dense.save(tmp / "dense", backend_files=self.cfg.deepspeed_files)
         mine = tmp / "trainer" / f"rank{self.rank}.pt"
         torch.save({**trainer_state, "step": step, "world_size": self.world_size}, mine.with_suffix(".pt.tmp"))
         mine.with_suffix(".pt.tmp").replace(mine)

@@ -74,13 +74,28 @@ def test_checkpoint_of_two_ranks_loads_on_other_world_sizes(uninterrupted, world
     assert all(math.isfinite(v) for v in losses(run_dir).values())
 
 
-@pytest.mark.parametrize("zero", [1, 2])
-def test_deepspeed_dense_resume_is_exact(tmp_path, zero):
-    cfg = small_job(tmp_path / "cache", "sharding.dense=deepspeed", f"sharding.zero_stage={zero}", "trainer.epochs=1")
+@pytest.mark.parametrize(
+    ("zero", "precision", "deepspeed_files"), [(1, "fp32", True), (2, "fp32", True), (2, "bf16", False)]
+)
+def test_deepspeed_dense_resume_is_exact(tmp_path, zero, precision, deepspeed_files):
+    """From DeepSpeed's own files, or without them (``checkpoint.deepspeed_files: false``) from the
+    layout-free form: bf16 weights under ZeRO 2 too (fp32 masters and Adam moments in partitions)."""
+    cfg = small_job(
+        tmp_path / "cache",
+        "sharding.dense=deepspeed",
+        f"sharding.zero_stage={zero}",
+        f"trainer.precision={precision}",
+        f"checkpoint.deepspeed_files={deepspeed_files}",
+        "trainer.epochs=1",
+    )
     full = new_run(tmp_path, "full", cfg)
     run_distributed(train_worker, 2, cfg, full, False)
+    checkpoint = full / "checkpoints" / "step_00000004"
+    assert (checkpoint / "dense" / "dense").is_dir() == deepspeed_files
+    assert (checkpoint / "dense" / ".metadata").is_file()  # the layout-free form, always
     resumed = new_run(tmp_path, "resumed", cfg)
-    shutil.copytree(full / "checkpoints" / "step_00000004", resumed / "checkpoints" / "step_00000004")
+    shutil.copytree(checkpoint, resumed / "checkpoints" / "step_00000004")
     run_distributed(train_worker, 2, cfg, resumed, True)
     expected, got = losses(full), losses(resumed)
+    assert sorted(got) == [5, 6, 7, 8]  # it resumed (a skipped checkpoint would start again at 1)
     assert [got[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]

@@ -104,14 +104,20 @@ def test_resume_inside_a_stage_is_exact(staged):
     ]
 
 
-def test_expert_parallel_staged_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("deepspeed_files", [True, False])
+def test_expert_parallel_staged_run_resumes_exactly(tmp_path, deepspeed_files):
     """DeepSpeed expert parallelism (ep_size 2, ZeRO 1) through the trainer: a resume inside the expert
-    stage continues with the uninterrupted run's losses."""
-    cfg = small_job(tmp_path / "cache", *STAGES, preset="dcnv2_hilomoe_ep2")
+    stage continues with the uninterrupted run's losses, from DeepSpeed's own files or, without them,
+    from the layout-free form."""
+    cfg = small_job(
+        tmp_path / "cache", *STAGES, f"checkpoint.deepspeed_files={deepspeed_files}", preset="dcnv2_hilomoe_ep2"
+    )
     full = new_run(tmp_path, "full", cfg)
     run_distributed(_train, 2, cfg, full, False)
+    checkpoint = full / "checkpoints" / "step_00000006"
+    assert (checkpoint / "dense" / "dense").is_dir() == deepspeed_files
     resumed = new_run(tmp_path, "resumed", cfg)
-    shutil.copytree(full / "checkpoints" / "step_00000006", resumed / "checkpoints" / "step_00000006")
+    shutil.copytree(checkpoint, resumed / "checkpoints" / "step_00000006")
     run_distributed(_train, 2, cfg, resumed, True)
     expected, got = losses(full), losses(resumed)
     assert [got[s] for s in range(7, 13)] == [expected[s] for s in range(7, 13)]
