@@ -87,6 +87,12 @@ def test_stage_ends_on_plateau_and_next_starts_from_best(tmp_path):
     # the experts stage (the last) stops the run on its own plateau at step 6, then the best is restored
     assert restores == [(4, 2, "start of stage 'experts'"), (6, 2, "end of the run")]
     assert sorted(losses(full)) == list(range(1, 7))
+    # the summary has the steps the stages took: the backbone's early end, the run's own stop
+    rows = json.loads((full / "summary.json").read_text())["stages"]
+    assert [(r["stage"], r["first_step"], r["last_step"], r["steps_run"]) for r in rows] == [
+        ("backbone", 1, 4, 4),
+        ("experts", 5, 6, 2),
+    ]
 
     # the experts stage began from step 2's weights, not from where the backbone stage stopped (step 4)
     best = _dense_weights(full / "checkpoints" / "best", tmp_path)
