@@ -27,7 +27,13 @@ from recscale.trainer.embedding_traffic import EmbeddingTraffic
 from recscale.trainer.evaluate import evaluate
 from recscale.trainer.metrics import BatchFlops, MetricsLog, embedding_bandwidth, memory_stats, mfu
 from recscale.trainer.moe_timing import MoEDispatchTimer
-from recscale.trainer.peaks import above_peak_warning, device_description, peak_source, peak_tflops
+from recscale.trainer.peaks import (
+    above_peak_warning,
+    device_description,
+    peak_source,
+    peak_tflops,
+    slow_bf16_warning,
+)
 from recscale.trainer.pipeline import HybridTrainPipeline, PhaseTimer, PlainStepper
 from recscale.trainer.plateau import Plateau
 from recscale.trainer.profiling import StepProfiler
@@ -150,6 +156,9 @@ class _Loop:
         self.flops = flops_per_example(cfg)
         self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
         self.peak_source = peak_source(info.device, cfg.metrics.peak_tflops)
+        slow_bf16 = slow_bf16_warning(info.device, cfg.trainer.precision)
+        if slow_bf16 and info.is_main:
+            log.warning("%s", slow_bf16)
         self.traffic = EmbeddingTraffic(cfg)  # embedding rows read: bytes, not FLOPs
         self.moe_timer = MoEDispatchTimer(parallel.dense.inner, info.device)
         self.profiler: StepProfiler | None = None

@@ -7,7 +7,14 @@ import json
 import pytest
 import torch
 
-from recscale.trainer.peaks import PROBE_VERSION, _fastest_matmul, above_peak_warning, cpu_peak_tflops, peak_source
+from recscale.trainer.peaks import (
+    PROBE_VERSION,
+    _fastest_matmul,
+    above_peak_warning,
+    cpu_peak_tflops,
+    peak_source,
+    slow_bf16_warning,
+)
 
 
 def test_probe_leaves_the_global_random_stream_alone(tmp_path) -> None:
@@ -78,3 +85,14 @@ def test_bf16_peak_is_never_below_the_fp32_one(tmp_path) -> None:
     assert cpu_peak_tflops("bf16", cache_dir=tmp_path) >= fp32
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():  # this machine: the fallback alone is far below
         assert _fastest_matmul(256, torch.bfloat16, seconds=0.05)[0] < fp32 * 1e12 / 4
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_at_start() -> None:
+    cpu = torch.device("cpu")
+    warning = slow_bf16_warning(cpu, "bf16", native=False)
+    assert warning is not None and "without bf16 matmul units" in warning and "trainer.precision=fp32" in warning
+    assert slow_bf16_warning(cpu, "bf16", native=True) is None  # AMX / AVX512-BF16: bf16 is the fast path
+    assert slow_bf16_warning(cpu, "fp32", native=False) is None
+    assert slow_bf16_warning(torch.device("cuda"), "bf16", native=False) is None
+    # this machine as detected: a warning exactly when oneDNN reports no bf16 support
+    assert (slow_bf16_warning(cpu, "bf16") is None) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
