@@ -12,7 +12,7 @@ from recscale.configs.schema import DataConfig, SparseFeatureConfig
 from recscale.data import DataError, convert_criteo, convert_csv, prepare_data
 from recscale.data.errors import BadRowCounter
 from recscale.data.text_source import TextBlocks
-from tests.data.helpers import embeddings, features, make_reader, table
+from tests.data.helpers import embeddings, features, make_reader, shared_data, table
 
 
 def write(path, t, row_group_size=50):
@@ -170,10 +170,7 @@ def test_prepare_data_catches_out_of_range_ids_from_statistics(tmp_path):
 # ------------------------------------------------------------------------------------------ Criteo TSV
 
 
-def criteo_line(rng, label=None):
-    ints = [str(int(v)) if rng.random() > 0.2 else "" for v in rng.integers(-2, 500, 13)]
-    cats = [f"{int(v):08x}" if rng.random() > 0.1 else "" for v in rng.integers(0, 2**32, 26)]
-    return "\t".join([str(int(rng.random() < 0.3)) if label is None else label, *ints, *cats])
+CRITEO_SAMPLES = ("criteo_raw_100a.tsv", "criteo_raw_100b.tsv")
 
 
 def criteo_file(path, lines):
@@ -181,9 +178,14 @@ def criteo_file(path, lines):
     return path
 
 
-def criteo_lines(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [criteo_line(rng) for _ in range(n)]
+def criteo_lines(n, sample=0):
+    """The first ``n`` (at most 100) real Criteo lines of ``../shared/data/criteo_sample`` (skips when absent).
+
+    Read at test time: the data may not be redistributed, so the repository holds none of it.
+    """
+    lines = shared_data("criteo_sample", CRITEO_SAMPLES[sample]).read_text().splitlines()
+    assert n <= len(lines), f"the sample has {len(lines)} lines, the test asks for {n}"
+    return lines[:n]
 
 
 def replace_field(line, index, value):

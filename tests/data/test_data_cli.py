@@ -59,8 +59,8 @@ def test_synth_without_out_fills_the_cache(tmp_path, capsys):
 
 
 def test_convert_criteo_then_inspect(tmp_path, capsys):
-    day = criteo_file(tmp_path / "day_0", criteo_lines(300))
-    valid = criteo_file(tmp_path / "day_1", criteo_lines(50, seed=1))
+    day = criteo_file(tmp_path / "day_0", criteo_lines(100))
+    valid = criteo_file(tmp_path / "day_1", criteo_lines(50, sample=1))
     out = tmp_path / "criteo"
     code = run(
         "data",
@@ -78,10 +78,10 @@ def test_convert_criteo_then_inspect(tmp_path, capsys):
         "--no-progress",
     )
     assert code == 0
-    assert json.loads(capsys.readouterr().out)["rows"] == {"train": 300, "valid": 50}
+    assert json.loads(capsys.readouterr().out)["rows"] == {"train": 100, "valid": 50}
     assert run("data", "inspect", str(out)) == 0
     text = capsys.readouterr().out
-    assert "train: " in text and "300 rows" in text and "C26: int64" in text and '"layout": "terabyte"' in text
+    assert "train: " in text and "100 rows" in text and "C26: int64" in text and '"layout": "terabyte"' in text
     assert run("data", "inspect", str(out / "valid"), "--json") == 0
     info = json.loads(capsys.readouterr().out)
     assert info["rows"] == 50 and info["columns"]["I1"] == "float" and info["stats"]["format"] == "criteo_tsv"
