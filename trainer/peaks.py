@@ -60,7 +60,7 @@ def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float
         f"{platform.processor() or platform.machine()}|{cpu_model()}|{threads}t|{dtype}|"
         f"torch{torch.__version__}|probe{PROBE_VERSION}"
     )
-    cache = (cache_dir or Path(os.path.expanduser("~/.cache/recscale"))) / "cpu_peak.json"
+    cache = _cpu_peak_cache(cache_dir)
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -79,6 +79,11 @@ def cpu_peak_tflops(dtype: str = "fp32", cache_dir: Path | None = None) -> float
     except OSError:
         pass  # an unwritable cache only costs a probe next time
     return value
+
+
+def _cpu_peak_cache(cache_dir: Path | None = None) -> Path:
+    """The file the CPU probe's results are cached in (``~/.cache/recscale/cpu_peak.json`` by default)."""
+    return (cache_dir or Path(os.path.expanduser("~/.cache/recscale"))) / "cpu_peak.json"
 
 
 def _matmul_probe(dtype: torch.dtype, seconds: float = 0.6) -> float:
@@ -147,7 +152,7 @@ def peak_source(device: torch.device, override: float) -> str:
         return "metrics.peak_tflops: set it to the device's dense peak"
     if device.type == "cuda":
         return "recscale's table entry for this GPU: set metrics.peak_tflops to its dense peak"
-    cache = Path(os.path.expanduser("~/.cache/recscale")) / "cpu_peak.json"
+    cache = _cpu_peak_cache()
     return f"this machine's CPU probe, cached in {cache}: delete that file to measure again, or set metrics.peak_tflops"
 
 
