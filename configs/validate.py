@@ -311,6 +311,8 @@ def _check_training(cfg: JobConfig) -> list[str]:
         out.append(f"checkpoint.every_steps: expected >= 0, got {c.every_steps}")
     if c.keep_last < 1:
         out.append(f"checkpoint.keep_last: expected at least 1, got {c.keep_last}")
+    if not 1 <= c.io_threads <= 64:
+        out.append(f"checkpoint.io_threads: expected 1 to 64 threads per rank, got {c.io_threads}")
     if cfg.launch.nnodes < 1:
         out.append(f"launch.nnodes: expected at least 1, got {cfg.launch.nnodes}")
     if cfg.launch.nproc_per_node < 1:

@@ -1,0 +1,181 @@
+"""The ``data`` section: feature schema, data sources (synthetic, Parquet, converters) and the reader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Hashing = Literal["none", "modulo", "hash"]
+
+
+@dataclass(kw_only=True)
+class SparseFeatureConfig:
+    """One id-list column (single- or multi-hot) looked up in one embedding table."""
+
+    name: str
+    """Column name in the Parquet data; also the feature key in the KeyedJaggedTensor."""
+    table: str
+    """Name of the embedding table (in ``embeddings.tables``) this feature reads."""
+    hashing: Hashing = "none"
+    """How raw ids map to rows: ``none`` (ids must be < rows; a bigger id is an error),
+    ``modulo`` (id % rows) or ``hash`` (a stable 64-bit mix, then % rows)."""
+    max_ids: int = 0
+    """Keep at most this many ids per example for multi-hot columns (0 = keep all)."""
+
+
+@dataclass(kw_only=True)
+class SequenceFeatureConfig:
+    """One user event sequence (per event type): item ids and timestamps, newest last."""
+
+    name: str
+    """Event type name (``click``, ``purchase``...); the key of this sequence in the batch."""
+    ids: str
+    """List<int64> column holding the item ids of the events."""
+    table: str
+    """Embedding table the item ids are looked up in (may be shared with a sparse feature)."""
+    max_length: int = 100
+    """Keep the ``max_length`` most recent events."""
+    timestamps: str = ""
+    """List<int64> column of event timestamps (seconds); empty when the data has none."""
+    hashing: Hashing = "none"
+    """Same meaning as for sparse features."""
+
+
+@dataclass(kw_only=True)
+class FeatureSchemaConfig:
+    """What one example (one Parquet row) holds."""
+
+    labels: list[str] = field(default_factory=lambda: ["label"])
+    """Label columns, 0/1 each; several labels make a multi-task model (one head per label)."""
+    dense: list[str] = field(default_factory=list)
+    """Float columns, fed to the dense arch in this order."""
+    sparse: list[SparseFeatureConfig] = field(default_factory=list)
+    """Id-list features, pooled by their embedding table."""
+    sequences: list[SequenceFeatureConfig] = field(default_factory=list)
+    """Event sequences (unpooled), for sequence models."""
+    domain: str = ""
+    """Integer column with a domain id (cross-domain models); empty when there is none."""
+    oracle: str = ""
+    """Float column with the true click probability (synthetic data); used to report oracle AUC."""
+
+
+@dataclass(kw_only=True)
+class SyntheticConfig:
+    """The planted-truth generator (``recscale data synth``); its columns follow ``data.features``."""
+
+    num_train: int = 200_000
+    """Training examples to generate."""
+    num_valid: int = 50_000
+    """Validation examples to generate (they carry the oracle probability)."""
+    click_rate: float = 0.03
+    """Target mean click probability."""
+    zipf_exponent: float = 1.1
+    """Exponent of the Zipf law the ids are drawn from (per feature)."""
+    multi_hot_max: int = 1
+    """Ids per sparse feature bag are drawn from 1..multi_hot_max (1 = single-hot). The first two sparse
+    features (the user and item roles of the hierarchical term) always stay single-hot."""
+    id_effect_scale: float = 0.5
+    """Standard deviation of the per-id logit effects."""
+    interaction_rank: int = 4
+    """Rank of the planted pairwise field interactions."""
+    interaction_scale: float = 0.5
+    """Scale of the pairwise interaction term of the logit."""
+    hierarchical_scale: float = 0.0
+    """Scale of the user-cluster x item-category term (0 = off)."""
+    num_clusters: int = 8
+    """Clusters in the hierarchical term (on the first and second sparse features)."""
+    sequence_scale: float = 0.0
+    """Scale of the recency-weighted history/candidate match term (0 = off; needs sequences)."""
+    dense_scale: float = 0.3
+    """Scale of the linear effect of the dense features."""
+    num_domains: int = 1
+    """Number of domains written to ``data.features.domain`` (1 = single domain)."""
+    domain_scale: float = 0.3
+    """Scale of the domain term (domain bias + domain x item-category effect; needs ``num_domains > 1``)."""
+    cross_domain_scale: float = 0.0
+    """Scale of the cross-domain term: the candidate item's category x the user's domain-B history
+    (mean of ``K[category(item), category(h)]`` over the events h of ``cross_domain_sequence``); 0 = off."""
+    cross_domain_sequence: str = ""
+    """The domain-B sequence of the cross-domain term (``""`` = the second of ``data.features.sequences``)."""
+    recency_decay: float = 0.8
+    """Sequence term: an event k steps older than the newest weighs ``recency_decay**k``."""
+    task_correlation: float = 0.5
+    """Multi-task labels: correlation of each extra task's per-id effects with the first task's."""
+    row_group_size: int = 16_384
+    """Rows per Parquet row group."""
+    rows_per_file: int = 1_048_576
+    """Rows per Parquet file (rounded up to whole row groups); bigger splits get several files."""
+    seed: int = 1234
+    """Seed of the generator (the data is a pure function of the config and this seed)."""
+
+
+@dataclass(kw_only=True)
+class ReaderConfig:
+    """How Parquet is streamed into batches."""
+
+    shuffle: bool = True
+    """Shuffle row-group order per epoch and rows within a buffer (deterministic from ``seed``)."""
+    shuffle_buffer_rows: int = 65_536
+    """Rows held in the in-memory shuffle buffer."""
+    seed: int = 0
+    """Seed of the shuffle."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank (0 = read in the training process)."""
+    tail: Literal["drop", "pad"] = "drop"
+    """What to do with the uneven last batch: drop it on every rank, or pad it with
+    zero-weight examples so every rank runs the same number of steps."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """Bad values (label not 0/1, NaN dense value, out-of-range id): raise, or skip and count."""
+
+
+@dataclass(kw_only=True)
+class ConvertConfig:
+    """How raw files become Parquet (``recscale data convert``); output columns follow ``data.features``."""
+
+    categorical: Literal["hash", "vocab", "integer"] = "hash"
+    """Raw categorical value -> table row. ``hash``: row 0 = missing, else 1 + hash % (rows - 1).
+    ``vocab``: a frequency-thresholded vocabulary of the training input (row 0 = missing, 1 = out of
+    vocabulary, then by descending count, at most the table's rows). ``integer``: the value already
+    is a row (it must be < the table's rows)."""
+    min_count: int = 1
+    """``vocab``: values seen fewer times than this in the training input share the OOV row."""
+    dense_transform: Literal["log1p", "none"] = "none"
+    """Dense columns: ``log1p`` = log(1 + max(x, 0)) (negatives clamped to 0; Criteo integers), or as is."""
+    dense_missing: float = 0.0
+    """Value written for an empty dense field (counted per column in the stats)."""
+    sequence_separator: str = "^"
+    """CSV: separator of the ids inside a sequence cell (``1^5^9``)."""
+    valid_fraction: float = 0.0
+    """Send this fraction of the input rows to ``valid/`` (a seeded per-row split, streamed);
+    0 = validation rows come only from separate inputs (``--valid``)."""
+    split_seed: int = 0
+    """Seed of the train/valid split."""
+    row_group_size: int = 65_536
+    """Rows per Parquet row group of the output."""
+    rows_per_file: int = 4_194_304
+    """Rows per output Parquet file (rounded up to whole row groups)."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """A malformed line or bad value: raise naming file, line and column, or skip it and count it."""
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the examples come from and what they contain."""
+
+    source: Literal["synthetic", "parquet"] = "synthetic"
+    """``synthetic``: generate planted-truth Parquet once (cached), then read it.
+    ``parquet``: read ``train_path`` / ``valid_path``."""
+    train_path: str = ""
+    """Parquet file or directory for training (``parquet`` source)."""
+    valid_path: str = ""
+    """Parquet file or directory for validation (``parquet`` source)."""
+    cache_dir: str = "~/.cache/recscale/data"
+    """Where generated synthetic data is kept, keyed by a hash of its config."""
+    features: FeatureSchemaConfig = field(default_factory=FeatureSchemaConfig)
+    """The feature schema."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Generator settings (``synthetic`` source)."""
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    """Reader settings."""
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
+    """Converter settings (``recscale data convert``)."""
