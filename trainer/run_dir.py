@@ -4,7 +4,7 @@
 <run_dir>/plan.json          the embedding plan
 <run_dir>/metrics.jsonl      one JSON record per logged step, evaluation, stage boundary
 <run_dir>/tensorboard/       TensorBoard event files
-<run_dir>/checkpoints/       step_<N>/ directories (complete ones only) + latest
+<run_dir>/checkpoints/       step_<N>/ directories (complete ones only); best -> best-<N>
 <run_dir>/logs/              torchrun's per-rank stdout/stderr
 <run_dir>/summary.json       final metrics, throughput, MFU, config hash, versions
 """

@@ -4,7 +4,8 @@ A checkpoint written at world 2 with experts spread over 2 ranks (DeepSpeed, ep_
 world 1 (reference DDP backend, or DeepSpeed ep 1) with the same forward outputs, and at world 2 with
 ep_size 1 (and back) with the uninterrupted run's loss curve: weights *and* Adam state carry over
 (a resume with fresh Adam state is shown to leave that curve). A model of another shape is refused
-with one line naming the parameter and both shapes.
+with one line naming the parameter and both shapes. Every rank writes only what it owns: its
+experts, its ZeRO partition's fragments.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.metadata import MetadataIndex
 
 from recscale.configs.schema import DenseOptimizerConfig, HiLoMoEConfig, StageConfig
 from recscale.modules.dcnv2 import DCNv2Dense
 from recscale.modules.hilomoe import HiLoMoELinear, apply_training_stage, build_moe_dense
-from recscale.sharding.dense_checkpoint import DenseLayout
-from recscale.sharding.dense_parallel import DDPDense, DeepSpeedDense, TorchParamAccess, ZeroParamAccess
+from recscale.sharding.checkpoint import DenseLayout, load_parts, read_manifest, save_parts
+from recscale.sharding.checkpoint.reader import read_metadata
+from recscale.sharding.dense_parallel import DDPDense, DeepSpeedDense
 from recscale.sharding.expert_parallel import DeepSpeedHiLoMoELinear, apply_expert_parallel
 from recscale.sharding.moe_collectives import install_global_balance_stats
+from recscale.sharding.zero_fragments import ZeroParamAccess
 from tests.distributed import run_distributed
 from tests.sharding.test_expert_parallel import GLOBAL_BATCH, LR, NUM_DENSE, POOLED, _batches, _loss, _model
 
@@ -86,12 +90,21 @@ def _logits(backend: DDPDense | DeepSpeedDense, batch: tuple, rows: slice) -> to
     return torch.cat(parts)
 
 
+def _save(backend: DDPDense | DeepSpeedDense, path: Path) -> None:
+    save_parts(path, {"dense": backend.checkpoint_state()})
+
+
+def _load(backend: DDPDense | DeepSpeedDense, path: Path) -> None:
+    load_parts(path, {"dense": backend.checkpoint_state()})
+
+
 def _fresh_optimizer(backend: DDPDense | DeepSpeedDense) -> None:
     """Throw the optimizer state away, as a load that could not carry it would (the control)."""
-    access = backend._access() if isinstance(backend, DeepSpeedDense) else TorchParamAccess(backend.optimizer)
-    fresh = {"step": torch.tensor(0.0)} if isinstance(access, ZeroParamAccess) else {}  # zero moments, step 0
+    access = backend.checkpoint_state().access
     for p in backend.inner.parameters():
-        access.set_state(p, fresh)
+        access.set_fresh(p)  # zero moments (ZeRO) or no state at all (torch)
+        if isinstance(access, ZeroParamAccess):
+            access.set_step(p, 0.0)  # the group's step count
 
 
 def _write_then_reload(rank: int, world: int, directory: str, writer: str, readers: list[str]) -> dict:
@@ -99,15 +112,15 @@ def _write_then_reload(rank: int, world: int, directory: str, writer: str, reade
     batches, rows, path = _batches(STEPS), _rows(rank, world), Path(directory)
     first = _backend(writer, world)
     _train(first, batches[:3], rows)
-    first.save(path)
+    _save(first, path)
     out: dict = {"logits": _logits(first, batches[3], rows), "uninterrupted": _train(first, batches[3:], rows)}
     for spec in readers:
         second = _backend(spec, world)
-        second.load(path)
+        _load(second, path)
         logits = _logits(second, batches[3], rows)
         out[spec] = {"logits": logits, "losses": _train(second, batches[3:], rows)}
     control = _backend(readers[0], world)
-    control.load(path)
+    _load(control, path)
     _fresh_optimizer(control)
     out["fresh_optimizer"] = _train(control, batches[3:], rows)
     return out
@@ -119,10 +132,10 @@ def _read_at_world_1(rank: int, world: int, directory: str, readers: list[str]) 
     out: dict = {}
     for spec in readers:
         backend = _backend(spec, world)
-        backend.load(path)
+        _load(backend, path)
         out[spec] = _logits(backend, batch, _rows(0, 1))
         try:
-            _backend(spec, world, _model_k8()).load(path)
+            _load(_backend(spec, world, _model_k8()), path)
             out[f"{spec}_k8"] = "loaded"
         except ValueError as err:
             out[f"{spec}_k8"] = str(err)
@@ -138,12 +151,28 @@ def ep2_checkpoint(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.mark.distributed
-def test_ep2_checkpoint_records_its_layout(ep2_checkpoint):
+def test_ep2_checkpoint_records_its_layout_and_each_rank_wrote_what_it_owns(ep2_checkpoint):
     directory, _ = ep2_checkpoint
-    assert DenseLayout.read(directory) == DenseLayout("deepspeed", 2, 2, 1, "one_round")
-    assert (directory / ".metadata").is_file() and (directory / "dense").is_dir()  # both forms
-    experts = sorted(p.name for p in (directory / "dense").glob("layer_*_expert_*"))
-    assert len(experts) == 2 * 2 * 4  # DeepSpeed's own: one file per global expert (2 blocks x L·K = 8)
+    manifest = read_manifest(directory)
+    assert DenseLayout(**manifest["parts"]["dense"]["layout"]) == DenseLayout("deepspeed", 2, 2, 1, "one_round")
+    assert sorted(manifest["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one format, no other files
+    assert {f: m["rank"] for f, m in manifest["files"].items() if f.endswith(".distcp")} == {
+        "__0_0.distcp": 0,
+        "__1_0.distcp": 1,
+    }
+    entries = read_metadata(directory).state_dict_metadata
+    # the stack [L=2, K=4, I=15] flattened: each EP rank wrote its 4 experts' rows (one box per expert)
+    stack = entries["dense.model.inner.deep.0.experts_v"]
+    assert list(stack.size) == [2 * 4 * 15] and len(stack.chunks) == 8
+    assert sorted((c.offsets[0], c.sizes[0]) for c in stack.chunks) == [(15 * e, 15) for e in range(8)]
+    # ZeRO 1 over 2 ranks: the non-expert Adam moments are the two partitions, each in its owner's file, once
+    metadata = read_metadata(directory)
+    moments = [k for k in entries if k.startswith("dense.optim.") and k.endswith(".exp_avg") and "experts" not in k]
+    files = {
+        metadata.storage_data[MetadataIndex(k, c.offsets)].relative_path for k in moments for c in entries[k].chunks
+    }
+    assert moments and files == {"__0_0.distcp", "__1_0.distcp"}
+    assert all(sum(c.sizes[0] for c in entries[k].chunks) == entries[k].size[0] for k in moments)  # no overlap
 
 
 @pytest.mark.distributed
@@ -215,13 +244,13 @@ def _frozen_experts_then_reload(rank: int, world: int, directory: str, readers: 
     first = _backend("ddp", world)
     _stage(first, "backbone")
     _train(first, batches[:3], rows)
-    first.save(path)
+    _save(first, path)
     _stage(first, "all")
     out: dict = {"uninterrupted": _train(first, batches[3:], rows)}
     for spec in readers:
         records.messages.clear()
         second = _backend(spec, world)
-        second.load(path)
+        _load(second, path)
         out[spec] = {"warnings": list(records.messages), "losses": _train(second, batches[3:], rows)}
     return out
 
@@ -255,9 +284,11 @@ def test_expert_slots_name_where_each_local_expert_sits_in_the_reference_stacks(
         block, slots = _placed(ref, ep_rank, dispatch)
         params = dict(block.named_parameters())
         for name, slot in slots.items():
-            stack = getattr(ref, slot.stack)
+            stack = getattr(ref, slot.reference)
             assert slot.shape == tuple(stack.shape)
-            assert torch.equal(params[name], stack[slot.layer, slot.expert]), name
-            if slot.stack == "experts_v":
-                covered.append((slot.layer, slot.expert))
+            assert torch.equal(params[name], stack[slot.index]), name
+            start, numel = slot.span()  # the same row in the flattened stack that checkpoints store
+            assert torch.equal(params[name].reshape(-1), stack.reshape(-1)[start : start + numel]), name
+            if slot.reference == "experts_v":
+                covered.append(slot.index)
     assert sorted(covered) == [(layer, k) for layer in range(3) for k in range(4)]
