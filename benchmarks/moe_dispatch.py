@@ -1,20 +1,23 @@
-"""HiLoMoE under DeepSpeed expert parallelism: one all-to-all round for all L layers vs one per layer.
+"""Expert-parallel token exchange: dropless (split sizes) against DeepSpeed's capacity-padded buffers.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/moe_dispatch.py [--steps 30]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/moe_dispatch.py [--rounds 20]
 
-Two gloo ranks on this machine, ep_size 2. For each setting, one ``DeepSpeedHiLoMoELinear`` block
-(I = O = 256, K = 8 experts per layer, top-2 routing) runs forward + backward on its rank's tokens
-with ``dispatch: one_round`` and ``dispatch: per_layer``, interleaved step by step so machine noise
-hits both alike. Reported per setting: median / p10 / p90 milliseconds per step, all-to-all calls
-and bytes per rank per step (counted by wrapping ``torch.distributed.all_to_all_single``), and the
-reference block (no expert parallelism, all experts local) for the compute-only cost, and both
-DeepSpeed variants at ep_size 1 (the same dispatch buffers, no all-to-all) to separate the cost of
-DeepSpeed's dispatch and combine from the cost of the communication.
+Two gloo ranks on this machine, ep_size 2. One HiLoMoE block (I = O = 256, K = 8 experts per layer,
+top-2 routing, L MoE layers, 1,024 tokens per rank) runs forward + backward on each rank's tokens in
+these variants, built from one reference block (same weights, same routes):
 
-Everything runs twice: with glibc's default allocator settings, where a buffer above the dynamic
-mmap threshold (32 MiB at most) is mapped and unmapped on every step, and with
-``MALLOC_MMAP_THRESHOLD_=4294967295``, which keeps big buffers on the heap (as a GPU caching
-allocator would). One-round dispatch makes L-times bigger buffers, so the difference matters.
+- ``dropless``: ``sharding.moe.exchange: dropless`` (one round for all L layers): each route's x
+  ``[I]`` to its expert's rank, ``(v·x) u`` ``[O]`` back, with split sizes; nothing padded or dropped;
+- ``padded f=0``: DeepSpeed's ``MOELayer`` with ``capacity_factor: 0`` (capacity = tokens per rank:
+  nothing dropped), the ``[E, C, M]`` buffers of the issue, M = max(I, O);
+- ``padded f=1.25``: the same with capacity 1.25 x the even share (routes beyond it are dropped);
+- ``dropless per_layer``: one dropless round per MoE layer (L rounds), against one round.
+
+Variants alternate within every round (machine noise hits all alike). Reported per variant: bytes
+every rank hands to ``all_to_all_single`` per step (the count exchange included), the part of them
+addressed to the other rank (what crosses the wire), calls per step, median / p10 / p90 ms per step,
+and against ``padded f=0``: the byte ratio and the median over rounds of the per-round time ratio.
+The machine's load average is recorded before and after.
 
 Writes ``benchmarks/results/moe_dispatch.json``.
 """
@@ -39,28 +42,30 @@ from results_io import write_results
 from recscale.trainer.peaks import cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "moe_dispatch.json"
-SETTINGS = [  # (MoE layers L, capacity factor; 0 = capacity = all tokens, nothing dropped)
-    (2, 1.25),
-    (4, 1.25),
-    (8, 1.25),
-    (4, 0.0),
-]
-WIDTH, EXPERTS, TOP_K, TOKENS = 256, 8, 2, 1024
+LAYERS = [2, 4]
+WIDTH, EXPERTS, TOP_K, TOKENS, RANKS = 256, 8, 2, 1024, 2
+VARIANTS = {  # name: (dispatch, exchange, capacity_factor)
+    "dropless": ("one_round", "dropless", 0.0),
+    "padded f=0": ("one_round", "padded", 0.0),
+    "padded f=1.25": ("one_round", "padded", 1.25),
+    "dropless per_layer": ("per_layer", "dropless", 0.0),
+}
+BASELINE = "padded f=0"
 
 
-def _time_step(block: torch.nn.Module, x: torch.Tensor, counter: dict[str, int]) -> tuple[float, int, int]:
+def _step(block: torch.nn.Module, x: torch.Tensor, counter: dict[str, int]) -> tuple[float, dict[str, int]]:
     import torch.distributed as dist
 
-    counter["calls"] = counter["bytes"] = 0
+    counter.update(calls=0, bytes=0, off_rank=0)
     dist.barrier()
     start = time.perf_counter()
     y = block(x)
     (y.square().mean() + block.last_aux.total).backward()
     dist.barrier()
-    return (time.perf_counter() - start) * 1e3, counter["calls"], counter["bytes"]
+    return (time.perf_counter() - start) * 1e3, dict(counter)
 
 
-def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, rounds: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     os.environ.update(LOCAL_RANK=str(rank), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     torch.set_num_threads(1)
@@ -73,107 +78,112 @@ def _worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
     from recscale.sharding.expert_parallel import DeepSpeedHiLoMoELinear
 
     deepspeed.init_distributed(dist_backend="gloo")
-    counter = {"calls": 0, "bytes": 0}
+    counter = {"calls": 0, "bytes": 0, "off_rank": 0}
     original = dist.all_to_all_single
 
     def counted(output: torch.Tensor, input: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Count the bytes handed to the collective, and those addressed to other ranks."""
+        splits = kwargs.get("input_split_sizes", args[1] if len(args) > 1 else None)
+        row = input[0].numel() * input.element_size() if input.dim() and len(input) else 0
+        total = input.numel() * input.element_size()
+        mine = splits[rank] * row if splits else total // world
         counter["calls"] += 1
-        counter["bytes"] += input.numel() * input.element_size()
+        counter["bytes"] += total
+        counter["off_rank"] += total - mine
         return original(output, input, *args, **kwargs)
 
     dist.all_to_all_single = counted
     results = []
-    for num_layers, capacity_factor in SETTINGS:
+    for num_layers in LAYERS:
         torch.manual_seed(0)
         reference = HiLoMoELinear(
             WIDTH, WIDTH, num_experts=EXPERTS, num_layers=num_layers, routing="topk", top_k=TOP_K, expert_init_std=0.1
         )
         blocks = {}
-        for ep_size in (2, 1):
-            for dispatch in ("one_round", "per_layer"):
-                cfg = MoEParallelConfig(dispatch=dispatch, capacity_factor=capacity_factor)
-                block = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(reference), ep_size, rank % ep_size, cfg)
-                for m in block.modules():
-                    if isinstance(m, MoE):
-                        m.set_deepspeed_parallelism()
-                blocks[dispatch if ep_size == 2 else f"{dispatch}, ep_size 1 (no all-to-all)"] = block
-        blocks["reference (no EP)"] = reference
+        for name, (dispatch, exchange, factor) in VARIANTS.items():
+            cfg = MoEParallelConfig(dispatch=dispatch, exchange=exchange, capacity_factor=factor)
+            block = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(reference), RANKS, rank, cfg)
+            for m in block.modules():
+                if isinstance(m, MoE):
+                    m.set_deepspeed_parallelism()
+            blocks[name] = block
         x = torch.randn(TOKENS, WIDTH, generator=torch.Generator().manual_seed(rank))
         times: dict[str, list[float]] = {name: [] for name in blocks}
-        comms: dict[str, tuple[int, int]] = {}
-        for step in range(steps + 3):
-            for name, block in blocks.items():
-                ms, calls, nbytes = _time_step(block, x, counter)
-                if step >= 3:  # warm-up
+        comms: dict[str, dict[str, int]] = {}
+        for i in range(rounds + 3):
+            order = list(blocks) if i % 2 == 0 else list(reversed(blocks))  # alternate who goes first
+            for name in order:
+                ms, counts = _step(blocks[name], x, counter)
+                if i >= 3:  # warm-up
                     times[name].append(ms)
-                comms[name] = (calls, nbytes)
+                comms[name] = counts
         for name, samples in times.items():
             q = statistics.quantiles(samples, n=10)
+            ratios = [b / s for b, s in zip(times[BASELINE], samples)]
             results.append(
                 {
                     "moe_layers": num_layers,
-                    "capacity_factor": capacity_factor,
                     "variant": name,
+                    "dispatch": VARIANTS[name][0],
+                    "exchange": VARIANTS[name][1],
+                    "capacity_factor": VARIANTS[name][2],
+                    "rank": rank,
+                    "all_to_all_calls_per_step": comms[name]["calls"],
+                    "all_to_all_bytes_per_step": comms[name]["bytes"],
+                    "off_rank_bytes_per_step": comms[name]["off_rank"],
                     "ms_per_step_median": round(statistics.median(samples), 3),
                     "ms_per_step_p10": round(q[0], 3),
                     "ms_per_step_p90": round(q[-1], 3),
-                    "all_to_all_calls_per_step": comms[name][0],
-                    "all_to_all_bytes_per_rank_per_step": comms[name][1],
+                    f"speedup_vs_{BASELINE.replace(' ', '_')}": round(statistics.median(ratios), 3),
                 }
             )
-    if rank == 0:
-        Path(out).write_text(json.dumps(results))
+    Path(out).with_suffix(f".rank{rank}.tmp").write_text(json.dumps(results))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def _run(steps: int, tmp: Path, mmap_threshold: str) -> list[dict[str, Any]]:
-    """Both ranks for every setting, with glibc's mmap threshold set (or its default when empty)."""
-    if mmap_threshold:
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = mmap_threshold  # read by each fresh worker process
-    else:
-        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+def main() -> None:
+    """Run both ranks for every setting; write the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the ranks hand their rows over beside it
+    load_before = os.getloadavg()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, steps, str(tmp)), nprocs=2, join=True)
-    rows: list[dict[str, Any]] = json.loads(tmp.read_text())
-    tmp.unlink()
-    for row in rows:
-        row["malloc_mmap_threshold"] = mmap_threshold or "glibc default (dynamic, up to 32 MiB)"
-        if row["variant"] == "one_round":
-            per_layer = next(
-                r
-                for r in rows
-                if r["variant"] == "per_layer"
-                and r["moe_layers"] == row["moe_layers"]
-                and r["capacity_factor"] == row["capacity_factor"]
-            )
-            row["speedup_vs_per_layer"] = round(per_layer["ms_per_step_median"] / row["ms_per_step_median"], 3)
-    return rows
-
-
-def main() -> None:
-    """Run the two ranks (default allocator, then large buffers kept on the heap); write the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # rank 0 hands its rows over beside it
-    tmp = Path(args.out).with_suffix(".rank0.tmp")
-    rows = _run(args.steps, tmp, "") + _run(args.steps, tmp, "4294967295")
+    mp.spawn(_worker, args=(RANKS, port, args.rounds, str(out)), nprocs=RANKS, join=True)
+    per_rank = []
+    for rank in range(RANKS):
+        part = out.with_suffix(f".rank{rank}.tmp")
+        per_rank.append(json.loads(part.read_text()))
+        part.unlink()
+    rows = []
+    for mine, other in zip(*per_rank):  # rank 0's row, with rank 1's bytes beside it (routes differ by rank)
+        base = next(r for r in per_rank[0] if r["moe_layers"] == mine["moe_layers"] and r["variant"] == BASELINE)
+        rows.append(
+            {
+                **{k: v for k, v in mine.items() if k != "rank"},
+                "all_to_all_bytes_per_step_rank1": other["all_to_all_bytes_per_step"],
+                "bytes_vs_padded_f0": round(mine["all_to_all_bytes_per_step"] / base["all_to_all_bytes_per_step"], 4),
+            }
+        )
     import deepspeed
 
     result = {
-        "benchmark": "HiLoMoE expert-parallel dispatch: one all-to-all round for all L layers vs one per layer",
+        "benchmark": "Expert-parallel token exchange: dropless (split sizes) vs DeepSpeed's capacity-padded buffers",
         "setup": {
-            "ranks": 2,
-            "ep_size": 2,
+            "ranks": RANKS,
+            "ep_size": RANKS,
             "backend": "gloo (CPU)",
             "block": {"in": WIDTH, "out": WIDTH, "experts_per_layer": EXPERTS, "routing": f"top-{TOP_K}"},
             "tokens_per_rank": TOKENS,
-            "measured": "forward + backward of one block (no optimizer), median of interleaved steps",
-            "steps": args.steps,
+            "measured": "forward + backward of one HiLoMoE block (no optimizer), variants alternating each round",
+            "rounds": args.rounds,
+            "bytes": "handed to all_to_all_single per step on rank 0 (count exchange included); "
+            "off_rank = the part addressed to the other rank",
         },
         "machine": {
             "host": platform.node(),
@@ -183,12 +193,12 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "deepspeed": deepspeed.__version__,
-            "note": "shared 2-core machine; other jobs may have run at the same time",
+            "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            "note": "shared machine; other jobs may have run at the same time: compare ratios, not absolute times",
         },
         "date": time.strftime("%Y-%m-%d"),
         "results": rows,
     }
-    out = Path(args.out)
     write_results(out, result)
     print(json.dumps(result, indent=2))
 

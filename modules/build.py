@@ -94,8 +94,7 @@ def dense_flops(cfg: JobConfig) -> dict[str, FlopCount]:
     spec = get_spec(cfg.model.arch)
     with torch.device("meta"):
         dense = spec.build(cfg.model, model_inputs(cfg))
-    breakdown: dict[str, FlopCount] = dense.flops()  # type: ignore[operator]
-    return breakdown
+    return spec.counter(dense).flops()
 
 
 def flops_per_example(cfg: JobConfig) -> FlopCount:

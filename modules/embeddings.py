@@ -1,7 +1,7 @@
 """Embedding-table specs -> TorchRec ``EmbeddingBagCollection`` (built on ``meta``; sharded later).
 
 The sparse arch owns only embedding tables, so TorchRec's ``DistributedModelParallel`` can shard
-it without wrapping anything dense (DESIGN.md §3). Its output is the pooled embeddings of every
+it without wrapping anything dense. Its output is the pooled embeddings of every
 sparse feature, concatenated in a fixed feature order: ``[B, sum_f dim_f]``.
 
 Sequence models also get an unpooled ``EmbeddingCollection`` (``SparseArch.ec``) over the tables
@@ -18,13 +18,25 @@ from functools import partial
 
 import torch
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recscale.configs.schema import EmbeddingsConfig, FeatureSchemaConfig
 from recscale.modules.layout import PooledLayout
 from recscale.modules.sequence_inputs import SequenceLayout, SequencePadder
+
+TABLE_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+"""``embeddings.tables[].data_type`` -> TorchRec's storage type of the rows."""
+
+VALUE_BYTES = {"fp32": 4, "fp16": 2}
+"""Bytes of one stored value."""
+
+
+def row_bytes(dim: int, data_type: str) -> int:
+    """Bytes one lookup of a ``dim``-wide row of ``data_type`` reads."""
+    return dim * VALUE_BYTES[data_type]
+
 
 SEQUENCE_TABLE_SUFFIX = "__seq"
 """Suffix of the EmbeddingCollection copy of a table that sparse features also read."""
@@ -47,6 +59,7 @@ def table_configs(emb: EmbeddingsConfig, features: FeatureSchemaConfig) -> list[
                 feature_names=readers[t.name],
                 pooling=PoolingType.SUM if t.pooling == "sum" else PoolingType.MEAN,
                 init_fn=normal_init(emb.init_std),
+                data_type=TABLE_DATA_TYPES[t.data_type],
             )
         )
     return out
@@ -101,6 +114,7 @@ def sequence_table_configs(
                     num_embeddings=t.num_embeddings,
                     feature_names=readers[t.name],
                     init_fn=normal_init(emb.init_std),
+                    data_type=TABLE_DATA_TYPES[t.data_type],
                 )
             )
     dims = sorted({t.embedding_dim for t in out})

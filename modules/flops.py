@@ -2,7 +2,7 @@
 
 Only matrix products count (``mm``, ``addmm``, ``bmm``, attention): 2 FLOPs per multiply-add.
 Bias adds, activations, norms and embedding lookups count 0 — embedding work is memory traffic
-and is reported as bytes (DESIGN.md §5). Backward is counted exactly rather than as "2 x forward":
+and is reported as bytes (docs/measuring.md). Backward is counted exactly rather than as "2 x forward":
 a matmul whose input needs no gradient (the first layer over raw dense features) only computes
 its weight gradient.
 
@@ -13,7 +13,8 @@ padding (wasted work) is not model FLOPs (docs/measuring.md §"Sequence lengths"
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -62,6 +63,52 @@ class LinearLike(Protocol):
     def linear_flops(self, input_grad: bool = True) -> FlopCount:
         """Per-example FLOPs of one input vector, forward and exact backward."""
         ...
+
+
+@runtime_checkable
+class CountsFlops(Protocol):
+    """A dense arch that counts its own FLOPs: a per-example breakdown by part (every registry model).
+
+    ``recscale flops``, MFU and the profiler read it; ``flop_counter`` gives a module this type.
+    """
+
+    def flops(self) -> dict[str, FlopCount]:
+        """Per-example FLOPs by part, forward and exact backward."""
+        ...
+
+
+@runtime_checkable
+class CountsSequenceFlops(Protocol):
+    """A sequence model's count: per example at given lengths, or summed over a batch's real ``Lengths``.
+
+    A sequence model is also ``CountsFlops`` (every argument has a default: ``max_length`` everywhere).
+    """
+
+    def flops(
+        self, seq_lengths: Mapping[str, int | Lengths] | None = None, executed: bool = False
+    ) -> dict[str, FlopCount]:
+        """FLOPs by part; ``seq_lengths`` by event type / domain, ``executed``: what the kernels run."""
+        ...
+
+
+def flop_counter(module: object) -> CountsFlops:
+    """``module`` as a ``CountsFlops``; a TypeError naming its class when it has no ``flops()``."""
+    if not isinstance(module, CountsFlops):
+        raise TypeError(f"{type(module).__name__} has no flops() breakdown (the CountsFlops protocol)")
+    return module
+
+
+def sequence_flop_counter(module: object) -> CountsSequenceFlops:
+    """``module`` as a ``CountsSequenceFlops``: its ``flops`` must take ``seq_lengths`` and ``executed``."""
+    if not isinstance(module, CountsSequenceFlops):
+        raise TypeError(f"{type(module).__name__} has no flops() breakdown (the CountsSequenceFlops protocol)")
+    params = inspect.signature(module.flops).parameters
+    if not {"seq_lengths", "executed"} <= set(params):
+        raise TypeError(
+            f"{type(module).__name__}.flops() takes no seq_lengths / executed: it counts no sequence lengths "
+            "(CountsSequenceFlops)"
+        )
+    return module
 
 
 def linear_module(layer: nn.Module, input_grad: bool = True, tokens: int = 1) -> FlopCount:

@@ -1,8 +1,10 @@
-"""The model registry: architecture name -> ``ModelSpec`` (builder, checks, what inputs it reads).
+"""The model registry: architecture name -> ``ModelSpec`` (builder, checks, declared capabilities).
 
 A spec builds the *dense* arch (everything but the embedding tables) from the model config and the
-shapes of its inputs; the embedding tables come from ``embeddings.py``. Each dense arch exposes
-``flops() -> dict[str, FlopCount]`` (per example), which MFU and ``recscale flops`` use.
+shapes of its inputs; the embedding tables come from ``embeddings.py``. It declares what the model
+supports (``ModelCapabilities``: expert parallelism, sequence inputs, staged training) and the FLOP
+protocol its dense arch implements (``CountsFlops``, or ``CountsSequenceFlops`` for sequence models),
+which MFU and ``recscale flops`` use. ``check_model`` refuses a job that asks for more.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from recscale.configs.capabilities import ModelCapabilities, capability_problems
 from recscale.configs.schema import JobConfig, ModelConfig
 from recscale.modules.dcnv2 import DCNv2Dense
 from recscale.modules.dlrm import DLRMDense
+from recscale.modules.flops import CountsFlops, CountsSequenceFlops, flop_counter, sequence_flop_counter
 from recscale.modules.gca.spec import build_gca_seq, check_gca_seq
 from recscale.modules.hilomoe.convert import build_moe_dense
 from recscale.modules.hilomoe.spec import DEFAULT_TOWERS, check_hilomoe
@@ -51,8 +55,24 @@ class ModelSpec:
     """Builds the dense arch."""
     check: Callable[[JobConfig], list[str]] = lambda cfg: []
     """Model-specific config problems (``key.path: message`` lines)."""
-    uses_sequences: bool = False
-    """The dense arch's forward also takes the sequence embeddings."""
+    supports: ModelCapabilities = ModelCapabilities()
+    """What the model supports; validation refuses a job that asks for anything else."""
+
+    @property
+    def uses_sequences(self) -> bool:
+        """The dense arch's forward also takes the sequence embeddings (``supports.sequences``)."""
+        return self.supports.sequences
+
+    @property
+    def flop_protocol(self) -> type[CountsFlops]:
+        """How the dense arch counts FLOPs: ``CountsSequenceFlops`` (at sequence lengths) or ``CountsFlops``."""
+        return CountsSequenceFlops if self.supports.sequences else CountsFlops
+
+    def counter(self, dense: nn.Module) -> CountsFlops:
+        """``dense`` as its declared FLOP protocol (a TypeError naming the class if it does not implement it)."""
+        if self.supports.sequences:
+            return sequence_flop_counter(dense)
+        return flop_counter(dense)
 
 
 def _uniform_dim(cfg: JobConfig, arch: str) -> list[str]:
@@ -140,26 +160,28 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         description="DCN-V2 whose deep MLP layers are HiLoMoE blocks (hierarchical rank-1 expert routing)",
         build=_build_dcnv2_hilomoe,
         check=check_hilomoe,
+        supports=ModelCapabilities(expert_parallel=True, staged_training=True),
     ),
     "wukong_hilomoe": ModelSpec(
         name="wukong_hilomoe",
         description="Wukong whose FMB MLP layers are HiLoMoE blocks",
         build=_build_wukong_hilomoe,
         check=lambda cfg: check_wukong(cfg) + check_hilomoe(cfg),
+        supports=ModelCapabilities(expert_parallel=True, staged_training=True),
     ),
     "kunlun": ModelSpec(
         name="kunlun",
         description="Kunlun: GDPA + seed pooling + sliding-window attention per event type, mixture of Wukong experts",
         build=build_kunlun,
         check=check_kunlun,
-        uses_sequences=True,
+        supports=ModelCapabilities(expert_parallel=True, sequences=True),
     ),
     "gca_seq": ModelSpec(
         name="gca_seq",
         description="Two-domain sequence model with gated cross-attention (or its parameter-matched baseline)",
         build=build_gca_seq,
         check=check_gca_seq,
-        uses_sequences=True,
+        supports=ModelCapabilities(sequences=True),
     ),
 }
 
@@ -172,7 +194,8 @@ def get_spec(arch: str) -> ModelSpec:
 
 
 def check_model(cfg: JobConfig) -> list[str]:
-    """Problems of the model section (unknown arch, arch-specific checks)."""
+    """Problems of the model section: unknown arch, what the job asks beyond the model's capabilities, arch checks."""
     if cfg.model.arch not in MODEL_SPECS:
         return [f"model.arch: unknown architecture {cfg.model.arch!r}; known: {', '.join(sorted(MODEL_SPECS))}"]
-    return MODEL_SPECS[cfg.model.arch].check(cfg)
+    capabilities = {name: spec.supports for name, spec in MODEL_SPECS.items()}
+    return capability_problems(cfg, capabilities) + MODEL_SPECS[cfg.model.arch].check(cfg)

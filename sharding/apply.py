@@ -1,10 +1,11 @@
 """``parallelize()``: the single, ordered place where a built model becomes a distributed one.
 
-Order (aesthetics.md §7 rule 2):
+Order (fixed; docs/sharding.md):
   1. fused sparse optimizer on the tables (must precede sharding),
   2. embedding plan (planner or hand-built), on every rank,
   3. TorchRec ``DistributedModelParallel`` over the tables only (it adds no DDP: no dense params),
-  4. expert parallelism: HiLoMoE blocks swapped for DeepSpeed-backed ones (``dense: deepspeed``),
+  4. expert parallelism: HiLoMoE blocks and routed MoWE layers swapped for expert-parallel twins
+     (``dense: deepspeed``; experts over ``ep_size`` ranks), or the balance statistics made global,
   5. dense data parallelism: DDP, or a DeepSpeed engine (ZeRO 0/1/2),
   6. the top-level ``RecModel`` the train pipeline drives.
 """

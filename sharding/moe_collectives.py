@@ -1,8 +1,9 @@
-"""Differentiable collectives for HiLoMoE under data and expert parallelism (torch.distributed only).
+"""Differentiable collectives for MoE layers under data and expert parallelism (torch.distributed only).
 
-``gather_rows`` all-gathers the experts' router keys over the EP group; ``sum_across_ranks`` sums the
-load-balance statistics over all ranks. Both backward passes are written so that the data-parallel
-average of the gradients (1/world) is exactly the single-device gradient.
+``gather_rows`` all-gathers HiLoMoE's router keys over the EP group; ``sum_across_ranks`` sums the
+load-balance statistics over all ranks; ``all_to_all_rows`` exchanges rows with per-rank split sizes
+(the dropless expert dispatch, ``moe_dispatch.py``). The backward passes are written so that the
+data-parallel average of the gradients (1/world) is exactly the single-device gradient.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from recscale.modules.hilomoe.convert import moe_blocks
+from recscale.modules.kunlun.mowe import MixtureOfWukongExperts
 
 
 class _GatherRows(torch.autograd.Function):
@@ -56,6 +58,35 @@ class _SumAcrossRanks(torch.autograd.Function):
         return grad, None
 
 
+class _AllToAllRows(torch.autograd.Function):
+    """``all_to_all_single`` with split sizes; backward sends the gradients back the same way."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, rows: torch.Tensor, recv_splits: list[int], send_splits: list[int], group: Any
+    ) -> torch.Tensor:
+        ctx.recv_splits, ctx.send_splits, ctx.group = recv_splits, send_splits, group
+        out = rows.new_empty((sum(recv_splits), *rows.shape[1:]))
+        dist.all_to_all_single(out, rows.contiguous(), recv_splits, send_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        out = grad.new_empty((sum(ctx.send_splits), *grad.shape[1:]))
+        dist.all_to_all_single(out, grad.contiguous(), ctx.send_splits, ctx.recv_splits, group=ctx.group)
+        return out, None, None, None
+
+
+def all_to_all_rows(rows: torch.Tensor, recv_splits: list[int], send_splits: list[int], group: Any) -> torch.Tensor:
+    """Send ``rows[...]`` in consecutive chunks of ``send_splits`` to the ranks of ``group``, receive ``recv_splits``.
+
+    Differentiable. ``rows`` is ``[sum(send_splits), ...]``; the result ``[sum(recv_splits), ...]`` holds
+    what each rank sent this one, in rank order.
+    """
+    out: torch.Tensor = _AllToAllRows.apply(rows, recv_splits, send_splits, group)
+    return out
+
+
 def gather_rows(local: torch.Tensor, group: Any) -> torch.Tensor:
     """Rows of every rank of ``group`` in rank order (differentiable)."""
     out: torch.Tensor = _GatherRows.apply(local, group)
@@ -69,9 +100,12 @@ def sum_across_ranks(x: torch.Tensor, group: Any = None) -> torch.Tensor:
 
 
 def install_global_balance_stats(dense: nn.Module, group: Any = None) -> None:
-    """Make every HiLoMoE block (either backend) compute its balance loss over all ranks' tokens.
+    """Make every HiLoMoE block and routed MoWE (any backend) compute its balance loss over all ranks' tokens.
 
     Useful under DDP too: the balance loss then equals the single-device model's on the global batch.
     """
     for _, block in moe_blocks(dense):
         block.stats_reducer = lambda stats, g=group: sum_across_ranks(stats, g)
+    for module in dense.modules():
+        if isinstance(module, MixtureOfWukongExperts) and module.router is not None:
+            module.stats_reducer = lambda stats, g=group: sum_across_ranks(stats, g)

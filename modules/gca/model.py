@@ -17,6 +17,7 @@ Legend: B batch, L sequence length, D width, N dense features, P pooled width.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -212,7 +213,7 @@ class GCASequenceDense(nn.Module):
         for key, block in self.gca.items():
             q = key.split("_", 1)[1]
             kv = b if q == a else a
-            out[f"gca/{key}"] = block.flops(lengths[q], lengths[kv], executed)  # type: ignore[operator]
+            out[f"gca/{key}"] = cast(GatedCrossAttention, block).flops(lengths[q], lengths[kv], executed)
         out["top"] = linears(self.top).scaled(examples)
         out["head"] = linear(self.head.in_features, self.head.out_features).scaled(examples)
         return out

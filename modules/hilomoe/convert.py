@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from recscale.configs.schema import HiLoMoEConfig
-from recscale.modules.flops import FlopCount
+from recscale.modules.flops import FlopCount, flop_counter
 from recscale.modules.hilomoe.layer import AuxWeights, HiLoMoEBase, HiLoMoELinear
 from recscale.modules.outputs import DenseOutput
 
@@ -150,8 +150,7 @@ class MoEDense(nn.Module):
 
     def flops(self) -> dict[str, FlopCount]:
         """The inner arch's breakdown (its MLP counts include the blocks, active experts only)."""
-        breakdown: dict[str, FlopCount] = self.inner.flops()  # type: ignore[operator]
-        return breakdown
+        return flop_counter(self.inner).flops()
 
 
 def build_moe_dense(inner: nn.Module, cfg: HiLoMoEConfig, default_towers: list[str]) -> MoEDense:

@@ -1,6 +1,6 @@
 """A HiLoMoE block: a base linear layer W0 adapted by L hierarchically routed layers of rank-1 experts.
 
-    y = W0 x + b + Σ_l Σ_k s_k^l(x) · u_k^l (v_k^lᵀ x)          (papers.md §1.2)
+    y = W0 x + b + Σ_l Σ_k s_k^l(x) · u_k^l (v_k^lᵀ x)          (docs/models/hilomoe.md)
 
 Expert k of MoE layer l is the rank-1 matrix u_k^l v_k^lᵀ: ``d_in + d_out`` parameters. All L
 layers read the same input x; their depth lives in the routing chain (``routing.py``), so after

@@ -1,6 +1,6 @@
 """HiLoMoE hierarchical routing: the cheap score chain that fixes all L layers' routes up front.
 
-Layer l is routed from the previous layer's *scores*, never from its outputs (papers.md §1.2)::
+Layer l is routed from the previous layer's *scores*, never from its outputs::
 
     q¹ = W_q x                         (or x itself, ``query="identity"``)
     s^l = softmax(scale · q^l K^lᵀ)    (top-k: softmax over the k largest logits, 0 elsewhere)

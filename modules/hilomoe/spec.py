@@ -36,4 +36,9 @@ def check_hilomoe(cfg: JobConfig) -> list[str]:
             )
     if s.moe.capacity_factor < 0:
         out.append(f"sharding.moe.capacity_factor: expected >= 0 (0 = never drop), got {s.moe.capacity_factor}")
+    elif s.moe.capacity_factor > 0 and s.moe.exchange == "dropless":
+        out.append(
+            f"sharding.moe.capacity_factor: {s.moe.capacity_factor} drops routes over capacity, which only "
+            "sharding.moe.exchange: padded does (dropless sends every route; set capacity_factor: 0)"
+        )
     return out

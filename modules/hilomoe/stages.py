@@ -5,7 +5,7 @@ The trainer calls, at every stage boundary (and again after a resume inside a st
     apply_training_stage(dense, stage)                      # requires_grad, experts on/off, aux scales
     scales = stage_group_scales(optimizer.param_groups, stage)   # lr multiplier of every group
 
-Stages (``StageConfig.train``, our reconstruction, papers.md §1.3):
+Stages (``StageConfig.train``, our reconstruction; docs/models/hilomoe.md):
 
 - ``backbone``: experts off (each block is its base layer; routing skipped, no aux loss), only
   backbone parameters train;

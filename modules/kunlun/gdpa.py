@@ -4,7 +4,7 @@ The sequence tokens are the queries; keys and values are generated per example f
 non-sequence summary X_sum, so ``act(Q Kᵀ / τ) · scale · V`` is a two-layer FFN over every event
 whose weights depend on the example (a hyper-network). Unlike softmax attention, rows are not
 normalised: the element-wise activation replaces softmax and ``scale`` multiplies *after* it (the
-semantics of Meta's GDPA kernel, papers.md §2.3). Each head can be seen as its own FFN of hidden
+semantics of Meta's GDPA kernel). Each head can be seen as its own FFN of hidden
 width M (the K/V tokens).
 
 Legend: B batch, L sequence length, E event width d_e, H heads, d head dim (E / H), N X_sum tokens,
@@ -34,7 +34,7 @@ GDPA_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tanh": torch.tanh,
     "identity": lambda x: x,
 }
-"""The element-wise activations the GDPA kernel supports (papers.md §2.3)."""
+"""The element-wise activations Meta's GDPA kernel supports."""
 
 
 def gdpa_temperature(kind: str, max_length: int, head_dim: int) -> float:

@@ -3,7 +3,7 @@
 Level 1: an over-complete set of S learnable seeds reads the sequence by multi-head attention
 (seeds are queries, the events keys and values). Level 2: ``SumKronLinear`` maps the S seed outputs
 to T summary tokens of the interaction width with a sum of k Kronecker-structured linear maps,
-``Y = Σ_i Z_iᵀ H W_i``, i.e. k * (S * T + E * D) parameters instead of S * E * T * D (papers.md §2.3).
+``Y = Σ_i Z_iᵀ H W_i``, i.e. k * (S * T + E * D) parameters instead of S * E * T * D.
 
 Legend: B batch, L sequence length, E event width, H heads, d head dim, S seeds, T summary tokens,
 D interaction token width, K Kronecker terms.

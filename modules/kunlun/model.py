@@ -1,6 +1,6 @@
 """``KunlunDense``: the dense arch of Kunlun (everything but the embedding tables).
 
-Per global layer l (papers.md §2.4): X_sum = gated compression of the non-sequence tokens X; every
+Per global layer l (docs/models/kunlun.md): X_sum = gated compression of the non-sequence tokens X; every
 event stack runs its sequence layer l with X_sum as GDPA's context (non-seq -> seq) and yields its
 HSP summary (fresh or reused); the interaction module mixes ``[X_sum ‖ summaries]`` (seq -> non-seq)
 into n new tokens, added to X with a LayerNorm. The head is an MLP on the flattened final X.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -114,7 +114,8 @@ class KunlunDense(nn.Module):
         s: dict[str, torch.Tensor] = {}
         positions: dict[str, torch.Tensor | None] = {}
         summaries: dict[str, torch.Tensor | None] = {}
-        for name, stack in self.stacks.items():
+        stacks = self._stacks()
+        for name, stack in stacks.items():
             s[name] = stack.embed(sequences[name].to(pooled.dtype), masks[name])
             positions[name] = self._positions(masks[name], timestamps[name])
             summaries[name] = None
@@ -122,17 +123,21 @@ class KunlunDense(nn.Module):
         diagnostics: dict[str, torch.Tensor] = {}
         for i in range(self.opts.num_layers):
             xsum_BSD = self.xsum[i](x_BnD)
-            for name, stack in self.stacks.items():
+            for name, stack in stacks.items():
                 s[name], summaries[name] = stack.layer(
                     i, s[name], masks[name], xsum_BSD, positions[name], summaries[name]
                 )
-            mixed = torch.cat([xsum_BSD, *[summaries[e.name] for e in self.events]], dim=1)  # type: ignore[misc]
+            mixed = torch.cat([xsum_BSD, *[_summary(summaries, e.name) for e in self.events]], dim=1)
             y_BnD, layer_aux, layer_diag = self.interaction[i](mixed)
             x_BnD = self.norms[i](x_BnD + y_BnD)
             aux = aux + layer_aux
             diagnostics.update({f"kunlun/layer{i}/{k}": v for k, v in layer_diag.items()})
         logits = self.head(self.top(x_BnD.flatten(1)))
         return logits, aux, diagnostics
+
+    def _stacks(self) -> dict[str, EventSequenceStack]:
+        """The event stacks, typed."""
+        return {name: cast(EventSequenceStack, stack) for name, stack in self.stacks.items()}
 
     def _positions(self, mask_BL: torch.Tensor, times_BL: torch.Tensor) -> torch.Tensor | None:
         if self.opts.rope == "position":
@@ -151,25 +156,33 @@ class KunlunDense(nn.Module):
                 each event's ``max_length``, what the padded implementation runs). ``Lengths``: a
                 batch's real lengths; every count is then the sum over its examples, each at its own
                 lengths (an event type left out counts at ``max_length`` in every example).
-            executed: count what the attention kernels execute (every pair for ``reference`` and
-                ``sdpa``, touched tiles for ``flex``) instead of model FLOPs (window pairs only).
+            executed: count what the kernels execute (every attention pair for ``reference`` and
+                ``sdpa``, touched tiles for ``flex``; every routed MoWE expert with ``expert_compute:
+                dense``) instead of model FLOPs (window pairs only, active experts only).
         """
         lengths = dict(seq_lengths or {})
         batch = [n for n in lengths.values() if isinstance(n, Lengths)]
         examples = batch[0].examples if batch else 1
         out: dict[str, FlopCount] = dict(self.tokens.flops())
         for i in range(self.opts.num_layers):
-            out[f"layer{i}/xsum"] = self.xsum[i].flops()  # type: ignore[operator]
-            out[f"layer{i}/mowe"] = self.interaction[i].flops()  # type: ignore[operator]
+            out[f"layer{i}/xsum"] = cast(GatedCompression, self.xsum[i]).flops()
+            mowe = cast(MixtureOfWukongExperts, self.interaction[i])
+            out[f"layer{i}/mowe"] = mowe.executed_flops() if executed else mowe.flops()
         out["top"] = linears(self.top)
         out["head"] = linear(self.head.in_features, self.head.out_features)
         out = {k: v.scaled(examples) for k, v in out.items()}  # the non-sequence side: once per example
-        for name, stack in self.stacks.items():
-            length = lengths.get(name, stack.event.max_length)
+        for name, stack in self._stacks().items():
+            length: int | Lengths = lengths.get(name, stack.event.max_length)
             if batch and not isinstance(length, Lengths):
                 length = Lengths.full(length, examples)
-            out.update(stack.flops(length, executed))  # type: ignore[operator]
+            out.update(stack.flops(length, executed))
         return dict(sorted(out.items(), key=lambda kv: _order(kv[0])))
+
+
+def _summary(summaries: dict[str, torch.Tensor | None], name: str) -> torch.Tensor:
+    summary = summaries[name]
+    assert summary is not None, "layer 0 always computes a summary"
+    return summary
 
 
 def _order(key: str) -> tuple[int, str]:

@@ -1,6 +1,6 @@
 """One event type's sequence stack: GDPA, sliding-window attention and HSP, scheduled by CompSkip.
 
-Computation skip (papers.md §2.3): with ``compskip`` on, even layers run GDPA (context -> sequence)
+Computation skip (docs/models/kunlun.md): with ``compskip`` on, even layers run GDPA (context -> sequence)
 and compute a fresh HSP summary but no self-attention; odd layers run sliding-window self-attention
 and reuse the summary of the layer before, except the last layer, which always summarises afresh
 (otherwise its output would reach nothing). With it off every layer runs GDPA, then SWA, then HSP.
@@ -13,6 +13,7 @@ Legend: B batch, L sequence length, D embedding dim, E event width, S X_sum toke
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -178,9 +179,9 @@ class EventSequenceStack(nn.Module):
         for i in range(len(self.plan)):
             key = str(i)
             if key in self.gdpa:
-                out[f"layer{i}/{name}/gdpa"] = self.gdpa[key].flops(length)  # type: ignore[operator]
+                out[f"layer{i}/{name}/gdpa"] = cast(GDPA, self.gdpa[key]).flops(length)
             if key in self.swa:
-                out[f"layer{i}/{name}/swa"] = self.swa[key].flops(length, executed)  # type: ignore[operator]
+                out[f"layer{i}/{name}/swa"] = cast(SlidingWindowAttention, self.swa[key]).flops(length, executed)
             if key in self.hsp:
-                out[f"layer{i}/{name}/hsp"] = self.hsp[key].flops(length, executed)  # type: ignore[operator]
+                out[f"layer{i}/{name}/hsp"] = cast(HierarchicalSeedPooling, self.hsp[key]).flops(length, executed)
         return out

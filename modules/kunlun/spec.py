@@ -83,6 +83,7 @@ def build_kunlun(m: ModelConfig, inputs: ModelInputs) -> KunlunDense:
             fmb_mlp=list(mowe.fmb_mlp),
             load_balance_weight=mowe.load_balance_weight,
             activation=m.activation,
+            expert_compute=mowe.expert_compute,
         ),
         over_arch=m.over_arch,
         num_tasks=inputs.num_tasks,
@@ -183,9 +184,19 @@ def check_kunlun(cfg: JobConfig) -> list[str]:
         out.append(f"model.kunlun.mowe.top_k: expected 1..{m.num_experts}, got {m.top_k}")
     if m.num_layers < 1 or m.fm_rank < 1:
         out.append("model.kunlun.mowe: num_layers and fm_rank must be >= 1")
-    if cfg.sharding.ep_size > 1 and m.num_experts % cfg.sharding.ep_size:
+    ep = cfg.sharding.ep_size
+    if ep > 1 and m.partition != "routed":
         out.append(
-            f"model.kunlun.mowe.num_experts: {m.num_experts} experts cannot be split over "
-            f"sharding.ep_size {cfg.sharding.ep_size} ranks"
+            f"sharding.ep_size: {ep} needs model.kunlun.mowe.partition: routed (got {m.partition!r}: every expert "
+            "runs on every example there, so there are no routes to send to other ranks)"
+        )
+    if ep > 1 and cfg.sharding.moe.exchange != "dropless":
+        out.append(
+            f"sharding.moe.exchange: {cfg.sharding.moe.exchange!r} is HiLoMoE's (DeepSpeed's capacity-padded layer); "
+            "Kunlun's MoWE experts exchange their tokens dropless"
+        )
+    if ep > 1 and m.num_experts % ep:
+        out.append(
+            f"model.kunlun.mowe.num_experts: {m.num_experts} experts cannot be split over sharding.ep_size {ep} ranks"
         )
     return out

@@ -3,7 +3,7 @@
 Every event attends to the real events within ``window`` positions (``|i - j| <= w``, or only older
 ones when causal); ``window = 0`` is full self-attention. Block: ``LN(s + W_o MHA(s))`` (post norm)
 or ``s + W_o MHA(LN(s))`` (pre norm). Rotary positions are event indices (``position``) or
-log-scaled time gaps to the newest event (``time``, ROTE, papers.md §2.3).
+log-scaled time gaps to the newest event (``time``, ROTE).
 
 Legend: B batch, L sequence length, E event width, H heads, d head dim.
 """

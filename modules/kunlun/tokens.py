@@ -1,6 +1,6 @@
 """Kunlun's non-sequence side: feature tokens and their gated compression X_sum.
 
-Tokens (InterFormer's X^(1), papers.md §2.2): the dense features through ``model.dense_arch`` and a
+Tokens (InterFormer's X^(1)): the dense features through ``model.dense_arch`` and a
 linear map to ``dense_tokens`` tokens, then one token per pooled sparse feature (projected to the
 token width when its embedding dim differs). X_sum (InterFormer's Cross Arch): a learned linear
 mixing of the n tokens into N_sum tokens, ``Z = W_t X + b``, then a self gate.
@@ -87,7 +87,7 @@ class GatedCompression(nn.Module):
     """X_sum: ``X [B, n, D] -> [B, S, D]``, ``Z = W_t X + b`` then a gate.
 
     ``self``: ``Z * sigmoid(Z W_g + b_g)`` (keeps the sign and scale of Z); ``sigmoid_product``:
-    ``sigmoid(Z * (Z W_g + b_g))``, the literal reading of papers.md §2.2.
+    ``sigmoid(Z * (Z W_g + b_g))``, the literal reading of the sources.
 
     Args:
         num_tokens: n.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from pathlib import Path
 
 import deepspeed
 import pytest
@@ -31,16 +32,13 @@ from recscale.modules.hilomoe import (
     role_param_groups,
     stage_group_scales,
 )
+from recscale.modules.host_reads import deliberate_reads
+from recscale.sharding.checkpoint import load_parts, save_parts
 from recscale.sharding.dense_parallel import DeepSpeedDense
-from recscale.sharding.expert_parallel import (
-    DeepSpeedHiLoMoELinear,
-    GateRoutes,
-    HiLoMoEGate,
-    RankOneExperts,
-    apply_expert_parallel,
-    route_locations,
-)
+from recscale.sharding.expert_parallel import DeepSpeedHiLoMoELinear, apply_expert_parallel
+from recscale.sharding.hilomoe_ep import GateRoutes, HiLoMoEGate, RankOneExperts, route_locations
 from tests.distributed import run_distributed
+from tests.modules.test_mowe_routing import CountHostReads
 
 GLOBAL_BATCH, NUM_DENSE, POOLED = 16, 3, 12
 LR = 0.01
@@ -101,13 +99,13 @@ def _ep_grad_diff(ref: torch.nn.Module, ep: torch.nn.Module, rank: int, zero: in
     return worst
 
 
-def _parity(rank: int, world: int, dispatch: str, stages: list[int], steps: int) -> dict:
+def _parity(rank: int, world: int, dispatch: str, stages: list[int], steps: int, exchange: str = "dropless") -> dict:
     batches = _batches(steps)
     rows = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
     results: dict = {}
     for zero in stages:
         ref = _model()
-        ep_model = apply_expert_parallel(copy.deepcopy(ref), 2, MoEParallelConfig(dispatch=dispatch))
+        ep_model = apply_expert_parallel(copy.deepcopy(ref), 2, MoEParallelConfig(dispatch=dispatch, exchange=exchange))
         backend = DeepSpeedDense(
             ep_model, DenseOptimizerConfig(name="adam", lr=LR), steps, zero, GLOBAL_BATCH // world, False
         )
@@ -153,8 +151,9 @@ def test_ep2_matches_reference_under_zero_0_1_2():
 
 
 @pytest.mark.distributed
-def test_ep2_per_layer_dispatch_matches_reference():
-    (result, _) = run_distributed(_parity, 2, "per_layer", [0], 3, timeout_s=120)
+@pytest.mark.parametrize(("dispatch", "exchange"), [("per_layer", "dropless"), ("one_round", "padded")])
+def test_ep2_per_layer_dispatch_and_padded_exchange_match_reference(dispatch, exchange):
+    (result, _) = run_distributed(_parity, 2, dispatch, [0], 3, exchange, timeout_s=120)
     assert result["z0_logits"] < 1e-5 and result["z0_grads"] < 1e-5
     losses, ref_losses = result["z0_losses"]
     assert losses == pytest.approx(ref_losses, abs=1e-5)
@@ -179,11 +178,11 @@ def _resume(rank: int, world: int, directory: str, zero: int) -> dict:
 
     first = build()
     train(first, batches[:3])
-    first.save(directory)
+    save_parts(Path(directory), {"dense": first.checkpoint_state()})
     uninterrupted = train(first, batches[3:])
     state = {k: v.clone() for k, v in first.inner.state_dict().items()}
     second = build()
-    second.load(directory)
+    load_parts(Path(directory), {"dense": second.checkpoint_state()})
     resumed = train(second, batches[3:])
     same = all(torch.equal(v, state[k]) for k, v in second.inner.state_dict().items())
     return {"uninterrupted": uninterrupted, "resumed": resumed, "same_weights": same}
@@ -228,15 +227,21 @@ def test_gate_returns_deepspeed_0_19_seven_tuple_and_drops_over_capacity():
     assert counts.tolist() == [1, 1, 1, 1]
 
 
-def test_deepspeed_moe_layer_runs_our_gate_and_experts_like_the_reference():
+@pytest.mark.parametrize("exchange", ["padded", "dropless"])
+def test_deepspeed_moe_layer_runs_our_gate_and_experts_like_the_reference(exchange):
     torch.manual_seed(0)
     ref = HiLoMoELinear(6, 10, num_experts=4, num_layers=2, routing="topk", top_k=2, expert_init_std=0.1)
-    ep = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(ref), 1, 0, MoEParallelConfig())
+    ep = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(ref), 1, 0, MoEParallelConfig(exchange=exchange))
     assert ep.backend is MoEBackend.DEEPSPEED and ref.backend is MoEBackend.REFERENCE
     assert isinstance(ep.moes[0].deepspeed_moe, MOELayer)
     assert isinstance(ep.moes[0].deepspeed_moe.experts, RankOneExperts)
     x = torch.randn(5, 6)
-    torch.testing.assert_close(ep(x), ref(x))
+    reads = deliberate_reads()
+    with CountHostReads() as counted:
+        y = ep(x)
+    torch.testing.assert_close(y, ref(x))
+    if exchange == "dropless":  # at ep_size 1 nothing is sent: the split sizes are never read
+        assert counted.calls == [] and deliberate_reads() == reads
     assert all(p.allreduce is False for p in ep.moes.parameters())
     assert not any(hasattr(p, "allreduce") for p in ep.router.parameters())
 
@@ -319,8 +324,10 @@ def test_three_stages_under_deepspeed_zero2_run_within_adam_state_noise():
 def test_capacity_padded_flops():
     ref = HiLoMoELinear(16, 8, num_experts=4, num_layers=3, routing="topk", top_k=2)
     active = ref.linear_flops()
-    exact = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(ref), 1, 0, MoEParallelConfig(capacity_factor=0.0))
+    padded = MoEParallelConfig(exchange="padded", capacity_factor=0.0)
+    exact = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(ref), 1, 0, padded)
     # capacity = all tokens: every expert runs every token, K/A = 2 times the routed expert work
     assert exact.capacity_padded_flops(64) == ref._flops(4, True)
-    padded = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(ref), 1, 0, MoEParallelConfig(capacity_factor=1.0))
-    assert padded.capacity_padded_flops(64) == active  # factor 1 and even loads: no padding
+    cfg = MoEParallelConfig(exchange="padded", capacity_factor=1.0)
+    padded_f1 = DeepSpeedHiLoMoELinear.from_reference(copy.deepcopy(ref), 1, 0, cfg)
+    assert padded_f1.capacity_padded_flops(64) == active  # factor 1 and even loads: no padding
