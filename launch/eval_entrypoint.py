@@ -18,20 +18,18 @@ from recscale.trainer.run_dir import CHECKPOINTS, CONFIG, write_json
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint directory, or a run directory (its newest complete checkpoint)."""
-    from recscale.trainer.checkpoint import CheckpointManager
+    """A checkpoint directory, or a run directory (its newest complete checkpoint); not yet verified.
 
+    ``checkpoints/best`` (a link to the best evaluation's checkpoint) resolves to the checkpoint it points at.
+    """
     path = path.expanduser().resolve()
     if (path / CONFIG).is_file():
         found = sorted(p for p in (path / CHECKPOINTS).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
         if not found:
             raise FileNotFoundError(f"{path}: the run directory has no complete checkpoint")
         path = found[-1]
-    if not (path / "sparse").is_dir():
+    if not (path / "manifest.json").is_file():
         raise FileNotFoundError(f"{path}: not a checkpoint directory (expected <run_dir>/{CHECKPOINTS}/step_<N>)")
-    problems = CheckpointManager.verify(path)
-    if problems:
-        raise ValueError(f"{path}: damaged checkpoint:\n  " + "\n  ".join(problems))
     return path
 
 
@@ -95,6 +93,9 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
         aux_loss_weight=cfg.trainer.aux_loss_weight,
     )
     manager = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
+    problems = manager.check(path)  # every rank hashes its share of the files
+    if problems:
+        raise ValueError(f"{path}: damaged checkpoint:\n  " + "\n  ".join(problems))
     state = manager.load(path, parallel)
     target = data or str(prepare_data(cfg.data, cfg.embeddings).valid)
     metrics = evaluate(parallel.model, make_eval_batches(cfg, info, target, per_rank), info.device)

@@ -26,7 +26,7 @@ SCALING_LAW = "scaling_law.json"
 PROJECTION = "projection.json"
 
 WARMUP_STEPS = 3
-"""Steps the trainer leaves out of the steady-state throughput (``trainer/loop.py``); windows that
+"""Steps the trainer leaves out of the steady-state throughput (``trainer/run_meter.py``); windows that
 contain them are left out of the time split too."""
 
 PHASES = ("data", "input_dist", "forward", "backward", "optimizer")

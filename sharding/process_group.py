@@ -31,12 +31,42 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+FLIGHT_RECORDER_DIR = "flight_recorder"
+"""Where, under the run directory, each rank dumps its NCCL flight recorder when a collective times out."""
+
+FLIGHT_RECORDER_ENTRIES = 2000
+"""Collectives each rank remembers (a ring buffer of their sequence numbers, sizes, state and stacks)."""
+
+
+def flight_recorder_env(run_dir: Path) -> dict[str, str]:
+    """The environment that turns PyTorch's NCCL flight recorder on for a GPU run.
+
+    Every rank records its last ``FLIGHT_RECORDER_ENTRIES`` collectives; when one times out
+    (``trainer.collective_timeout_s``) NCCL's watchdog dumps them to
+    ``<run_dir>/flight_recorder/rank_<r>``, and ``python -m torch.distributed.flight_recorder.fr_trace``
+    on that folder names the rank that did not join and the collective it missed (docs/launch.md).
+    """
+    return {
+        "TORCH_NCCL_TRACE_BUFFER_SIZE": str(FLIGHT_RECORDER_ENTRIES),
+        "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+        "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": str(Path(run_dir) / FLIGHT_RECORDER_DIR / "rank_"),
+    }
+
+
+def enable_flight_recorder(run_dir: Path) -> None:
+    """Set ``flight_recorder_env`` (values the user set already win) and make its folder; before NCCL starts."""
+    (Path(run_dir) / FLIGHT_RECORDER_DIR).mkdir(parents=True, exist_ok=True)
+    for key, value in flight_recorder_env(run_dir).items():
+        os.environ.setdefault(key, value)
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0, run_dir: Path | None = None) -> DistInfo:
     """Join the job's process group (torchrun's environment), or make a one-rank group without it.
 
     Args:
         device: ``auto``, ``cpu`` or ``cuda``.
         timeout_s: collective timeout; a rank stuck longer fails the job with an error.
+        run_dir: the run directory; on GPU runs the NCCL flight recorder dumps there (``enable_flight_recorder``).
     """
     if "RANK" not in os.environ:  # a plain `python` process: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
@@ -48,6 +78,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
     kind = resolve_device(device)
     if kind == "cuda":
+        if run_dir is not None and not dist.is_initialized():
+            enable_flight_recorder(run_dir)
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+import torch
 
 from recscale.configs import JobConfig
 from recscale.data.batch import Batch
@@ -31,11 +33,14 @@ class TrainData:
     Args:
         reader: this rank's reader of the training data.
         valid_path: the validation data that goes with it.
+        pin_memory: hand out batches in pinned (page-locked) host memory, so the step's copy to a GPU
+            runs asynchronously (``non_blocking=True``) and overlaps compute.
     """
 
-    def __init__(self, reader: ParquetBatchReader, valid_path: str) -> None:
+    def __init__(self, reader: ParquetBatchReader, valid_path: str, pin_memory: bool = False) -> None:
         self.reader = reader
         self.valid_path = valid_path
+        self.pin_memory = pin_memory
         self.steps_per_epoch = reader.num_batches()
         self._states: OrderedDict[int, dict[str, int]] = OrderedDict()
         self._start_state = reader.state_dict()
@@ -52,7 +57,7 @@ class TrainData:
                 self._states[index] = self.reader.state_dict()
                 while len(self._states) > KEEP_STATES:
                     self._states.popitem(last=False)
-                yield batch
+                yield batch.pin_memory() if self.pin_memory else batch
             if not produced:
                 raise RuntimeError(f"the training data at {self.reader.path} produced no batch in an epoch")
 
@@ -92,7 +97,19 @@ def make_train_data(cfg: JobConfig, info: DistInfo, per_rank_batch: int) -> Trai
         world_size=info.world_size,
         mode="train",
     )
-    return TrainData(reader, str(paths.valid))
+    return TrainData(reader, str(paths.valid), pin_memory=pins_host_batches(info.device))
+
+
+def pins_host_batches(device: torch.device) -> bool:
+    """Whether batches for ``device`` are pinned on the host: for a GPU (asynchronous copies), not on CPU."""
+    return device.type == "cuda"
+
+
+def pinned(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
+    """``batches`` in pinned host memory when they go to a GPU (``pins_host_batches``), else as they are."""
+    pin = pins_host_batches(device)
+    for batch in batches:
+        yield batch.pin_memory() if pin else batch
 
 
 def make_eval_batches(cfg: JobConfig, info: DistInfo, path: str, batch_size: int = 0) -> ParquetBatchReader:

@@ -1,8 +1,9 @@
 """Embedding traffic: bytes of table rows the batches read, for the achieved-bandwidth metric.
 
-Embedding lookups are memory traffic, not FLOPs (DESIGN.md §5), so MFU leaves them out and the run
-reports them as bytes instead: every id of a batch reads one row of ``dim`` fp32 values (4 bytes
-each) in the forward pass, pooled features and event sequences alike. The count comes from the
+Embedding lookups are memory traffic, not FLOPs, so MFU leaves them out and the run reports them as
+bytes instead: every id of a batch reads one row of its table in the forward pass, pooled features
+and event sequences alike, at the table's storage type (``embeddings.tables[].data_type``: 4 bytes a
+value in fp32, 2 in fp16). The count comes from the
 batches as the reader produces them (the ids each rank feeds in); after the input all-to-all a rank
 looks up the ids routed to its shards, which is the same number per rank on average.
 
@@ -15,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recscale.configs import JobConfig
 from recscale.data.batch import Batch
-
-BYTES_PER_VALUE = 4
-"""Tables hold fp32 weights (TorchRec's default ``DataType.FP32``)."""
+from recscale.modules.embeddings import row_bytes
 
 
 class EmbeddingTraffic:
@@ -31,9 +31,9 @@ class EmbeddingTraffic:
     """
 
     def __init__(self, cfg: JobConfig) -> None:
-        dims = {t.name: t.dim or cfg.embeddings.dim for t in cfg.embeddings.tables}
-        self.row_bytes = {f.name: dims[f.table] * BYTES_PER_VALUE for f in cfg.data.features.sparse}
-        self.sequence_row_bytes = {q.name: dims[q.table] * BYTES_PER_VALUE for q in cfg.data.features.sequences}
+        rows = {t.name: row_bytes(t.dim or cfg.embeddings.dim, t.data_type) for t in cfg.embeddings.tables}
+        self.row_bytes = {f.name: rows[f.table] for f in cfg.data.features.sparse}
+        self.sequence_row_bytes = {q.name: rows[q.table] for q in cfg.data.features.sequences}
         self.bytes = 0
         self.examples = 0
         self.run_bytes = 0
@@ -71,11 +71,11 @@ class EmbeddingTraffic:
         return self.run_bytes / self.run_examples if self.run_examples else None
 
 
-def _kjt_bytes(kjt: object, row_bytes: dict[str, int]) -> int:
+def _kjt_bytes(kjt: KeyedJaggedTensor, row_bytes: dict[str, int]) -> int:
     """Σ over keys of (ids of that key) x (bytes of one row of its table)."""
-    keys = kjt.keys()  # type: ignore[attr-defined]
+    keys = kjt.keys()
     if not keys:
         return 0
-    lengths: torch.Tensor = kjt.lengths()  # type: ignore[attr-defined]
+    lengths: torch.Tensor = kjt.lengths()
     ids_per_key = lengths.view(len(keys), -1).sum(dim=1).tolist()
     return int(sum(n * row_bytes.get(k, 0) for k, n in zip(keys, ids_per_key)))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from recscale.modules.model import RecModel
-from recscale.trainer.eval_metrics import ctr_metrics, gather_all
+from recscale.trainer.eval_metrics import ctr_metrics
 
 
 @torch.no_grad()
@@ -17,37 +17,41 @@ def evaluate(model: RecModel, batches: Iterable[Any], device: torch.device, max_
 
     Padding examples (weight 0) are dropped before the metrics. ``max_batches`` must be the same
     on every rank (every rank must run the same number of forward passes: the tables'
-    all-to-alls are collective).
+    all-to-alls are collective). The predictions stay on the device until the pass ends and are
+    then copied to the host once; no rank ever holds another rank's predictions
+    (``eval_metrics.distributed_auc``).
 
     Returns:
         The metrics of ``ctr_metrics`` plus the mean of each scalar diagnostic the model reports.
     """
     was_training = model.training
     model.eval()
-    logits_parts, label_parts, oracle_parts = [], [], []
-    diag_sums: dict[str, float] = {}
+    logits_parts, label_parts, weight_parts, oracle_parts = [], [], [], []
+    diag_sums: dict[str, torch.Tensor] = {}
     diag_counts: dict[str, int] = {}
     try:
         for i, batch in enumerate(batches):
             if max_batches and i >= max_batches:
                 break
-            batch = batch.to(device)
+            batch = batch.to(device, non_blocking=True)
             _, (_, logits, labels, weights, diagnostics) = model(batch)
-            keep = weights > 0
-            logits_parts.append(logits[keep].cpu())
-            label_parts.append(labels[keep].cpu())
+            logits_parts.append(logits)
+            label_parts.append(labels)
+            weight_parts.append(weights)
             if batch.oracle is not None:
-                oracle_parts.append(batch.oracle[keep].cpu().float())
+                oracle_parts.append(batch.oracle.float())
             for key, value in diagnostics.items():
                 if value.numel() == 1:
-                    diag_sums[key] = diag_sums.get(key, 0.0) + float(value)
+                    value = value.detach().reshape(()).double()
+                    diag_sums[key] = diag_sums[key] + value if key in diag_sums else value
                     diag_counts[key] = diag_counts.get(key, 0) + 1
     finally:
         model.train(was_training)
-    logits = gather_all(torch.cat(logits_parts) if logits_parts else torch.zeros(0, 1))
-    labels = gather_all(torch.cat(label_parts) if label_parts else torch.zeros(0, 1))
-    oracle = gather_all(torch.cat(oracle_parts)) if oracle_parts else None
+    keep = torch.cat(weight_parts).cpu() > 0 if weight_parts else torch.zeros(0, dtype=torch.bool)
+    logits = torch.cat(logits_parts).cpu()[keep] if logits_parts else torch.zeros(0, 1)
+    labels = torch.cat(label_parts).cpu()[keep] if label_parts else torch.zeros(0, 1)
+    oracle = torch.cat(oracle_parts).cpu()[keep] if oracle_parts else None
     out = ctr_metrics(logits, labels, oracle)
     for key, total in diag_sums.items():
-        out[key] = total / diag_counts[key]
+        out[key] = float(total) / diag_counts[key]
     return out

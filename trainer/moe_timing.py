@@ -36,14 +36,18 @@ class MoEDispatchTimer:
                 module.wall_clock_breakdown = True
                 self.layers.append(module)
 
-    def take(self, steps: int) -> dict[str, float]:
-        """``{"time/moe_dispatch_fwd": seconds per step}`` since the last call (``{}`` without MoE layers)."""
-        if not self.layers or steps <= 0:
-            return {}
+    def take_ms(self) -> float:
+        """Milliseconds of forward MoE all-to-all since the last call (0 without MoE layers); resets the timers."""
         ms = 0.0
         for layer in self.layers:
             ms += float(layer.time_falltoall) + float(layer.time_salltoall)
             layer.time_falltoall = layer.time_salltoall = 0.0
             for timer in getattr(layer.timers, "timers", {}).values():
                 timer.reset()
-        return {"time/moe_dispatch_fwd": ms / 1e3 / steps}
+        return ms
+
+    def take(self, steps: int) -> dict[str, float]:
+        """``{"time/moe_dispatch_fwd": seconds per step}`` since the last call (``{}`` without MoE layers)."""
+        if not self.layers or steps <= 0:
+            return {}
+        return {"time/moe_dispatch_fwd": self.take_ms() / 1e3 / steps}

@@ -23,42 +23,112 @@ PHASES = ("data", "input_dist", "forward", "backward", "optimizer")
 
 
 class PhaseTimer:
-    """Accumulates wall time per phase of the step (exact on CPU, where everything is synchronous)."""
+    """Time per phase of the step, read once per log window (``take``).
 
-    def __init__(self, device: torch.device) -> None:
+    CPU: host clocks around each phase (exact: everything there is synchronous). CUDA: a pair of
+    events on the current stream around each phase, whose elapsed times are read in ``take``, so
+    timing adds no host synchronisation to the step; a phase's time is how long it held the compute
+    stream (the copy and input all-to-all that TorchRec runs on its side streams count only where
+    the compute stream waits for them). ``synchronize=True`` (``--profile``) waits for the device
+    after each phase instead, which serialises the pipeline but times each phase's own work.
+
+    A step driver may time the whole step (``begin_step`` / ``end_step``) and name one phase the
+    ``residual``: it gets the step's time not claimed by the other phases.
+
+    Args:
+        device: the training device.
+        synchronize: CUDA only: wait for the device after every phase (profiling).
+        residual: the phase that gets the unclaimed time of each timed step, or None.
+    """
+
+    def __init__(self, device: torch.device, synchronize: bool = False, residual: str | None = None) -> None:
         self.device = device
+        self.synchronize = synchronize
+        self.residual = residual
         self.totals: dict[str, float] = defaultdict(float)
+        self._events: list[tuple[str, Any, Any]] = []  # (phase, start, end) CUDA events not read yet
+        self._step_start: Any = None
+
+    def _use_events(self) -> bool:
+        return self.device.type == "cuda" and not self.synchronize
+
+    def _now(self) -> Any:
+        """A point in time: a recorded CUDA event, or host seconds."""
+        if self._use_events():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _add(self, phase: str, start: Any, end: Any) -> None:
+        if self._use_events():
+            self._events.append((phase, start, end))
+        else:
+            self.totals[phase] += end - start
 
     def timed(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` and add its duration to ``phase``."""
-        start = time.perf_counter()
+        start = self._now()
         try:
             return fn(*args)
         finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.totals[phase] += time.perf_counter() - start
+            self._add(phase, start, self._now())
+
+    def begin_step(self) -> None:
+        """The step starts (for the ``residual`` phase)."""
+        self._step_start = self._now()
+
+    def end_step(self) -> None:
+        """The step ends: its time not claimed by another phase goes to the ``residual`` phase."""
+        if self._step_start is not None:
+            self._add("step", self._step_start, self._now())
+            self._step_start = None
 
     def take(self) -> dict[str, float]:
-        """The totals since the last call, in seconds; resets them."""
+        """The totals since the last call, in seconds; resets them (CUDA: waits for the last event)."""
+        if self._events:
+            self._events[-1][2].synchronize()
+            for phase, start, end in self._events:
+                self.totals[phase] += start.elapsed_time(end) / 1e3
+            self._events.clear()
+        step = self.totals.pop("step", 0.0)
         out = {p: self.totals.get(p, 0.0) for p in PHASES}
+        if self.residual is not None and step:
+            claimed = sum(v for p, v in out.items() if p != self.residual)
+            out[self.residual] = max(0.0, step - claimed)
         self.totals.clear()
         return out
 
 
 class _UpdaterAsOptimizer:
-    """What TorchRec's pipeline calls ``optimizer``: zero_grad goes to the updater."""
+    """What TorchRec's pipeline calls ``optimizer``: zero_grad and step go to the updater (step timed)."""
 
     param_groups: list[dict[str, Any]] = []
 
-    def __init__(self, updater: Updater) -> None:
+    def __init__(self, updater: Updater, timer: PhaseTimer) -> None:
         self.updater = updater
+        self.timer = timer
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.updater.zero_grad()
 
-    def step(self) -> None:  # the pipeline's _optimizer_step is overridden below
-        raise AssertionError("unreachable: HybridTrainPipeline steps the dense backend itself")
+    def step(self) -> None:
+        self.timer.timed("optimizer", self.updater.step)
+
+
+TORCHREC_PRIVATE_API = {
+    "TrainPipelineSparseDist._backward(self, losses)": "overridden: the dense backend runs backward",
+    "TrainPipelineSparseDist._model_attached": "detach/attach keep the pipelined forwards",
+    "TrainPipelineSparseDist._pipelined_modules": "detach/attach keep the pipelined forwards",
+    "TrainPipelineSparseDist._pipelined_postprocs": "attach falls back to TorchRec's own when set",
+    "TrainPipelineSparseDist._model": "attach compares the model",
+    "ShardedModule._input_dists[i]._dist": "the KJT all-to-all whose forward detach keeps",
+}
+"""TorchRec 1.8 internals this module relies on (TorchRec has no public hook for a custom backward or
+for pausing the pipeline without restarting the batch in flight); ``tests/trainer/test_pipeline_eval.py``
+checks each one and fails naming it when TorchRec changes."""
 
 
 class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
@@ -72,9 +142,11 @@ class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
     """
 
     def __init__(self, model: RecModel, updater: Updater, device: torch.device, timer: PhaseTimer) -> None:
-        super().__init__(model, _UpdaterAsOptimizer(updater), device, execute_all_batches=True)  # type: ignore[arg-type]
+        optimizer = _UpdaterAsOptimizer(updater, timer)
+        super().__init__(model, optimizer, device, execute_all_batches=True)  # type: ignore[arg-type]
         self._updater = updater
         self._timer = timer
+        timer.residual = "forward"  # the forward runs inside ``progress``, between the phases timed here
         self._kept_forwards: tuple[list[Any], list[Any]] | None = None  # set by ``detach``
 
     def enqueue_batch(self, dataloader_iter: Iterator[Any]) -> bool:
@@ -92,9 +164,6 @@ class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
 
     def _backward(self, losses: torch.Tensor) -> None:
         self._timer.timed("backward", self._updater.backward, losses)
-
-    def _optimizer_step(self) -> None:
-        self._timer.timed("optimizer", self._updater.step)
 
     def detach(self) -> torch.nn.Module:
         """The model with its sharded modules' own forwards back (for evaluation between steps).
@@ -126,13 +195,16 @@ class HybridTrainPipeline(TrainPipelineSparseDist):  # type: ignore[misc]
         self._model_attached = True
 
     def step(self, batches: Iterator[Any]) -> StepOutput:
-        """One training step; ``StopIteration`` when the data is exhausted."""
-        start = time.perf_counter()
-        before = dict(self._timer.totals)
-        out = super().progress(batches)
-        elapsed = time.perf_counter() - start
-        counted = sum(self._timer.totals[p] - before.get(p, 0.0) for p in PHASES if p != "forward")
-        self._timer.totals["forward"] += max(0.0, elapsed - counted)
+        """One training step; ``StopIteration`` when the data is exhausted.
+
+        The forward pass runs inside TorchRec's ``progress`` between the phases timed above, so the
+        timer (``residual="forward"``) gives it the step's time that no other phase claimed.
+        """
+        self._timer.begin_step()
+        try:
+            out = super().progress(batches)
+        finally:
+            self._timer.end_step()
         return out  # type: ignore[no-any-return]
 
 
@@ -165,7 +237,7 @@ class PlainStepper:
 
     def step(self, batches: Iterator[Any]) -> StepOutput:
         """One training step; ``StopIteration`` when the data is exhausted."""
-        batch = self._timer.timed("data", lambda: next(batches).to(self.device))
+        batch = self._timer.timed("data", lambda: next(batches).to(self.device, non_blocking=True))
         self.updater.zero_grad()
         loss, out = self._timer.timed("forward", self.model, batch)
         self._timer.timed("backward", self.updater.backward, loss)

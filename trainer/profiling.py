@@ -36,9 +36,10 @@ from torch import nn
 from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
-from recscale.modules.flops import FlopCount
+from recscale.modules.flops import FlopCount, flop_counter
 from recscale.trainer.peaks import above_peak_warning
 from recscale.trainer.profile_groups import ResolvedGroup, resolve_groups
+from recscale.trainer.rates import rates
 
 log = logging.getLogger("recscale")
 
@@ -143,7 +144,7 @@ class StepProfiler:
     # --------------------------------------------------------------------------------------- recording
 
     def _start(self) -> None:
-        flops_keys = list(self.dense.flops())  # type: ignore[operator]
+        flops_keys = list(flop_counter(self.dense).flops())
         self._rows, _ = resolve_groups(self.dense, flops_keys)
         named = dict(self.dense.named_modules())
         for row in self._rows:
@@ -171,7 +172,7 @@ class StepProfiler:
         self._prof.export_chrome_trace(str(tmp))
         tmp.replace(trace)
         # every rank asks: it also clears the profiled steps
-        breakdown = self.breakdown() if self.breakdown else self.dense.flops()  # type: ignore[operator]
+        breakdown = self.breakdown() if self.breakdown else flop_counter(self.dense).flops()
         if self.rank == 0:
             table = module_table(self._prof.events(), self._rows, breakdown, self.device, steps, wall)
             table |= {"examples_per_step": self.examples_per_step, "peak_tflops": self.peak}
@@ -288,9 +289,11 @@ def add_rates(table: dict[str, Any], examples: int, peak_tflops: float | None) -
     """Add TFLOP/s and MFU to every row with time and FLOPs (MFU None without a peak)."""
     for row in table["rows"]:
         seconds = (row["forward_ms"] + row["backward_ms"]) / 1e3
-        rate = row["flops_train"] * examples / seconds if seconds > 0 and row["flops_train"] else None
-        row["tflops"] = rate / 1e12 if rate is not None else None
-        row["mfu"] = rate / (peak_tflops * 1e12) if rate is not None and peak_tflops else None
+        if seconds > 0 and row["flops_train"]:
+            rate = rates(examples, row["flops_train"] * examples, seconds, peak_tflops)
+            row["tflops"], row["mfu"] = rate.tflops_per_rank, rate.mfu
+        else:
+            row["tflops"], row["mfu"] = None, None
 
 
 def format_table(table: dict[str, Any]) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 from recscale.configs.schema import StageConfig
 from recscale.modules.hilomoe import apply_training_stage, stage_group_scales, stage_lr_scales
 from recscale.sharding.apply import ParallelModel
-from recscale.trainer.metrics import BatchFlops
+from recscale.trainer.batch_flops import BatchFlops
+from recscale.trainer.rates import rates
 
 
 class StageSchedule:
@@ -119,8 +120,7 @@ def stage_rows(
         first = schedule.starts[index] + 1
         end = schedule.starts[index + 1] if index + 1 < len(schedule.stages) else first + stage.steps - 1
         seconds = steady_seconds.get(index, 0.0)
-        per_rank = steady.examples / world_size / seconds if seconds else None
-        tflops = steady.real_train / world_size / seconds / 1e12 if seconds else None
+        rate = rates(steady.examples, steady.real_train, seconds, peak_tflops, world_size) if seconds else None
         per_example = run.per_example() if run.examples else None
         rows.append(
             {
@@ -132,9 +132,9 @@ def stage_rows(
                 "flops_per_example": None
                 if per_example is None
                 else {"forward": per_example.forward, "train": per_example.train},
-                "examples_per_s_per_rank": per_rank,
-                "tflops_per_rank": tflops,
-                "mfu": tflops / peak_tflops if tflops is not None and peak_tflops else None,
+                "examples_per_s_per_rank": rate.examples_per_s_per_rank if rate else None,
+                "tflops_per_rank": rate.tflops_per_rank if rate else None,
+                "mfu": rate.mfu if rate else None,
             }
         )
     return rows

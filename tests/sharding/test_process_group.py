@@ -30,3 +30,23 @@ def _shutdown_with_a_subgroup_held(rank: int, world: int) -> dict[str, object]:
 def test_shutdown_destroys_every_group_and_is_idempotent():
     results = run_distributed(_shutdown_with_a_subgroup_held, 2)
     assert results == [{"sum": 2.0, "initialized_after": False}] * 2
+
+
+def test_flight_recorder_env_dumps_into_the_run_directory(tmp_path, monkeypatch):
+    """GPU runs turn the NCCL flight recorder on: each rank dumps ``<run_dir>/flight_recorder/rank_<r>`` on a
+    timeout; a value the user set already is kept."""
+    from recscale.sharding.process_group import FLIGHT_RECORDER_DIR, enable_flight_recorder, flight_recorder_env
+
+    env = flight_recorder_env(tmp_path)
+    assert env["TORCH_NCCL_DUMP_ON_TIMEOUT"] == "1"
+    assert int(env["TORCH_NCCL_TRACE_BUFFER_SIZE"]) > 0
+    assert env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == str(tmp_path / FLIGHT_RECORDER_DIR / "rank_")
+    for key in env:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("TORCH_NCCL_TRACE_BUFFER_SIZE", "50")
+    enable_flight_recorder(tmp_path)
+    import os
+
+    assert os.environ["TORCH_NCCL_TRACE_BUFFER_SIZE"] == "50"
+    assert os.environ["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"]
+    assert (tmp_path / FLIGHT_RECORDER_DIR).is_dir()

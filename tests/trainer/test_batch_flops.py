@@ -11,8 +11,8 @@ import torch
 from recscale.data.prepare import prepare_data
 from recscale.modules.build import build_model
 from recscale.modules.flops import Lengths, total
+from recscale.trainer.batch_flops import BatchFlops
 from recscale.trainer.loop import train
-from recscale.trainer.metrics import BatchFlops
 from tests.distributed import run_distributed
 from tests.modules.seq_helpers import seq_batch, seq_config
 from tests.trainer.runs import new_run, small_job

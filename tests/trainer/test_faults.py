@@ -77,16 +77,19 @@ def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
 
 
 def _train_rank1_dies_while_saving(rank, world, cfg, run_dir):
-    import torch
+    from recscale.sharding.checkpoint import writer
 
-    real_save = torch.save
+    real_write = writer._HashingStream.write
 
-    def save(obj, path, *args, **kwargs):
-        if rank == 1 and "step_00000008.tmp" in str(path):
-            os._exit(9)  # rank 1 dies after DCP wrote its shards, before its trainer state
-        return real_save(obj, path, *args, **kwargs)
+    def write(self, data):
+        if rank == 1 and "step_00000008.tmp" in self._file.name:  # half of its first write, then gone
+            view = memoryview(data).cast("B")
+            real_write(self, view[: len(view) // 2])
+            self.flush()
+            os._exit(9)
+        return real_write(self, data)
 
-    torch.save = save
+    writer._HashingStream.write = write
     return train(cfg, run_dir)
 
 
@@ -98,6 +101,7 @@ def test_a_rank_dying_mid_save_leaves_no_complete_looking_checkpoint(tmp_path):
         run_distributed(_train_rank1_dies_while_saving, 2, cfg, run_dir, timeout_s=120)
     root = run_dir / "checkpoints"
     assert (root / "step_00000008.tmp").is_dir() and not (root / "step_00000008").exists()
+    assert (root / "step_00000008.tmp" / "__1_0.distcp").is_file()  # rank 1's half-written shard file
     assert not (root / "step_00000008.tmp" / "manifest.json").exists()
     manager = CheckpointManager(run_dir, cfg.checkpoint, 0, 1)
     assert [p.name for p in manager.list_complete()] == ["step_00000004"]

@@ -15,9 +15,9 @@ from recscale.modules.build import dense_flops, model_inputs
 from recscale.modules.dcnv2 import DCNv2Dense
 from recscale.modules.registry import get_spec
 from recscale.trainer.embedding_traffic import EmbeddingTraffic
-from recscale.trainer.metrics import embedding_bandwidth
 from recscale.trainer.profile_groups import resolve_groups
 from recscale.trainer.profiling import RANGE_PREFIX, StepProfiler, _range_hooks, add_rates, module_table
+from recscale.trainer.rates import embedding_bandwidth
 from tests.batches import random_batch, tiny_config
 
 

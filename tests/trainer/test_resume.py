@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from recscale.sharding.checkpoint import read_manifest
 from recscale.trainer.checkpoint import CheckpointManager
 from tests.distributed import run_distributed
 from tests.trainer.runs import eval_checkpoint_worker, final_eval, losses, new_run, small_job, train_worker
@@ -49,7 +50,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(uninterrupted, cap
     run_dir = new_run(root, "damaged", cfg)
     for step in ("step_00000004", "step_00000008"):
         shutil.copytree(full / "checkpoints" / step, run_dir / "checkpoints" / step)
-    victim = next((run_dir / "checkpoints" / "step_00000008" / "sparse").glob("*.distcp"))
+    victim = next((run_dir / "checkpoints" / "step_00000008").glob("*.distcp"))
     victim.write_bytes(victim.read_bytes()[:-7])  # truncated
     manager = CheckpointManager(run_dir, cfg.checkpoint, 0, 1)
     assert any("truncated" in p for p in CheckpointManager.verify(run_dir / "checkpoints" / "step_00000008"))
@@ -74,25 +75,42 @@ def test_checkpoint_of_two_ranks_loads_on_other_world_sizes(uninterrupted, world
     assert all(math.isfinite(v) for v in losses(run_dir).values())
 
 
-@pytest.mark.parametrize(
-    ("zero", "precision", "deepspeed_files"), [(1, "fp32", True), (2, "fp32", True), (2, "bf16", False)]
-)
-def test_deepspeed_dense_resume_is_exact(tmp_path, zero, precision, deepspeed_files):
-    """From DeepSpeed's own files, or without them (``checkpoint.deepspeed_files: false``) from the
-    layout-free form: bf16 weights under ZeRO 2 too (fp32 masters and Adam moments in partitions)."""
+def test_resume_across_world_sizes_two_then_one_then_three(uninterrupted):
+    """A 2-rank checkpoint resumed on 1 rank, whose own checkpoint is then resumed on 3 ranks."""
+    cfg, full, root = uninterrupted
+    on_one = new_run(root, "chain1", cfg)
+    shutil.copytree(full / "checkpoints" / "step_00000004", on_one / "checkpoints" / "step_00000004")
+    assert run_distributed(train_worker, 1, cfg, on_one, True) == [16]
+    written_on_one = on_one / "checkpoints" / "step_00000012"
+    assert read_manifest(written_on_one)["world_size"] == 1
+    on_three = new_run(root, "chain3", cfg)
+    shutil.copytree(written_on_one, on_three / "checkpoints" / written_on_one.name)
+    assert run_distributed(train_worker, 3, cfg, on_three, True) == [16, 16, 16]
+    got = losses(on_three)
+    assert sorted(got) == [13, 14, 15, 16] and all(math.isfinite(v) for v in got.values())
+    # and the 1-rank checkpoint holds the same model read on 3 ranks as on 1
+    here, there = (run_distributed(eval_checkpoint_worker, w, written_on_one)[0] for w in (1, 3))
+    assert math.isclose(here["auc"], there["auc"], abs_tol=1e-6)
+    assert math.isclose(here["logloss"], there["logloss"], abs_tol=1e-6)
+
+
+@pytest.mark.parametrize(("zero", "precision"), [(1, "fp32"), (2, "fp32"), (2, "bf16")])
+def test_deepspeed_dense_resume_is_exact(tmp_path, zero, precision):
+    """Through the one checkpoint format: ZeRO 1/2 fragments, bf16 weights with fp32 masters and Adam
+    moments in partitions, each rank writing only its own partition."""
     cfg = small_job(
         tmp_path / "cache",
         "sharding.dense=deepspeed",
         f"sharding.zero_stage={zero}",
         f"trainer.precision={precision}",
-        f"checkpoint.deepspeed_files={deepspeed_files}",
         "trainer.epochs=1",
     )
     full = new_run(tmp_path, "full", cfg)
     run_distributed(train_worker, 2, cfg, full, False)
     checkpoint = full / "checkpoints" / "step_00000004"
-    assert (checkpoint / "dense" / "dense").is_dir() == deepspeed_files
-    assert (checkpoint / "dense" / ".metadata").is_file()  # the layout-free form, always
+    files = read_manifest(checkpoint)["files"]
+    assert sorted(files) == [".metadata", "__0_0.distcp", "__1_0.distcp", "trainer/rank0.json", "trainer/rank1.json"]
+    assert [p.name for p in checkpoint.iterdir() if p.is_dir()] == ["trainer"]  # no second copy of anything
     resumed = new_run(tmp_path, "resumed", cfg)
     shutil.copytree(checkpoint, resumed / "checkpoints" / "step_00000004")
     run_distributed(train_worker, 2, cfg, resumed, True)

@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from recscale.configs import ConfigError, load_config
 from recscale.configs.schema import StageConfig
 from recscale.configs.validate import validate
+from recscale.sharding.checkpoint.export import dense_weights
 from recscale.trainer.stages import StageSchedule
 from tests.distributed import run_distributed
 from tests.trainer.runs import losses, new_run, small_job, train_watching_stages
@@ -66,12 +66,6 @@ def _train(rank, world, cfg, run_dir, resume):
     return entered
 
 
-def _dense_weights(checkpoint, tmp_path):
-    out = tmp_path / f"{checkpoint.name}.pt"
-    dcp_to_torch_save(str(checkpoint / "dense"), str(out))
-    return torch.load(out, weights_only=False)["model"]
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_stage_ends_on_plateau_and_next_starts_from_best(tmp_path):
@@ -95,8 +89,8 @@ def test_stage_ends_on_plateau_and_next_starts_from_best(tmp_path):
     ]
 
     # the experts stage began from step 2's weights, not from where the backbone stage stopped (step 4)
-    best = _dense_weights(full / "checkpoints" / "best", tmp_path)
-    at_stop = _dense_weights(full / "checkpoints" / "step_00000004", tmp_path)
+    best = dense_weights(full / "checkpoints" / "best")
+    at_stop = dense_weights(full / "checkpoints" / "step_00000004")
     start = entered["experts"]
     assert all(torch.equal(start[k], best[k]) for k in best)
     assert any(not torch.equal(start[k], at_stop[k]) for k in at_stop if at_stop[k].is_floating_point())

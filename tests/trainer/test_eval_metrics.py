@@ -1,0 +1,131 @@
+"""Evaluation metrics over ranks without gathering the predictions: equal to the single-process formulas.
+
+The reference is the computation the trainer used before (every prediction gathered to every rank,
+then ``auc`` / ``logloss`` / ``normalized_entropy`` on the whole set): the distributed AUC must equal
+it exactly (ties included), logloss and NE up to float64 summation order, at 2 and 3 ranks, with
+uneven shards, a rank without examples, and scores tied across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recscale.trainer.eval_metrics import (
+    _exchange,
+    _splitters,
+    auc,
+    ctr_metrics,
+    distributed_auc,
+    logloss,
+    normalized_entropy,
+    tie_runs,
+)
+from tests.distributed import run_distributed
+
+
+def _data(n: int, tasks: int, seed: int, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits rounded to ``levels`` values per unit (many ties), labels correlated with them, an oracle."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.round(torch.randn(n, tasks, generator=g) * levels) / levels
+    oracle = torch.sigmoid(logits + 0.3 * torch.randn(n, tasks, generator=g))
+    labels = (torch.rand(n, tasks, generator=g) < oracle).float()
+    return logits, labels, oracle
+
+
+def _reference(logits: torch.Tensor, labels: torch.Tensor, oracle: torch.Tensor) -> dict[str, float]:
+    """What the trainer computed on the gathered predictions."""
+    out = {"num_examples": float(labels.shape[0])}
+    probs = torch.sigmoid(logits.double())
+    for t in range(labels.shape[1]):
+        suffix = "" if t == 0 else f"/task{t}"
+        out[f"auc{suffix}"] = auc(logits[:, t], labels[:, t])
+        out[f"logloss{suffix}"] = logloss(probs[:, t], labels[:, t])
+        out[f"ne{suffix}"] = normalized_entropy(probs[:, t], labels[:, t])
+        out[f"oracle_auc{suffix}"] = auc(oracle[:, t], labels[:, t])
+        out[f"oracle_logloss{suffix}"] = logloss(oracle[:, t], labels[:, t])
+        out[f"auc_gap{suffix}"] = out[f"oracle_auc{suffix}"] - out[f"auc{suffix}"]
+    return out
+
+
+def _shards(world: int) -> list[int]:
+    """Uneven shard sizes; the last rank of 3 gets nothing."""
+    return {1: [1000], 2: [700, 300], 3: [600, 400, 0]}[world]
+
+
+def _on_rank(rank: int, world: int) -> dict[str, object]:
+    """Every distributed case on one process group (spawning ranks costs more than the cases)."""
+    out: dict[str, object] = {}
+    for levels in LEVELS:
+        logits, labels, oracle = _data(1000, 2, seed=7, levels=levels)
+        sizes = _shards(world)
+        lo = sum(sizes[:rank])
+        part = slice(lo, lo + sizes[rank])
+        out[f"metrics/{levels}"] = ctr_metrics(logits[part], labels[part], oracle[part])
+    scores = torch.zeros(50 + 25 * rank)
+    out["constant"] = distributed_auc(scores, (torch.arange(scores.numel()) % 3 == 0).float())
+    out["one_class"] = distributed_auc(torch.randn(10), torch.ones(10))
+    if world == 3:
+        out["held"] = _received_runs(rank, world)
+    return out
+
+
+def _received_runs(rank: int, world: int) -> int:
+    """How many tie runs this rank holds after the exchange (3000 distinct scores, skewed shards)."""
+    g = torch.Generator().manual_seed(rank)
+    n = [2000, 700, 300][rank]
+    scores = torch.randn(n, generator=g) * (1 + rank)  # ranks' score ranges differ
+    runs = tie_runs(scores, (torch.rand(n, generator=g) < 0.5).float())
+    received = _exchange(runs, _splitters(runs[0], world, None), world, None)
+    return int(received[0].numel())
+
+
+LEVELS = (4, 1000)
+"""Score resolutions: heavy ties across ranks, nearly distinct scores."""
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def ranks(request: pytest.FixtureRequest) -> tuple[int, list[dict[str, object]]]:
+    return request.param, run_distributed(_on_rank, request.param)
+
+
+@pytest.mark.parametrize("levels", LEVELS)
+def test_distributed_metrics_equal_the_gathered_computation(ranks, levels: int) -> None:
+    world, results = ranks
+    logits, labels, oracle = _data(1000, 2, seed=7, levels=levels)
+    expected = _reference(logits, labels, oracle)
+    for result in results:
+        got = result[f"metrics/{levels}"]
+        assert set(got) == set(expected)
+        for key, value in expected.items():
+            if key.startswith(("auc", "oracle_auc", "num_examples")):
+                assert got[key] == value, key  # exact: integer counts in float64
+            else:
+                assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def test_a_constant_predictor_scores_one_half_over_ranks(ranks) -> None:
+    assert [r["constant"] for r in ranks[1]] == [0.5] * ranks[0]
+
+
+def test_auc_is_nan_when_a_class_is_absent_everywhere(ranks) -> None:
+    assert all(math.isnan(r["one_class"]) for r in ranks[1])
+
+
+@pytest.mark.parametrize("ranks", [3], indirect=True)
+def test_each_rank_holds_about_its_share_of_the_examples(ranks) -> None:
+    """Memory per rank stays bounded: the exchange balances 3000 runs over 3 ranks (none gathers them all)."""
+    _, results = ranks
+    held = [r["held"] for r in results]
+    assert sum(held) == 3000
+    assert max(held) <= 1.2 * 1000, held
+
+
+def test_single_process_metrics_equal_the_reference() -> None:
+    logits, labels, oracle = _data(500, 1, seed=3, levels=8)
+    got = ctr_metrics(logits, labels, oracle)
+    expected = _reference(logits, labels, oracle)
+    assert got["auc"] == expected["auc"]
+    assert got["logloss"] == pytest.approx(expected["logloss"], rel=1e-12)

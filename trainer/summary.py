@@ -1,0 +1,102 @@
+"""``summary.json``: what a finished run reports (final evaluation, throughput, FLOPs, MFU, stages)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from recscale.configs import JobConfig, config_hash
+from recscale.modules.flops import flop_counter
+from recscale.sharding.apply import ParallelModel
+from recscale.sharding.process_group import DistInfo
+from recscale.trainer.peaks import above_peak_warning, device_description
+from recscale.trainer.rates import embedding_bandwidth
+from recscale.trainer.run_dir import SUMMARY, write_json
+from recscale.trainer.run_meter import WARMUP_STEPS, RunMeter
+from recscale.trainer.stages import StageSchedule, stage_rows
+from recscale.trainer.versions import versions
+
+log = logging.getLogger("recscale")
+
+
+def run_summary(
+    cfg: JobConfig,
+    run_dir: Path,
+    info: DistInfo,
+    parallel: ParallelModel,
+    meter: RunMeter,
+    schedule: StageSchedule | None,
+    step: int,
+    final: dict[str, float],
+    wall_s: float,
+) -> dict[str, Any]:
+    """The run's summary (the same on every rank; a collective); rank 0 writes ``summary.json``.
+
+    Throughput and MFU are over the steady steps (after ``WARMUP_STEPS``, outside a profile window),
+    FLOPs per example over every trained example of every rank, at real and at padded sequence lengths.
+    """
+    real, padded = meter.steady_rates()
+    run = meter.batch_flops.run.summed_over_ranks()
+    per_example, per_example_padded = run.per_example(), run.per_example(padded=True)
+    dense = parallel.dense.inner
+    breakdown = flop_counter(dense).flops()
+    world = info.world_size
+    steps = meter.steady_steps
+    emb = meter.traffic.run_mean()
+    summary = {
+        "name": cfg.name,
+        "run_dir": str(run_dir),
+        "steps": step,
+        "world_size": world,
+        "device": info.device.type,
+        "device_name": device_description(info.device),
+        "precision": cfg.trainer.precision,
+        "batch_size": cfg.trainer.batch_size,
+        "batch_size_per_rank": meter.per_rank_batch,
+        "final_eval": final,
+        "throughput": {
+            "examples_per_s": real.examples_per_s_per_rank * world,
+            "examples_per_s_per_rank": real.examples_per_s_per_rank,
+            "steps_measured": steps,
+            "mean_step_time_s": meter.steady_seconds / steps if steps else None,
+            "excluded_warmup_steps": WARMUP_STEPS,
+        },
+        "flops_per_example": {"forward": per_example.forward, "train": per_example.train},
+        "flops_per_example_padded": {"forward": per_example_padded.forward, "train": per_example_padded.train},
+        "padding": {k.removeprefix("padding/"): v for k, v in run.record().items() if k.startswith("padding/")},
+        "params": {
+            "dense": sum(p.numel() for p in dense.parameters()),
+            "embedding": sum(t.num_embeddings * (t.dim or cfg.embeddings.dim) for t in cfg.embeddings.tables),
+        },
+        "flops_breakdown": {k: {"forward": v.forward, "train": v.train} for k, v in breakdown.items()},
+        "dense_parameters": sum(p.numel() for p in dense.parameters()),
+        "embedding": {
+            "bytes_per_example": emb,
+            "gbytes_per_s_per_rank": embedding_bandwidth(emb, real.examples_per_s_per_rank),
+        },
+        "peak_tflops_per_rank": meter.peak,
+        "tflops_per_rank": real.tflops_per_rank,
+        "mfu": real.mfu,
+        "mfu_padded": padded.mfu,
+        "stages": None
+        if schedule is None
+        else stage_rows(
+            schedule,
+            step,
+            meter.batch_flops,
+            meter.stage_steps,
+            meter.stage_steady_seconds,
+            world,
+            meter.peak,
+        ),
+        "wall_time_s": wall_s,
+        "config_hash": config_hash(cfg),
+        "versions": versions(),
+    }
+    if info.is_main:
+        write_json(run_dir / SUMMARY, summary)
+        warning = above_peak_warning(summary["mfu"], meter.peak, meter.peak_source)
+        if warning:
+            log.warning("%s", warning)
+    return summary
