@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bootstrap() -> None:
     """Make ``import recscale.modules...`` work from a bare checkout (no pip install)."""
-    if importlib.util.find_spec("recscale") is not None:
-        return
+    if "recscale" in sys.modules or importlib.util.find_spec("recscale") is not None:
+        return  # installed, or mapped by an earlier call
     pkg = types.ModuleType("recscale")
     pkg.__path__ = [str(ROOT)]  # recscale.modules -> ROOT/modules, recscale.configs -> ROOT/configs
     sys.modules["recscale"] = pkg

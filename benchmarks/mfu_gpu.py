@@ -1,13 +1,13 @@
 """MFU of the dense arches (DCN-V2, Wukong at the paper's scaling configs, HiLoMoE, Kunlun), bf16, fwd + bwd.
 
-    python benchmarks/mfu_gpu.py                                   # CUDA, production shapes, every model
+    python benchmarks/mfu_gpu.py                                   # CUDA, production shapes, the default models
     python benchmarks/mfu_gpu.py --models wukong_5p6g,kunlun --compile
     python benchmarks/mfu_gpu.py --device cpu --tiny               # smoke test of the script itself
 
 Plain torch (the GPU benchmark machine has no TorchRec): each dense arch is built from its preset
 through the model's own builder with duck-typed input shapes; its inputs are what the sparse arch would
 hand it (pooled embeddings that need a gradient, dense features, padded sequences for Kunlun), so the
-embedding lookups are not in the measured step (DESIGN.md §5: they are bytes, not FLOPs). One step =
+embedding lookups are not in the measured step (they are memory traffic, not FLOPs). One step =
 forward + backward of the whole arch (no optimizer), timed with CUDA events after warm-up.
 MFU = analytic training FLOPs per example (the model's ``flops()``, active experts only) x examples/s /
 the device's dense bf16 peak (``recscale.trainer.peaks``: vendor table by device name; a matmul probe on
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,13 @@ GOAL_MFU = 0.40
 
 # name -> (preset, overrides at production shapes, overrides at --tiny, examples per step (prod, tiny))
 PRESET_MODELS: dict[str, tuple[str, list[str], list[str], tuple[int, int]]] = {
+    # MLPerf's DLRM-DCNv2 as its reference trains it: global batch 65,536 on 8 GPUs
+    "dcnv2_mlperf": (
+        "mlperf_dlrm_dcnv2",
+        [],
+        ["embeddings.dim=8", "model.dcnv2.low_rank=8", "model.over_arch=[32]", "model.dense_arch=[16,8]"],
+        (8192, 8),
+    ),
     "dcnv2": (
         "dcnv2_criteo",
         ["embeddings.dim=128", "model.dcnv2.low_rank=256", "model.over_arch=[1024,1024,1024]"],
@@ -59,7 +67,7 @@ PRESET_MODELS: dict[str, tuple[str, list[str], list[str], tuple[int, int]]] = {
         for size, batch in (("0p5g", 4096), ("1p25g", 4096), ("5p6g", 2048), ("22g", 1024), ("108g", 512))
     },
 }
-DEFAULT_MODELS = ["dcnv2", "dcnv2_hilomoe", "wukong_0p5g", "wukong_5p6g", "wukong_22g", "kunlun"]
+DEFAULT_MODELS = ["dcnv2_mlperf", "dcnv2", "dcnv2_hilomoe", "wukong_0p5g", "wukong_5p6g", "wukong_22g", "kunlun"]
 
 
 def pooled_layout(cfg: Any) -> Any:
@@ -75,8 +83,28 @@ def pooled_layout(cfg: Any) -> Any:
     return PooledLayout(tuple(names), tuple(dims))
 
 
-def build_preset_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype, batch: int):  # noqa: ANN201
-    """(model, step, shapes) for a preset-built arch: ``step()`` runs forward + backward once."""
+@dataclass
+class Built:
+    """One dense arch ready to time: ``step()`` runs forward + backward once on ``inputs``."""
+
+    model: torch.nn.Module
+    step: Callable[[], None]
+    shapes: dict[str, Any]
+    inputs: dict[str, Any]
+    """The arch's keyword inputs: ``dense``, ``pooled`` (+ ``sequences``, ``masks``, ``timestamps``)."""
+    optimizer: str
+    """The preset's dense optimizer (``adam``, ``adagrad``, ...)."""
+
+
+def build(name: str, tiny: bool, device: torch.device, dtype: torch.dtype, batch: int) -> Built:
+    """Any model of this script by name (``kunlun`` or a key of ``PRESET_MODELS``)."""
+    if name == "kunlun":
+        return build_kunlun_model(tiny, device, dtype, batch)
+    return build_preset_model(name, tiny, device, dtype, batch)
+
+
+def build_preset_model(name: str, tiny: bool, device: torch.device, dtype: torch.dtype, batch: int) -> Built:
+    """A preset-built arch at its production (or tiny) shapes."""
     from recscale.configs import load_config
     from recscale.modules.dcnv2 import DCNv2Dense
     from recscale.modules.hilomoe.convert import build_moe_dense
@@ -116,7 +144,7 @@ def build_preset_model(name: str, tiny: bool, device: torch.device, dtype: torch
         logits, aux, _ = model(dense, pooled)
         (logits.float().sum() + aux.float()).backward()
 
-    shapes = {
+    shapes: dict[str, Any] = {
         "preset": preset,
         "overrides": small if tiny else prod,
         "batch": b,
@@ -133,11 +161,11 @@ def build_preset_model(name: str, tiny: bool, device: torch.device, dtype: torch
         shapes["model"]["hilomoe"] = {k: getattr(m.hilomoe, k) for k in ("num_experts", "num_layers", "routing")}
     if m.arch.startswith("dcnv2"):
         shapes["model"]["dcnv2"] = {k: getattr(m.dcnv2, k) for k in ("num_cross_layers", "low_rank", "structure")}
-    return model, step, shapes
+    return Built(model, step, shapes, {"dense": dense, "pooled": pooled}, cfg.optimizer.dense.name)
 
 
-def build_kunlun_model(tiny: bool, device: torch.device, dtype: torch.dtype, batch: int):  # noqa: ANN201
-    """(model, step, shapes) of the Kunlun stack of ``mfu_gpu_kunlun.py`` (SWA window 256 at production)."""
+def build_kunlun_model(tiny: bool, device: torch.device, dtype: torch.dtype, batch: int) -> Built:
+    """The Kunlun stack of ``mfu_gpu_kunlun.py`` (SWA window 256 at production)."""
     shapes = TINY if tiny else PRODUCTION
     window = 0 if tiny else 256
     with torch.device(device):
@@ -145,7 +173,8 @@ def build_kunlun_model(tiny: bool, device: torch.device, dtype: torch.dtype, bat
     model = model.to(dtype)
     b = batch or (8 if tiny else 256)
     inputs = make_inputs(shapes, b, device, dtype, fill=1.0)
-    return model, train_step(model, inputs), {**shapes.as_dict(), "batch": b, "window": window, "compskip": True}
+    described = {**shapes.as_dict(), "batch": b, "window": window, "compskip": True}
+    return Built(model, train_step(model, inputs), described, inputs, "adam")
 
 
 def measure(
@@ -153,11 +182,9 @@ def measure(
 ) -> dict[str, Any]:
     """Build, time and (optionally) profile one model."""
     torch.manual_seed(0)
-    if name == "kunlun":
-        model, step, shapes = build_kunlun_model(args.tiny, device, dtype, args.batch)
-    else:
-        model, step, shapes = build_preset_model(name, args.tiny, device, dtype, args.batch)
-    runner: Callable[[], None] = step
+    built = build(name, args.tiny, device, dtype, args.batch)
+    model, shapes = built.model, built.shapes
+    runner: Callable[[], None] = built.step
     if args.compile:
         model.forward = torch.compile(model.forward)  # type: ignore[method-assign]
     per_example = sum(c.train for c in model.flops().values())
@@ -228,6 +255,40 @@ def _device_name(device: torch.device) -> str:
     return device_description(device)
 
 
+def peak_for(device: torch.device, dtype: str) -> tuple[float | None, str]:
+    """The dense peak (TFLOP/s) MFU divides by, and where it comes from."""
+    from recscale.trainer.peaks import cpu_peak_tflops, gpu_peak_tflops
+
+    if device.type == "cuda":
+        peak = gpu_peak_tflops(torch.cuda.get_device_name(device), dtype)
+        return peak, "vendor dense peak by device name" if peak else "unknown device: no MFU"
+    return cpu_peak_tflops(dtype), "CPU matmul probe"
+
+
+def document(results: dict[str, Any], device: torch.device, peak: float | None, source: str, args: Any) -> dict:
+    """The ``mfu_gpu.json`` document (``recscale project --benchmark`` reads it)."""
+    return {
+        "benchmark": "mfu_gpu",
+        "device": _device_name(device),
+        "peak_tflops": peak,
+        "peak_source": source,
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "tiny": args.tiny,
+        "what": "dense arch forward + backward per step (no optimizer, no embedding lookups), CUDA events",
+        "models": results,
+    }
+
+
+def summary_line(name: str, r: dict[str, Any]) -> str:
+    """One model's result on one line."""
+    util = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "unknown"
+    return (
+        f"{name:>14}: {r['step_ms']:9.3f} ms/step  {r['tflops']:8.2f} TFLOP/s  MFU {util}  batch {r['shapes']['batch']}"
+    )
+
+
 def main() -> None:  # noqa: D103
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda")
@@ -243,40 +304,19 @@ def main() -> None:  # noqa: D103
     args = ap.parse_args()
 
     bootstrap()
-    from recscale.trainer.peaks import cpu_peak_tflops, gpu_peak_tflops
-
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n != "kunlun" and n not in PRESET_MODELS]
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; known: {', '.join([*PRESET_MODELS, 'kunlun'])}")
-    if device.type == "cuda":
-        peak = gpu_peak_tflops(torch.cuda.get_device_name(device), args.dtype)
-        peak_source = "vendor dense peak by device name" if peak else "unknown device: no MFU"
-    else:
-        peak, peak_source = cpu_peak_tflops(args.dtype), "CPU matmul probe"
+    peak, source = peak_for(device, args.dtype)
     results = {}
     for name in names:
         results[name] = measure(name, args, device, dtype, peak)
-        r = results[name]
-        util = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "unknown"
-        batch = r["shapes"]["batch"]
-        print(f"{name:>14}: {r['step_ms']:9.3f} ms/step  {r['tflops']:8.2f} TFLOP/s  MFU {util}  batch {batch}")
-    out = {
-        "benchmark": "mfu_gpu",
-        "device": _device_name(device),
-        "peak_tflops": peak,
-        "peak_source": peak_source,
-        "dtype": args.dtype,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "tiny": args.tiny,
-        "what": "dense arch forward + backward per step (no optimizer, no embedding lookups), CUDA events",
-        "models": results,
-    }
+        print(summary_line(name, results[name]))
     path = Path(args.out)
-    write_results(path, out)
+    write_results(path, document(results, device, peak, source, args))
     print(f"wrote {path}")
 
 

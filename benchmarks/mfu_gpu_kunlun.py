@@ -7,7 +7,7 @@
 The model is ``KunlunDense`` (non-sequence tokens, X_sum, per-event GDPA / SWA / HSP with CompSkip,
 mixture of Wukong experts, head) at sequence length 1,000 and width 256 by default. Inputs are the
 dense arch's: padded sequence embeddings, masks, pooled sparse embeddings (the embedding lookups are
-not part of the measured stack, as in DESIGN.md §5). Timing uses CUDA events around whole training
+not part of the measured stack: they are memory traffic, not FLOPs). Timing uses CUDA events around whole training
 steps (forward, backward, no optimizer) after warm-up. MFU = model FLOPs per example (analytic,
 ``KunlunDense.flops``) x examples/s / the device's dense bf16 peak; the "executed" figure counts what
 the kernels really run (a window mask under SDPA still computes every pair). Each module kind is
