@@ -10,7 +10,7 @@ for is contiguous in the piece (whole pieces, and row ranges: ZeRO fragments, ro
 target is a contiguous CPU tensor of the same dtype, ``SafeReader`` reads the bytes into the target
 instead: one pass, no page faults on fresh memory (at least a doubling of the load rate here). The zip
 is only indexed (``zipfile``), never unpickled; anything unexpected in it takes DCP's path.
-``tests/sharding/test_checkpoint_format.py`` pins the zip layout relied on.
+``tests/sharding/test_checkpoint_entries.py`` pins the zip layout relied on.
 """
 
 from __future__ import annotations
