@@ -58,6 +58,24 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn: Callable[..
         pickle.dump(result, f)
 
 
+PRELOAD = ["torch", "torch.distributed", "torchrec", "deepspeed", "recscale.trainer.loop", "recscale.launch.commands"]
+"""Modules the fork server imports once, so that every rank it forks starts with them loaded (about 5 s
+of imports per rank saved; the server imports nothing else and starts no thread, so forking it is safe)."""
+
+
+def _start_forkserver() -> None:
+    """Start the suite's fork server (once) with ``PRELOAD`` imported; ranks are forked from it."""
+    from multiprocessing import forkserver
+
+    if getattr(_start_forkserver, "started", False):
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read by DeepSpeed at import, in the server
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    forkserver.set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+    _start_forkserver.started = True  # type: ignore[attr-defined]
+
+
 def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float = 300.0) -> list[Any]:
     """Call ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return each rank's result.
 
@@ -67,7 +85,14 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any, timeout
         AssertionError: a rank raised (its traceback is in the message) or the run timed out.
     """
     with tempfile.TemporaryDirectory() as out_dir:
-        ctx = mp.spawn(_worker, args=(world_size, free_port(), out_dir, fn, args), nprocs=world_size, join=False)
+        _start_forkserver()
+        ctx = mp.start_processes(
+            _worker,
+            args=(world_size, free_port(), out_dir, fn, args),
+            nprocs=world_size,
+            join=False,
+            start_method="forkserver",
+        )
         import time
 
         deadline = time.monotonic() + timeout_s
