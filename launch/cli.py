@@ -1,6 +1,7 @@
 """The ``recscale`` command line.
 
-    recscale train CONFIG [--nproc N] [--set key=value ...] [--resume RUN_DIR] [--profile]
+    recscale train CONFIG [--nproc N] [--set key=value ...] [--init-from RUN_DIR] [--profile]
+    recscale train --resume RUN_DIR [CONFIG] [--set trainer.epochs=N]
     recscale launch CONFIG --scheduler local_cwd|slurm -j NODESxPROCS [--dry-run]  (docs/launch.md)
     recscale status|logs|cancel HANDLE
     recscale plan CONFIG --world-size 64 --device cuda --hbm-gb 80 --ranks-per-node 8
@@ -10,6 +11,7 @@
     recscale models | presets
     recscale data synth|convert|inspect ...
     recscale report RUN_DIR ... | sweep | scaling-law | project   (docs/measuring.md)
+    recscale export RUN_DIR --out DIR [--quantize int8] | predict ARTIFACT --data PATH --out FILE  (docs/serving.md)
 
 CONFIG is a preset name (``recscale presets``) or a YAML file. Every command checks the config
 before doing anything else and fails with one clear message naming the key path.
@@ -35,8 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (TorchRec's planner stats too)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def config_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("config", help="preset name or path to a YAML config")
+    def config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+        if optional:  # ``train --resume RUN_DIR`` continues with the run's own config
+            p.add_argument("config", nargs="?", default=None, help="preset name or path to a YAML config")
+        else:
+            p.add_argument("config", help="preset name or path to a YAML config")
         p.add_argument(
             "--set",
             dest="overrides",
@@ -47,11 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = sub.add_parser("train", help="train on this machine (torchrun, N local ranks)")
-    config_args(p)
+    config_args(p, optional=True)
     p.add_argument("--nproc", type=int, default=0, help="ranks on this machine (default: launch.nproc_per_node)")
     p.add_argument("--run-dir", default="", help="write into this (new or empty) directory instead of a fresh one")
     p.add_argument(
         "--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
+    )
+    p.add_argument(
+        "--init-from",
+        default="",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="a new run starting from these weights (a run's best or newest checkpoint; fresh optimizer state)",
     )
     p.add_argument("--profile", action="store_true", help="torch.profiler trace + per-module MFU of a few steps")
     p.add_argument("--max-restarts", type=int, default=None, help="elastic restarts (default: launch.max_restarts)")
@@ -96,11 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Command groups that live in their own modules."""
-    from recscale.launch import data_cli, launch_cli, measure_cli
+    from recscale.launch import data_cli, launch_cli, measure_cli, serving_cli
 
     data_cli.register(sub)
     measure_cli.register(sub)  # report, sweep, scaling-law, project
     launch_cli.register(sub)  # launch, status, logs, cancel (TorchX)
+    serving_cli.register(sub)  # export, predict
 
 
 def main(argv: list[str] | None = None) -> int:

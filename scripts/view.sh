@@ -8,7 +8,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 view=$(mktemp -d)
 mkdir "$view/recscale"
-for folder in configs data modules sharding trainer launch reports; do
+for folder in configs data modules sharding trainer launch reports serving; do
   ln -s "$repo/$folder" "$view/recscale/$folder"
 done
 echo "$view"

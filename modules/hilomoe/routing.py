@@ -198,7 +198,7 @@ def balance_stats(routing: Routing) -> torch.Tensor:
     else:
         routed_BLA = routing.experts_BLA
     counts_LK = F.one_hot(routed_BLA, k).sum(dim=(0, 2)).to(probs_LK.dtype)
-    tokens = probs_LK.new_full((1,), float(b))
+    tokens = probs_LK.new_ones(1) * b  # not float(b): a traced batch size stays symbolic (export)
     return torch.cat([probs_LK.flatten(), counts_LK.flatten(), tokens])
 
 

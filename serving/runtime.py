@@ -1,0 +1,222 @@
+"""Load an exported artifact and score rows with it: needs torch, numpy and pyarrow, never recscale.
+
+This file is copied into every artifact as ``serve.py``, so a serving host can do::
+
+    import serve                                   # or: from recscale.serving import load
+    model = serve.load("artifact/")
+    p = model.predict({"dense_0": [0.1, 0.2], "user": [3, 7], "item": [[1, 2], []]})   # [2, T] float32
+    serve.predict_file("artifact/", "rows.parquet", "preds.parquet")
+
+Rows are read the way recscale's training reader reads prepared Parquet: dense columns as float32
+(they must be finite), a sparse column as an integer (one id; null = empty bag) or a list of integers
+(null = empty bag, the first ``max_ids`` kept), ids mapped into the table by the feature's hashing
+(``none``: an id outside the table is an error, ``modulo``, ``hash``: SplitMix64 then modulo). The
+graph (``model.pt2``, ``torch.export``) takes ``dense [B, N]`` and, per sparse feature in
+``features.json`` order, ``values [nnz]`` and ``offsets [B]`` (int64, where each row's bag starts),
+and returns probabilities ``[B, T]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+GRAPH = "model.pt2"
+FEATURES = "features.json"
+MANIFEST = "manifest.json"
+ARTIFACT_FORMAT = 1
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+class ServingError(ValueError):
+    """Bad input or a bad artifact (one line naming the file, column or key)."""
+
+
+def map_ids(ids: np.ndarray, hashing: str, rows: int) -> np.ndarray:
+    """Raw int64 ids -> table rows, exactly as training did (``hashing: hash`` is SplitMix64 % rows)."""
+    if hashing == "none":
+        return ids
+    if hashing == "modulo":
+        return np.mod(ids, rows)
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + _GOLDEN
+        z ^= z >> np.uint64(30)
+        z *= _M1
+        z ^= z >> np.uint64(27)
+        z *= _M2
+        z ^= z >> np.uint64(31)
+    return (z % np.uint64(rows)).astype(np.int64)
+
+
+def _column(batch: Any, name: str, where: str) -> Any:
+    """Column ``name`` of a dict or a pyarrow table / record batch, as a pyarrow array."""
+    import pyarrow as pa
+
+    try:
+        value = batch[name] if isinstance(batch, dict) else batch.column(name)
+    except (KeyError, IndexError):  # a dict, or pyarrow's unknown field
+        raise ServingError(f"{where}: missing column {name!r}") from None
+    if isinstance(value, pa.ChunkedArray):
+        return value.combine_chunks()
+    if isinstance(value, pa.Array):
+        return value
+    if isinstance(value, torch.Tensor):
+        value = value.numpy()
+    try:
+        return pa.array(value.tolist() if isinstance(value, np.ndarray) else list(value))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as err:
+        raise ServingError(f"{where}: column {name!r}: {err}") from None
+
+
+def _bags(array: Any, spec: dict[str, Any], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse column -> (ids [nnz] int64 mapped into the table, offsets [B] int64)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    name, n = spec["name"], len(array)
+    if pa.types.is_integer(array.type):
+        valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        lengths = valid.astype(np.int64)
+        ids = np.asarray(pc.fill_null(array, 0).to_numpy(zero_copy_only=False), dtype=np.int64)[valid]
+    elif pa.types.is_list(array.type) or pa.types.is_large_list(array.type) or pa.types.is_fixed_size_list(array.type):
+        if not pa.types.is_integer(array.type.value_type):
+            raise ServingError(f"{where}: column {name!r} is a list of {array.type.value_type}, expected integers")
+        lengths = np.asarray(pc.fill_null(pc.list_value_length(array), 0).to_numpy(), dtype=np.int64)
+        flat = pc.list_flatten(array)
+        if flat.null_count:
+            raise ServingError(f"{where}: column {name!r} has a null id inside a list")
+        ids = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int64)
+        if spec["max_ids"] > 0 and n and int(lengths.max(initial=0)) > spec["max_ids"]:
+            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+            keep = np.arange(len(ids), dtype=np.int64) - starts < spec["max_ids"]
+            ids, lengths = ids[keep], np.minimum(lengths, spec["max_ids"])
+    else:
+        raise ServingError(f"{where}: column {name!r} has type {array.type}, expected an integer or a list of them")
+    ids = map_ids(ids, spec["hashing"], spec["rows"])
+    bad = (ids < 0) | (ids >= spec["rows"])
+    if bad.any():
+        row = int(np.searchsorted(np.cumsum(lengths), np.nonzero(bad)[0][0], side="right"))
+        raise ServingError(
+            f"{where}: column {name!r}, row {row}: id {int(ids[bad][0])} is outside table {spec['table']!r} "
+            f"(rows 0..{spec['rows'] - 1}) and hashing is 'none'"
+        )
+    return ids, np.cumsum(lengths) - lengths
+
+
+class Predictor:
+    """An exported model with its feature spec: rows in, probabilities ``[B, T]`` out.
+
+    Args:
+        path: the artifact directory (``model.pt2``, ``features.json``, ``manifest.json``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        for name in (GRAPH, FEATURES, MANIFEST):
+            if not (self.path / name).is_file():
+                raise ServingError(f"{self.path}: not a recscale artifact (no {name})")
+        self.features: dict[str, Any] = json.loads((self.path / FEATURES).read_text())
+        self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text())
+        if self.manifest.get("format") != ARTIFACT_FORMAT:
+            raise ServingError(f"{self.path / MANIFEST}: artifact format {self.manifest.get('format')}, expected 1")
+        self.labels: list[str] = list(self.features["labels"])
+        self.module = torch.export.load(str(self.path / GRAPH)).module()
+
+    def inputs(self, batch: Any, where: str = "batch") -> tuple[torch.Tensor, ...]:
+        """The graph's inputs for ``batch`` (a dict of columns, or a pyarrow table / record batch)."""
+        dense_names = self.features["dense"]
+        columns = [_column(batch, name, where) for name in dense_names]
+        sparse = [_column(batch, spec["name"], where) for spec in self.features["sparse"]]
+        sizes = {len(c) for c in columns + sparse}
+        if len(sizes) > 1:
+            raise ServingError(f"{where}: columns have different lengths {sorted(sizes)}")
+        n = sizes.pop() if sizes else 0
+        dense = np.zeros((n, len(dense_names)), dtype=np.float32)
+        for j, (name, col) in enumerate(zip(dense_names, columns)):
+            values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
+            if not np.isfinite(values).all():
+                row = int(np.nonzero(~np.isfinite(values))[0][0])
+                raise ServingError(f"{where}: column {name!r}, row {row}: dense value {values[row]} is not finite")
+            dense[:, j] = values
+        out: list[torch.Tensor] = [torch.from_numpy(dense)]
+        for spec, col in zip(self.features["sparse"], sparse):
+            ids, offsets = _bags(col, spec, where)
+            out += [torch.from_numpy(np.ascontiguousarray(ids)), torch.from_numpy(offsets)]
+        return tuple(out)
+
+    @torch.no_grad()
+    def predict(self, batch: Any, where: str = "batch") -> np.ndarray:
+        """Click probabilities ``[B, T]`` (float32, one column per label) of the rows in ``batch``."""
+        inputs = self.inputs(batch, where)
+        if inputs[0].shape[0] == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.module(*inputs).float().numpy()
+
+
+def load(path: str | os.PathLike[str]) -> Predictor:
+    """The artifact in directory ``path``, ready to ``predict``."""
+    return Predictor(path)
+
+
+def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
+    """A Parquet file, or a directory's Parquet files in name order (the training reader's order)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not files:
+            raise ServingError(f"{path}: no Parquet files in this directory")
+        return files
+    if not path.is_file():
+        raise ServingError(f"{path}: no such file or directory")
+    if path.suffix.lower() in (".csv", ".tsv", ".txt", ".gz"):
+        raise ServingError(
+            f"{path}: raw CSV / Criteo TSV is not read here yet; convert it with the converter the model was "
+            "trained on (recscale data convert) and predict on the Parquet it writes"
+        )
+    return [path]
+
+
+def predict_file(
+    artifact: str | os.PathLike[str] | Predictor,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    batch_size: int = 8192,
+) -> int:
+    """Score every row of the Parquet ``data`` into ``out`` (Parquet, ``p_<label>`` columns, input order).
+
+    Returns the number of rows scored. ``out`` is written under a temporary name and renamed.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model = artifact if isinstance(artifact, Predictor) else load(artifact)
+    columns = list(model.features["dense"]) + [s["name"] for s in model.features["sparse"]]
+    parts = []
+    for file in parquet_files(data):
+        try:
+            reader = pq.ParquetFile(file)
+        except (OSError, pa.ArrowException) as err:
+            raise ServingError(f"{file}: not a readable Parquet file ({err})") from None
+        missing = [c for c in columns if c not in reader.schema_arrow.names]
+        if missing:
+            raise ServingError(f"{file}: missing column {missing[0]!r}")
+        for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
+            parts.append(model.predict(batch, where=str(file)))
+    probs = np.concatenate(parts) if parts else np.zeros((0, len(model.labels)), dtype=np.float32)
+    table = pa.table({f"p_{label}": probs[:, t] for t, label in enumerate(model.labels)})
+    target = Path(out)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(target)
+    return len(probs)
+
+
+__all__ = ["ServingError", "Predictor", "load", "map_ids", "parquet_files", "predict_file"]
