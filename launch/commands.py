@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from recscale.configs import JobConfig, config_from_dict, config_to_dict, dump_config, load_config
+from recscale.configs import JobConfig, config_to_dict, dump_config, load_config
 from recscale.launch.local import run_local
+from recscale.launch.resume import check_init_tables, init_checkpoint, nothing_to_do, resume_config
+from recscale.trainer.data import planned_steps
 from recscale.trainer.job import check_job
 from recscale.trainer.run_dir import CONFIG, SUMMARY, new_run_dir
 
@@ -34,16 +36,21 @@ def train(args: argparse.Namespace) -> int:
     from recscale.sharding.topology import resolve_device
 
     resume_dir = Path(args.resume).expanduser() if args.resume else None
+    init_from = getattr(args, "init_from", "")
     if resume_dir is not None:
-        if not (resume_dir / CONFIG).is_file():
-            raise ValueError(f"--resume {resume_dir}: not a run directory (no {CONFIG})")
-        cfg = config_from_dict(yaml.safe_load((resume_dir / CONFIG).read_text()))
-        if args.overrides or getattr(args, "profile", False):
-            raise ValueError("--resume continues a run with its own config; --set and --profile cannot go with it")
+        if getattr(args, "profile", False) or init_from:
+            raise ValueError("--resume continues a run as it was started; --profile and --init-from cannot go with it")
+        cfg = resume_config(resume_dir, args.config, args.overrides)
+    elif not args.config:
+        raise ValueError("CONFIG is required (a preset name or a YAML file), unless --resume RUN_DIR continues a run")
     else:
         cfg = _load(args)
         if getattr(args, "profile", False) and not cfg.metrics.profile_steps:
             cfg.metrics.profile_steps = PROFILE_STEPS
+        if init_from:
+            source = init_checkpoint(init_from)
+            check_init_tables(source, cfg)
+            cfg.checkpoint.init_from = str(source)
     nproc = args.nproc or cfg.launch.nproc_per_node
     device = resolve_device(cfg.trainer.device)
     check_job(cfg, nproc, device)
@@ -52,6 +59,10 @@ def train(args: argparse.Namespace) -> int:
     log.info("data: train %s | valid %s", paths.train, paths.valid)
 
     if resume_dir is not None:
+        done = nothing_to_do(resume_dir, planned_steps(cfg, nproc))
+        if done:
+            print(f"recscale train: {done}")
+            return 0
         run_dir = resume_dir
     elif args.run_dir:
         run_dir = Path(args.run_dir).expanduser()
@@ -60,8 +71,7 @@ def train(args: argparse.Namespace) -> int:
             raise ValueError(f"--run-dir {run_dir} is not empty (use --resume to continue a run)")
     else:
         run_dir = new_run_dir(cfg.launch.run_root, cfg.name)
-    if resume_dir is None:
-        dump_config(cfg, run_dir / CONFIG)
+    dump_config(cfg, run_dir / CONFIG)  # a resumed run's own, its length as extended
     log.info("run directory: %s", run_dir)
     restarts = cfg.launch.max_restarts if getattr(args, "max_restarts", None) is None else args.max_restarts
     if restarts < 0:

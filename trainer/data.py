@@ -100,6 +100,29 @@ def make_train_data(cfg: JobConfig, info: DistInfo, per_rank_batch: int) -> Trai
     return TrainData(reader, str(paths.valid), pin_memory=pins_host_batches(info.device))
 
 
+def run_steps(cfg: JobConfig, steps_per_epoch: int) -> int:
+    """Steps a run of ``cfg`` trains: all its stages' steps, else ``trainer.max_steps``, else its epochs'."""
+    t = cfg.trainer
+    if t.stages:
+        return sum(stage.steps for stage in t.stages)
+    return t.max_steps or steps_per_epoch * t.epochs
+
+
+def planned_steps(cfg: JobConfig, world_size: int) -> int:
+    """``run_steps`` of ``cfg`` on ``world_size`` ranks, from the training data's Parquet metadata."""
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    reader = ParquetBatchReader(
+        paths.train,
+        cfg.data.features,
+        cfg.embeddings,
+        cfg.data.reader,
+        batch_size=cfg.trainer.batch_size // world_size,
+        world_size=world_size,
+        mode="train",
+    )
+    return run_steps(cfg, reader.num_batches())
+
+
 def pins_host_batches(device: torch.device) -> bool:
     """Whether batches for ``device`` are pinned on the host: for a GPU (asynchronous copies), not on CPU."""
     return device.type == "cuda"

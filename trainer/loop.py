@@ -25,7 +25,7 @@ from recscale.sharding.apply import ParallelModel, parallelize
 from recscale.sharding.process_group import DistInfo, init_distributed
 from recscale.trainer import faults
 from recscale.trainer.checkpoint import CheckpointManager, rng_state, set_rng_state
-from recscale.trainer.data import TrainData, make_train_data
+from recscale.trainer.data import TrainData, make_train_data, run_steps
 from recscale.trainer.evaluations import Evaluations
 from recscale.trainer.metrics import MetricsLog
 from recscale.trainer.peaks import slow_bf16_warning
@@ -35,7 +35,7 @@ from recscale.trainer.progress import Progress
 from recscale.trainer.run_dir import PLAN
 from recscale.trainer.run_meter import WARMUP_STEPS, RunMeter
 from recscale.trainer.stages import StageSchedule, enter_stage
-from recscale.trainer.summary import run_summary
+from recscale.trainer.summary import RunSpan, run_summary
 
 log = logging.getLogger("recscale")
 
@@ -68,7 +68,7 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
     per_rank_batch = t.batch_size // info.world_size
     data = make_train_data(cfg, info, per_rank_batch)
     schedule = StageSchedule(t.stages) if t.stages else None
-    total_steps = schedule.total_steps if schedule else (t.max_steps or data.steps_per_epoch * t.epochs)
+    total_steps = run_steps(cfg, data.steps_per_epoch)
 
     built = build_model(cfg, dense_device=info.device)
     parallel = parallelize(
@@ -100,6 +100,13 @@ def train(cfg: JobConfig, run_dir: Path, resume: bool = False) -> dict[str, Any]
             log.info("no intact checkpoint in %s; starting from step 0", checkpoints.root)
         if info.is_main:  # before the loop opens metrics.jsonl for appending
             faults.rewind_metrics(run_dir, start_step, latest, faults.restart_attempt())
+    if state is None and cfg.checkpoint.init_from:  # fine-tuning; a run's own checkpoint comes first
+        written_at = checkpoints.load_weights(Path(cfg.checkpoint.init_from), parallel)
+        log.info(
+            "weights of %s (step %d) loaded; optimizer state, schedule and data position start fresh",
+            cfg.checkpoint.init_from,
+            written_at,
+        )
     faults.arm(run_dir, info.rank, info.world_size, t.collective_timeout_s, start_step)
     loop = StepLoop(cfg, run_dir, info, parallel, data, checkpoints, total_steps, per_rank_batch, schedule)
     if state is not None:
@@ -241,8 +248,10 @@ class StepLoop:
             self._checkpoint(step)
         self.checkpoints.close()  # an asynchronous save's files complete, its directory renamed
         wall_s = time.time() - started
+        stop_reason = self.evals.stop_reason() if self.evals.plateau.state.stopped else ""
+        span = RunSpan(start_step, self.total_steps, stop_reason)
         summary = run_summary(
-            self.cfg, self.run_dir, self.info, self.parallel, self.meter, self.schedule, step, final, wall_s
+            self.cfg, self.run_dir, self.info, self.parallel, self.meter, self.schedule, step, final, wall_s, span
         )
         self.metrics.close()
         if dist.is_initialized():

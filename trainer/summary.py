@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from recscale.configs import JobConfig, config_hash
 from recscale.modules.flops import flop_counter
@@ -20,6 +24,36 @@ from recscale.trainer.versions import versions
 log = logging.getLogger("recscale")
 
 
+@dataclass(frozen=True)
+class RunSpan:
+    """Which part of the run this process trained, and how it ended."""
+
+    start_step: int
+    """Steps done before this process started (0, or the step it resumed at)."""
+    planned_steps: int
+    """Steps the run was to train in all."""
+    stop_reason: str = ""
+    """Why it stopped before ``planned_steps`` (early stopping); empty when it did not."""
+
+
+def _earlier_sections(run_dir: Path, start_step: int) -> list[dict[str, Any]]:
+    """The sections of the summary a resumed run found, up to ``start_step`` (none for a fresh run)."""
+    path = run_dir / SUMMARY
+    if start_step == 0 or not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    sections = earlier.get("sections") or [
+        {
+            "first_step": 1,
+            "last_step": earlier.get("steps"),
+            "examples_per_s": earlier.get("throughput", {}).get("examples_per_s"),
+            "mfu": earlier.get("mfu"),
+            "wall_time_s": earlier.get("wall_time_s"),
+        }
+    ]
+    return [s for s in sections if (s.get("last_step") or 0) <= start_step]
+
+
 def run_summary(
     cfg: JobConfig,
     run_dir: Path,
@@ -30,11 +64,14 @@ def run_summary(
     step: int,
     final: dict[str, float],
     wall_s: float,
+    span: RunSpan,
 ) -> dict[str, Any]:
     """The run's summary (the same on every rank; a collective); rank 0 writes ``summary.json``.
 
     Throughput and MFU are over the steady steps (after ``WARMUP_STEPS``, outside a profile window),
-    FLOPs per example over every trained example of every rank, at real and at padded sequence lengths.
+    FLOPs per example over every trained example of every rank, at real and at padded sequence lengths:
+    the steps this process trained. ``sections`` lists every part of the run, one per process that
+    trained it (a resumed or extended run keeps the earlier summary's sections before its own).
     """
     real, padded = meter.steady_rates()
     run = meter.batch_flops.run.summed_over_ranks()
@@ -51,6 +88,8 @@ def run_summary(
         "world_size": world,
         "device": info.device.type,
         "device_name": device_description(info.device),
+        "ranks_per_host": info.host_ranks,
+        "threads_per_rank": torch.get_num_threads() if info.device.type == "cpu" else None,
         "precision": cfg.trainer.precision,
         "batch_size": cfg.trainer.batch_size,
         "batch_size_per_rank": meter.per_rank_batch,
@@ -91,9 +130,20 @@ def run_summary(
             meter.peak,
         ),
         "wall_time_s": wall_s,
+        "planned_steps": span.planned_steps,
+        "ended": "early_stop" if span.stop_reason else "completed",
+        "stop_reason": span.stop_reason or None,
         "config_hash": config_hash(cfg),
         "versions": versions(),
     }
+    section = {
+        "first_step": span.start_step + 1,
+        "last_step": step,
+        "examples_per_s": summary["throughput"]["examples_per_s"],
+        "mfu": real.mfu,
+        "wall_time_s": wall_s,
+    }
+    summary["sections"] = [*_earlier_sections(run_dir, span.start_step), section]
     if info.is_main:
         write_json(run_dir / SUMMARY, summary)
         warning = above_peak_warning(summary["mfu"], meter.peak, meter.peak_source)

@@ -175,6 +175,11 @@ class CheckpointConfig:
     always saved synchronously."""
     io_threads: int = 1
     """Threads (and data files) with which each rank writes its share of a checkpoint."""
+    init_from: str = ""
+    """Start from the weights of this checkpoint directory (fine-tuning; ``recscale train --init-from``
+    sets it): tables and dense weights are loaded, the optimizer state, learning-rate schedule, data
+    position and step count start fresh. Every table and dense tensor must have the same shape as in
+    this config. A run that resumes from a checkpoint of its own ignores it."""
 
 
 @dataclass(kw_only=True)

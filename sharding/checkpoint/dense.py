@@ -92,6 +92,8 @@ class DenseState:
         self.layout = layout
         self.schedule_step = schedule_step
         self.restart_schedule = restart_schedule
+        self.weights_only = False
+        """Load only the weights (fine-tuning): optimizer state and schedule stay as they are."""
         self._pending: list[_Pending] = []
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._saved: Saved | None = None
@@ -178,7 +180,8 @@ class DenseState:
         needed = {place.reference: place.shape for _, _, place in params}
         needed.update({name: tuple(b.shape) for name, b in self._buffer_entries()})
         self._check_shapes(saved, needed)
-        self.access.prepare_state()
+        if not self.weights_only:
+            self.access.prepare_state()
         model: dict[str, Chunks] = {}
         optim: dict[str, dict[str, Any]] = {}
         self._pending, self._saved = [], saved
@@ -186,7 +189,7 @@ class DenseState:
             size = (math.prod(place.shape),)
             value = torch.empty(p.numel(), dtype=torch.float32)
             model.setdefault(place.reference, Chunks(size)).add((place.start,), value)
-            held = self.access.held(p)
+            held = None if self.weights_only else self.access.held(p)
             keys = saved.children(f"optim.{place.reference}")
             state = held is not None and bool(held.state) and set(held.state) <= keys
             if held is not None and state:
@@ -220,6 +223,9 @@ class DenseState:
                     fresh[item.reference] = None
             for buffer, value in self._buffers:
                 buffer.copy_(value.view(buffer.shape))
+        if self.weights_only:
+            self._pending, self._buffers, self._saved, self._optim_targets = [], [], None, {}
+            return
         self.restart_schedule(int(state["schedule"]["last_epoch"]))
         saved_layout = DenseLayout(**state["layout"])
         if saved_layout != self.layout:

@@ -332,6 +332,19 @@ class CheckpointManager:
         assert isinstance(trainer, TrainerState)
         return {**trainer.state, "step": int(manifest["step"]), "world_size": int(manifest["world_size"])}
 
+    def load_weights(self, path: Path, parallel: Any) -> int:
+        """Load only the tables' and dense weights of ``path`` into ``parallel`` (fine-tuning from another run).
+
+        The optimizers, learning-rate schedule, data position and trainer state stay fresh. Returns the
+        step the checkpoint was written at. Any table or dense tensor of another shape is refused, named.
+        """
+        self.wait()
+        dense = parallel.dense.checkpoint_state()
+        dense.weights_only = True
+        parts = {"sparse": SparseState(parallel.sparse, parallel.updater.table_optimizer, weights_only=True)}
+        manifest = load_parts(Path(path), {**parts, "dense": dense}, group=self._process_group())
+        return int(manifest["step"])
+
 
 def _remove(paths: list[Path]) -> None:
     for path in paths:

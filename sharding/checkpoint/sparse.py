@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from recscale.sharding.checkpoint.chunks import as_checkpoint_value
+from recscale.sharding.checkpoint.chunks import Chunks, as_checkpoint_value
 from recscale.sharding.checkpoint.protocol import Saved
-from recscale.sharding.checkpoint.tree import flat_keys
+from recscale.sharding.checkpoint.tree import flat_keys, flatten
 
 log = logging.getLogger("recscale")
 
@@ -47,13 +47,15 @@ class SparseState:
     Args:
         sparse: TorchRec's ``DistributedModelParallel`` over the tables (with ``fused_optimizer``).
         table_optimizer: the data-parallel tables' optimizer, if any.
+        weights_only: load only the tables' weights; their optimizers keep their fresh state (fine-tuning).
     """
 
     per_rank: ClassVar[bool] = False
 
-    def __init__(self, sparse: Any, table_optimizer: Any | None) -> None:
+    def __init__(self, sparse: Any, table_optimizer: Any | None, weights_only: bool = False) -> None:
         self.sparse = sparse
         self.table_optimizer = table_optimizer
+        self.weights_only = weights_only
         self._live: dict[str, Any] = {}
         self._reset: list[str] = []
 
@@ -86,9 +88,10 @@ class SparseState:
         missing = [k for k in flat_keys(model, "model") if saved.entry(k) is None]
         if missing:
             raise ValueError(f"{saved.path}: the checkpoint lacks table weights: {', '.join(missing[:5])}")
+        _check_table_shapes(saved, model)
         targets: dict[str, Any] = {"model": model}
         self._reset = []
-        for sub in ("optim", "table_optim"):
+        for sub in () if self.weights_only else ("optim", "table_optim"):
             if sub not in self._live:
                 continue
             kept = {}
@@ -105,6 +108,9 @@ class SparseState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Hand the filled state dicts back to TorchRec and the table optimizer."""
         self.sparse.load_state_dict(self._live["model"])
+        if self.weights_only:
+            self._live = {}
+            return
         self.sparse.fused_optimizer.load_state_dict(self._live["optim"])
         if "table_optim" in self._live and self.table_optimizer is not None:
             self.table_optimizer.load_state_dict(self._live["table_optim"])
@@ -115,6 +121,19 @@ class SparseState:
                 ", ".join(sorted(self._reset)),
             )
         self._live, self._reset = {}, []
+
+
+def _check_table_shapes(saved: Saved, model: dict[str, Any]) -> None:
+    """Every table has the shape the checkpoint has for it; else one line naming the first that differs."""
+    for key, value in flatten(model, "model").items():
+        entry = saved.entry(key)
+        shape = tuple(value.size) if isinstance(value, Chunks) else tuple(value.shape)
+        if entry is not None and tuple(entry.size) != shape:
+            table = key.removeprefix("model.").removesuffix(".weight").rsplit(".", 1)[-1]
+            raise ValueError(
+                f"{saved.path}: table {table}: the checkpoint has {list(entry.size)} (rows, dim), this model "
+                f"{list(shape)} (embeddings.tables num_embeddings / dim changed?)"
+            )
 
 
 __all__ = ["SparseState", "materialise_state"]
