@@ -58,7 +58,9 @@ def node_env(nproc: int) -> dict[str, str]:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    env.setdefault("OMP_NUM_THREADS", str(max(1, cpus // nproc)))
+    if "OMP_NUM_THREADS" not in env:  # the ranks split the cores (and re-split them if more share this host)
+        env["OMP_NUM_THREADS"] = str(max(1, cpus // nproc))
+        env["RECSCALE_SHARE_CORES"] = "1"  # sharding.process_group.SHARE_CORES (this module imports no torch)
     env.setdefault("PYTHONUNBUFFERED", "1")
     # elastic restarts: a store shared between torchrun and its workers keeps the first attempt's gloo
     # addresses, and the restarted workers hang in init_process_group (pytorch#135712)

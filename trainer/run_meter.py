@@ -49,7 +49,7 @@ class RunMeter:
         self.info = info
         self.per_rank_batch = per_rank_batch
         self.timer = timer
-        self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops)
+        self.peak = peak_tflops(info.device, cfg.trainer.precision, cfg.metrics.peak_tflops, info.host_ranks)
         self.peak_source = peak_source(info.device, cfg.metrics.peak_tflops)
         self.clock = StepClock(info.device)
         self.window = LogWindow()

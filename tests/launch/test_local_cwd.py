@@ -76,8 +76,9 @@ def test_one_node_two_ranks(one_by_two):
 def test_two_nodes_one_rank_each(two_by_one):
     proc, run_dir, seconds = two_by_one
     check_run_dir(run_dir, nodes=2, ranks_per_node=1)
-    text = (run_dir / "summary.json").read_text()
-    assert '"world_size": 2' in text
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert (summary["ranks_per_host"], summary["threads_per_rank"]) == (2, 1)  # two "nodes", one machine
     print(f"local_cwd 2x1: {seconds:.1f} s")
 
 

@@ -50,3 +50,33 @@ def test_flight_recorder_env_dumps_into_the_run_directory(tmp_path, monkeypatch)
     assert os.environ["TORCH_NCCL_TRACE_BUFFER_SIZE"] == "50"
     assert os.environ["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"] == env["TORCH_NCCL_DEBUG_INFO_TEMP_FILE"]
     assert (tmp_path / FLIGHT_RECORDER_DIR).is_dir()
+
+
+def _cores_shared(rank: int, world: int) -> tuple[int, int]:
+    import torch
+
+    from recscale.sharding.process_group import ranks_on_this_host, share_cores
+
+    torch.set_num_threads(3)  # what each of two one-rank "nodes" would take on its own
+    on_host = ranks_on_this_host()
+    share_cores(on_host)
+    return on_host, torch.get_num_threads()
+
+
+def test_ranks_on_one_machine_split_its_cores_however_they_were_launched():
+    from recscale.sharding.process_group import available_cpus
+
+    assert run_distributed(_cores_shared, 2) == [(2, max(1, available_cpus() // 2))] * 2
+
+
+def test_launchers_let_the_ranks_split_the_cores_only_when_the_user_set_no_thread_count(monkeypatch):
+    from recscale.launch.local import worker_env
+    from recscale.launch.node import node_env
+    from recscale.sharding.process_group import SHARE_CORES
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(SHARE_CORES, raising=False)
+    assert worker_env(2)[SHARE_CORES] == "1" and node_env(1)[SHARE_CORES] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    for env in (worker_env(2), node_env(1)):
+        assert env["OMP_NUM_THREADS"] == "4" and SHARE_CORES not in env

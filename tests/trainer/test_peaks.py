@@ -1,12 +1,15 @@
-"""The CPU peak probe: cached per machine, robust to a busy machine, invisible to the run's random stream."""
+"""The CPU peak probe: cached per machine, one at a time, robust to a busy machine, invisible to the random stream."""
 
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
+from recscale.trainer import peaks
 from recscale.trainer.peaks import (
     PROBE_VERSION,
     _fastest_matmul,
@@ -45,22 +48,59 @@ def test_probe_peak_is_the_fastest_matmul_so_a_busy_machine_cannot_drag_it_down(
 
 
 def test_an_older_probes_cached_peak_is_not_read(tmp_path) -> None:
-    """Entries of probe version 1 (a loop mean, up to 2x low on a busy machine) are measured again."""
-    key = next(iter(json.loads(_seed_cache(tmp_path, 123.0).read_text())))
-    peak = cpu_peak_tflops(cache_dir=tmp_path)
-    assert peak != 123.0
-    known = json.loads((tmp_path / "cpu_peak.json").read_text())
-    assert known[key] == 123.0 and known[key + f"|probe{PROBE_VERSION}"] == peak
-
-
-def _seed_cache(tmp_path, value: float):
-    """A cache holding this machine's probe-version-1 entry (its key had no probe suffix)."""
-    current = cpu_peak_tflops(cache_dir=tmp_path / "scratch")
-    (key,) = json.loads((tmp_path / "scratch" / "cpu_peak.json").read_text())
-    assert current > 0 and key.endswith(f"|probe{PROBE_VERSION}")
+    """Entries of older probe versions (a loop mean, or an unlocked single probe) are measured again."""
     path = tmp_path / "cpu_peak.json"
-    path.write_text(json.dumps({key.removesuffix(f"|probe{PROBE_VERSION}"): value}))
-    return path
+    key = _current_key(tmp_path)
+    path.write_text(json.dumps({key.replace(f"|probe{PROBE_VERSION}", "|probe2"): 123.0, key.split("|probe")[0]: 5.0}))
+    peak = cpu_peak_tflops(cache_dir=tmp_path)
+    assert peak not in (123.0, 5.0)
+    assert json.loads(path.read_text())[key]["tflops"] == peak
+
+
+def _current_key(tmp_path) -> str:
+    """This machine's cache key of the current probe version."""
+    cpu_peak_tflops(cache_dir=tmp_path / "scratch")
+    (key,) = json.loads((tmp_path / "scratch" / "cpu_peak.json").read_text())
+    assert key.endswith(f"|probe{PROBE_VERSION}")
+    return key
+
+
+def test_each_entry_records_what_it_was_measured_under(tmp_path, monkeypatch) -> None:
+    rates = iter([0.050, 0.040])
+    monkeypatch.setattr(peaks, "_matmul_probe", lambda dtype: next(rates))
+    assert cpu_peak_tflops(cache_dir=tmp_path, ranks_per_host=2) == 0.050  # the faster of the two
+    (entry,) = json.loads((tmp_path / "cpu_peak.json").read_text()).values()
+    assert entry["tflops"] == 0.050 and entry["repeat_tflops"] == 0.040
+    assert entry["threads"] == torch.get_num_threads() and entry["ranks_per_host"] == 2 and entry["measured"]
+
+
+def test_a_probe_its_repeat_disagrees_with_is_used_but_not_cached(tmp_path, monkeypatch, caplog) -> None:
+    rates = iter([0.010, 0.045, 0.050, 0.048])  # the first probe ran beside something else
+    monkeypatch.setattr(peaks, "_matmul_probe", lambda dtype: next(rates))
+    assert cpu_peak_tflops(cache_dir=tmp_path) == 0.045
+    assert "not caching it" in caplog.text and not (tmp_path / "cpu_peak.json").exists()
+    assert cpu_peak_tflops(cache_dir=tmp_path) == 0.050  # probed again; these two agree and are cached
+    (entry,) = json.loads((tmp_path / "cpu_peak.json").read_text()).values()
+    assert entry["tflops"] == 0.050
+
+
+def test_ranks_starting_together_on_one_machine_probe_one_at_a_time(tmp_path, monkeypatch) -> None:
+    """The second process waits for the first one's probe and reads its result: no two probes overlap."""
+    running, overlaps, probes = [0], [], []
+
+    def probe(dtype: torch.dtype) -> float:
+        running[0] += 1
+        overlaps.append(running[0])
+        time.sleep(0.2)
+        probes.append(dtype)
+        running[0] -= 1
+        return 0.05
+
+    monkeypatch.setattr(peaks, "_matmul_probe", probe)
+    with ThreadPoolExecutor(4) as pool:  # each call opens the lock file anew, as separate processes do
+        got = list(pool.map(lambda _: cpu_peak_tflops(cache_dir=tmp_path), range(4)))
+    assert got == [0.05] * 4
+    assert len(probes) == 2 and max(overlaps) == 1  # one probe and its repeat, nobody else's beside them
 
 
 @pytest.mark.parametrize(
