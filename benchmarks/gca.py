@@ -7,8 +7,8 @@ event sequence each, and a cross-domain term in the label: the candidate's categ
 domain-B history, ``data.synthetic.cross_domain_scale``) for the same steps: ``gca`` (a gated
 cross-attention block where each domain's sequence queries the other's) and ``wider_baseline`` (no
 block; its feed-forward widened until its parameter count matches). Per seed: validation AUC, the
-oracle AUC, and for ``gca`` the orthogonality diagnostic mean |cos(X, X')| per domain (papers.md
-§4.2). The summary gives mean +- sample standard deviation over seeds, the gap to the oracle, and the
+oracle AUC, and for ``gca`` the orthogonality diagnostic mean |cos(X, X')| per domain (the
+paper's measure). The summary gives mean +- sample standard deviation over seeds, the gap to the oracle, and the
 per-seed paired difference (the two variants of one seed read the same data in the same order) with
 its t statistic. Writes ``benchmarks/results/gca.json``.
 """

@@ -22,7 +22,7 @@ from kunlun_common import PRODUCTION, bootstrap, build_dense
 from results_io import write_results
 
 SOURCES = {"compskip": -0.431, "swa": -0.295}
-"""Reported FLOPs changes (papers.md §2.7, third-party notes)."""
+"""Reported FLOPs changes (as third-party summaries of the Kunlun paper report them)."""
 
 
 def _total(breakdown: dict) -> dict[str, int]:

@@ -11,10 +11,10 @@ number of steps (180,000 rows x 2 epochs: at 60,000 rows every variant is far fr
 CompSkip converges later, see docs/models/kunlun.md) through ``recscale train ... --nproc 2``, once per
 seed, and records each variant's
 validation AUC (mean and sample standard deviation over seeds) next to the oracle AUC. The claim to
-check (papers.md §2.3): CompSkip (~ -40% FLOPs) and SWA (~ -30% FLOPs) keep the AUC gap to the oracle
-within 0.1% (0.001 AUC) of the full model's. A variant's seed ``s`` reads the data in the same order
-as the full model's seed ``s``, so the per-seed paired difference is reported with its t statistic:
-a mean difference smaller than its seed noise is not evidence either way.
+check (the Kunlun paper's efficiency claims): CompSkip (~ -40% FLOPs) and SWA (~ -30% FLOPs) keep the
+AUC gap to the oracle within 0.1% (0.001 AUC) of the full model's. A variant's seed ``s`` reads the
+data in the same order as the full model's seed ``s``, so the per-seed paired difference is reported
+with its t statistic: a mean difference smaller than its seed noise is not evidence either way.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Quality-versus-compute fits for scaling-law studies (numpy only).
 
-Two forms, as in the papers (papers.md §2.5, §3.10):
+Two forms, as in the papers (Wukong, arXiv 2403.02545; Kunlun):
 
 * **Power law** (Wukong): ``y = a + b * x**c``, x = compute (FLOPs per example), y = a quality metric
   (logloss, NE). The paper's fit of relative logloss is ``y = -100 + 99.56 x^-0.00071`` with x in
-  GFLOP/example (papers.md prints the exponent without its minus sign; only the negative exponent
+  GFLOP/example (the paper's text prints the exponent without its minus sign; only the negative exponent
   reproduces its Table 5, -0.35 % at 0.53 GFLOP to -0.76 % at 108).
   Fitted by variable projection: for a fixed ``c`` the model is linear in ``(a, b)``, so the sum of
   squared errors is minimised over ``c`` alone (a coarse grid over both signs, then golden-section

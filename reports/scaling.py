@@ -1,6 +1,6 @@
 """Scaling efficiency of a sweep (the same preset at several world sizes), from the runs' summaries.
 
-Computed here and only here (aesthetics.md §7 rule 13). With N0 the smallest world size of the sweep
+Computed here and only here, so every report and sweep agrees. With N0 the smallest world size of the sweep
 and X(N) the steady-state global throughput (examples/s):
 
 * weak scaling (fixed per-rank batch): ``E_weak(N) = (X(N) / N) / (X(N0) / N0)``, per-rank throughput

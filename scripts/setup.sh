@@ -4,7 +4,7 @@
 #   bash scripts/setup.sh            # idempotent: does nothing when .venv is already up to date
 #   RECSCALE_FORCE=1 bash scripts/setup.sh   # reinstall
 #
-# Variants (DESIGN.md §2):
+# Variants (the matched sets that work together; README, Set-up):
 #   CUDA machine (nvidia-smi works): torch 2.13 + fbgemm-gpu 1.8.0 (CUDA) + torchrec 1.8.0.
 #   CPU machine: torch 2.13 + fbgemm-gpu-cpu 1.8.0 + torchrec 1.8.0 installed without its
 #   dependencies (its metadata asks for the CUDA fbgemm-gpu) plus the dependencies it really needs.

@@ -2,7 +2,7 @@
 
 Every rank runs the (deterministic) planner itself instead of TorchRec's ``collective_plan``, which
 plans on rank 0 and broadcasts: when rank 0's planner raises there, the other ranks wait in the
-broadcast forever (ecosystem.md §1.3). Planning locally, every rank fails with the same reason.
+broadcast forever (seen with TorchRec 1.8). Planning locally, every rank fails with the same reason.
 The same code plans for any topology from a laptop (``recscale plan``), with no process group.
 """
 

@@ -1,6 +1,6 @@
 """Import rules that import-linter cannot express (it forbids only top-level external packages).
 
-DESIGN.md §1: ``torch.distributed`` is never imported in ``modules/`` (single-device model code),
+The layering of the packages: ``torch.distributed`` is never imported in ``modules/`` (single-device model code),
 and ``data/`` receives ranks as plain integers; neither may reach for ``torchrec.distributed``.
 """
 

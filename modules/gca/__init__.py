@@ -1,4 +1,4 @@
-"""Gated cross-attention for cross-domain sequences (papers.md §4): the block and the ``gca_seq`` model.
+"""Gated cross-attention for cross-domain sequences (arXiv 2510.09435): the block and the ``gca_seq`` model.
 
 See docs/models/gca.md.
 """

@@ -1,14 +1,14 @@
 """Gated cross-attention (GCA) for cross-domain sequences, with the orthogonality diagnostic.
 
 Domain A's sequence X queries domain B's sequence Y (keys and values); the cross-attention output
-X' is added to X through a learnable gate and optionally normalised (papers.md §4.1):
+X' is added to X through a learnable gate and optionally normalised (the paper's form, with our configurable gate):
 
     X' = W_o MHA(W_q X, W_k Y, W_v Y)          (padding of Y masked; an empty Y reads one zero slot)
     g  = act(alpha)                      (``scalar``)
     g  = act(W_g [X ‖ X'] + b_g)         (``data``: element-wise, data-dependent)
     out = LN(X + g * X')                 (LN optional; act = sigmoid or tanh)
 
-Diagnostic (papers.md §4.2): mean over real query tokens of |cos(X_t, X'_t)| between the block's
+Diagnostic (the paper's orthogonality measure): mean over real query tokens of |cos(X_t, X'_t)| between the block's
 query input X and the cross-attention output X' (before the gate). Low values mean X' carries
 information orthogonal to X ("orthogonal alignment"). It is computed without gradient.
 

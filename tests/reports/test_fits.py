@@ -9,7 +9,7 @@ import pytest
 
 from recscale.reports.fits import fit_log_linear, fit_power_law
 
-# Wukong Table 5 (papers.md §3.10): GFLOP/example and relative logloss (%) on Task 1
+# Wukong Table 5 (arXiv 2403.02545): GFLOP/example and relative logloss (%) on Task 1
 WUKONG_X = np.array([0.53, 1.25, 2.12, 5.6, 22.23, 61.0, 108.0])
 WUKONG_Y = np.array([-0.35, -0.45, -0.53, -0.60, -0.67, -0.70, -0.76])
 
@@ -28,7 +28,7 @@ def test_power_law_recovers_exact_parameters():
 
 def test_power_law_on_the_wukong_table_beats_the_papers_own_curve():
     fit = fit_power_law(WUKONG_X, WUKONG_Y, bootstrap=100)
-    paper = -100 + 99.56 * WUKONG_X**-0.00071  # the exponent is negative (papers.md prints it without the sign)
+    paper = -100 + 99.56 * WUKONG_X**-0.00071  # the exponent is negative (the paper's text prints it without the sign)
     assert paper[0] == pytest.approx(-0.395, abs=0.01) and paper[-1] == pytest.approx(-0.77, abs=0.01)
     assert fit.sse <= float(((paper - WUKONG_Y) ** 2).sum())
     assert fit.c < 0 and fit.c_ci[0] <= fit.c <= fit.c_ci[1]
