@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train on this machine (torchrun, N local ranks)")
     config_args(p, optional=True)
-    p.add_argument("--nproc", type=int, default=0, help="ranks on this machine (default: launch.nproc_per_node)")
+    p.add_argument("--nproc", type=int, default=None, help="ranks on this machine (default: launch.nproc_per_node)")
     p.add_argument("--run-dir", default="", help="write into this (new or empty) directory instead of a fresh one")
     p.add_argument(
         "--resume", default="", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"

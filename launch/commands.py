@@ -51,15 +51,16 @@ def train(args: argparse.Namespace) -> int:
             source = init_checkpoint(init_from)
             check_init_tables(source, cfg)
             cfg.checkpoint.init_from = str(source)
-    nproc = args.nproc or cfg.launch.nproc_per_node
+    nproc = cfg.launch.nproc_per_node if args.nproc is None else _ranks(args.nproc)
     device = resolve_device(cfg.trainer.device)
     check_job(cfg, nproc, device)
     _preflight_plan(cfg, nproc, device)
     paths = prepare_data(cfg.data, cfg.embeddings)
     log.info("data: train %s | valid %s", paths.train, paths.valid)
 
+    total_steps = planned_steps(cfg, nproc)  # also: enough rows for one step
     if resume_dir is not None:
-        done = nothing_to_do(resume_dir, planned_steps(cfg, nproc))
+        done = nothing_to_do(resume_dir, total_steps)
         if done:
             print(f"recscale train: {done}")
             return 0
@@ -85,6 +86,13 @@ def train(args: argparse.Namespace) -> int:
     write_run_report(run_dir)
     _print_result(run_dir)
     return 0
+
+
+def _ranks(nproc: int) -> int:
+    """``--nproc`` as given, if it is a number of ranks."""
+    if nproc < 1:
+        raise ValueError(f"--nproc {nproc}: expected at least 1 rank")
+    return nproc
 
 
 def write_run_report(run_dir: Path) -> None:
@@ -173,7 +181,7 @@ def evaluate(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint (any world size) on a Parquet data set; print the metrics as JSON."""
     from recscale.launch.local import run_eval_local
 
-    result = run_eval_local(Path(args.checkpoint), args.data, args.nproc, args.batch_size)
+    result = run_eval_local(Path(args.checkpoint), args.data, _ranks(args.nproc), args.batch_size)
     print(json.dumps(result, indent=2))
     return 0
 

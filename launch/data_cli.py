@@ -43,7 +43,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
         "--valid-fraction",
         type=float,
         default=None,
-        help="send this fraction of INPUT rows to valid/ (overrides data.convert.valid_fraction)",
+        help="send this fraction of INPUT rows to valid/ (overrides data.convert.valid_fraction; 0 with --valid)",
     )
     p.add_argument("--vocab", default=None, help="encode with the vocabularies of an earlier conversion (vocab mode)")
     p.add_argument("--skip-bad-rows", action="store_true", help="same as --set data.convert.on_bad_row=skip")
@@ -123,6 +123,8 @@ def _convert_overrides(args: argparse.Namespace) -> list[str]:
     extra = []
     if args.valid_fraction is not None:
         extra.append(f"data.convert.valid_fraction={args.valid_fraction}")
+    elif args.valid:  # the --valid files are the validation set: no training rows are moved there too
+        extra.append("data.convert.valid_fraction=0")
     if args.skip_bad_rows:
         extra.append("data.convert.on_bad_row=skip")
     return extra

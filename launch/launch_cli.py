@@ -148,14 +148,21 @@ def prepare_launch(args: argparse.Namespace) -> tuple[JobConfig, str, Path, dict
     run_dir = _planned_run_dir(cfg, args.run_dir)
     torchx_cfg = schedulers.scheduler_cfg(scheduler, launch_cfg, run_dir)
     if scheduler == "slurm":
-        torchx_cfg["partition"] = schedulers.check_slurm_capacity(
-            schedulers.slurm_nodes(),
-            str(torchx_cfg.get("partition") or ""),
-            launch_cfg.nnodes,
-            launch_cfg.cpus_per_node or launch_cfg.nproc_per_node,
-            launch_cfg.gpus_per_node,
-            launch_cfg.mem_mb_per_node,
-        )
+        try:
+            nodes = schedulers.slurm_nodes()
+        except ValueError as err:
+            if not getattr(args, "dry_run", False):
+                raise
+            log.warning("dry run without a reachable cluster: the job was not checked against it (%s)", err)
+        else:
+            torchx_cfg["partition"] = schedulers.check_slurm_capacity(
+                nodes,
+                str(torchx_cfg.get("partition") or ""),
+                launch_cfg.nnodes,
+                launch_cfg.cpus_per_node or launch_cfg.nproc_per_node,
+                launch_cfg.gpus_per_node,
+                launch_cfg.mem_mb_per_node,
+            )
     else:
         schedulers.check_local_capacity(
             launch_cfg.nnodes, launch_cfg.nproc_per_node, launch_cfg.gpus_per_node, device == "cuda"

@@ -42,6 +42,8 @@ class TrainData:
         self.valid_path = valid_path
         self.pin_memory = pin_memory
         self.steps_per_epoch = reader.num_batches()
+        if self.steps_per_epoch == 0:
+            raise ValueError(too_few_rows(reader))
         self._states: OrderedDict[int, dict[str, int]] = OrderedDict()
         self._start_state = reader.state_dict()
 
@@ -120,7 +122,20 @@ def planned_steps(cfg: JobConfig, world_size: int) -> int:
         world_size=world_size,
         mode="train",
     )
+    if reader.num_batches() == 0:
+        raise ValueError(too_few_rows(reader))
     return run_steps(cfg, reader.num_batches())
+
+
+def too_few_rows(reader: ParquetBatchReader) -> str:
+    """Why a training set gives no step at all: its rows, the batch and the ranks."""
+    world = reader.world_size
+    tail = "" if reader.pad else "; data.reader.tail=drop leaves out a last partial batch"
+    return (
+        f"{reader.path}: {reader.num_rows} training rows are fewer than one step needs: trainer.batch_size "
+        f"{reader.batch_size * world} ({reader.batch_size} per rank on {world} ranks{tail}): use a smaller batch "
+        "or more data"
+    )
 
 
 def pins_host_batches(device: torch.device) -> bool:

@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from recscale.configs import load_config
 from recscale.data import DataError
 from recscale.launch import data_cli
 from tests.data.helpers import shared_data
@@ -73,11 +74,11 @@ def test_convert_criteo_then_inspect(tmp_path, capsys):
         str(out),
         "--layout",
         "terabyte",
-        "--valid-fraction",
-        "0",
         "--no-progress",
     )
     assert code == 0
+    # with --valid files, no share of the training inputs goes to valid/ (the preset's fraction is not 0)
+    assert load_config("criteo_kaggle", []).data.convert.valid_fraction > 0
     assert json.loads(capsys.readouterr().out)["rows"] == {"train": 100, "valid": 50}
     assert run("data", "inspect", str(out)) == 0
     text = capsys.readouterr().out

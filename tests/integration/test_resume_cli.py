@@ -124,12 +124,24 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_other_table_siz
     )
 
 
-def test_train_without_config_or_resume_says_what_it_needs():
+def test_train_without_config_or_ranks_or_rows_says_what_it_needs_in_one_line(tmp_path):
     proc = recscale("train", check=False)
     assert proc.stderr.strip() == (
         "recscale train: error: CONFIG is required (a preset name or a YAML file), unless --resume RUN_DIR "
         "continues a run"
     )
+    proc = recscale("train", "quickstart", "--nproc", "0", "--set", f"launch.run_root={tmp_path}", check=False)
+    assert (proc.returncode, proc.stderr.strip()) == (2, "recscale train: error: --nproc 0: expected at least 1 rank")
+    assert not list(tmp_path.iterdir())  # nothing started (it used to run on launch.nproc_per_node ranks)
+    tiny = [f"launch.run_root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic.num_train=900"]
+    proc = recscale("train", "quickstart", "--nproc", "2", *with_sets([*tiny, "trainer.batch_size=1024"]), check=False)
+    *progress, line = proc.stderr.strip().splitlines()  # progress: the synthetic data being generated
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and line.startswith("recscale train: error: ")
+    assert line.endswith(
+        "train: 900 training rows are fewer than one step needs: trainer.batch_size 1024 (512 per rank on 2 ranks; "
+        "data.reader.tail=drop leaves out a last partial batch): use a smaller batch or more data"
+    )
+    assert not (tmp_path / "quickstart").exists() and not list(tmp_path.glob("quickstart-*"))
 
 
 def test_a_run_that_stopped_early_is_not_extended(tmp_path):

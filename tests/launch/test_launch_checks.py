@@ -165,6 +165,18 @@ def test_slurm_dry_run_prints_the_sbatch_script_with_config_and_torchxconfig_opt
     assert not (env / "runs").exists() and not (env / "slurm-calls.jsonl").exists()
 
 
+def test_a_slurm_dry_run_works_on_a_machine_without_slurm(env, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(fake_slurm(env, sinfo=None)))  # no sinfo: no cluster to ask
+    code, out, err = launch(env, capsys, "quickstart", "-s", "slurm", "-j", "2x1", "--dry-run")
+    assert code == 0, err
+    assert "#SBATCH hetjob" in out and "# submitted as: sbatch" in out
+    assert "dry run without a reachable cluster: the job was not checked against it" in err
+    # a real submission still needs the cluster: one line, nothing created
+    code, _, err = launch(env, capsys, "quickstart", "-s", "slurm", "-j", "2x1")
+    assert_one_line_error(env, code, err, "sinfo")
+    assert not (env / "runs").exists()
+
+
 def test_config_values_cannot_inject_shell_commands(env, capsys, monkeypatch):
     """A run root full of shell syntax reaches the ranks as one literal argument; nothing runs."""
     monkeypatch.setenv("PATH", f"{fake_slurm(env)}{os.pathsep}{os.environ['PATH']}")
