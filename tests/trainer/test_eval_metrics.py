@@ -129,3 +129,15 @@ def test_single_process_metrics_equal_the_reference() -> None:
     expected = _reference(logits, labels, oracle)
     assert got["auc"] == expected["auc"]
     assert got["logloss"] == pytest.approx(expected["logloss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("levels", [2, 1000])
+def test_the_exact_auc_and_logloss_equal_scikit_learns(levels):
+    """An independent reference: scikit-learn's ``roc_auc_score`` (ties count half) and ``log_loss``."""
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    logits, labels, _ = _data(5000, 1, seed=3, levels=levels)
+    scores, y = logits[:, 0].double(), labels[:, 0].double()
+    assert auc(scores, y) == pytest.approx(roc_auc_score(y.numpy(), scores.numpy()), abs=1e-12)
+    probs = torch.sigmoid(scores)
+    assert logloss(probs, y) == pytest.approx(log_loss(y.numpy(), probs.numpy()), rel=1e-9)
