@@ -13,7 +13,6 @@ import yaml
 from recscale.configs import JobConfig, config_to_dict, dump_config, load_config
 from recscale.launch.local import run_local
 from recscale.launch.resume import check_init_tables, init_checkpoint, nothing_to_do, resume_config
-from recscale.trainer.data import planned_steps
 from recscale.trainer.job import check_job
 from recscale.trainer.run_dir import CONFIG, SUMMARY, new_run_dir
 
@@ -57,6 +56,8 @@ def train(args: argparse.Namespace) -> int:
     _preflight_plan(cfg, nproc, device)
     paths = prepare_data(cfg.data, cfg.embeddings)
     log.info("data: train %s | valid %s", paths.train, paths.valid)
+
+    from recscale.trainer.data import planned_steps  # (imports TorchRec: not at the CLI's start)
 
     total_steps = planned_steps(cfg, nproc)  # also: enough rows for one step
     if resume_dir is not None:

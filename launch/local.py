@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from recscale.sharding.process_group import SHARE_CORES
 from recscale.trainer.run_dir import LOGS
 
 
@@ -26,7 +25,7 @@ def worker_env(nproc: int) -> dict[str, str]:
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # the ranks split the cores (and re-split them if more share this host)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-        env[SHARE_CORES] = "1"
+        env["RECSCALE_SHARE_CORES"] = "1"  # sharding.process_group.SHARE_CORES (not imported: it loads TorchRec)
     env.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     env.setdefault("PYTHONUNBUFFERED", "1")
     # elastic restarts: a store shared between torchrun and its workers keeps the first attempt's gloo

@@ -67,7 +67,8 @@ def test_cancel_stops_a_running_local_cwd_job(tmp_path: Path) -> None:
 
     state = {"RECSCALE_STATE_DIR": env["RECSCALE_STATE_DIR"]}
     status = recscale("status", handle, env=state)
-    assert f"{handle}: CANCELLED (recorded by the recscale launch that ran it)" in status.stdout
+    said = f"exit {status.returncode}\n{status.stdout}\n{status.stderr}"
+    assert f"{handle}: CANCELLED (recorded by the recscale launch that ran it)" in status.stdout, said
     again = recscale("cancel", handle, env=state)
     assert again.returncode == 0 and again.stdout.strip() == f"{handle}: already ended CANCELLED"
     assert json.loads((run_dir / "launch.json").read_text())["launcher_pid"] == launcher.pid
