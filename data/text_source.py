@@ -29,11 +29,21 @@ def _open_raw(path: Path) -> tuple[BinaryIO, pa.NativeFile]:
     return raw, stream
 
 
+def unreadable(path: Path, err: BaseException) -> DataError:
+    """The error for a file that stops being readable (a truncated download, a damaged gzip stream)."""
+    if path.suffix == ".gz":
+        return DataError(f"{path}: the gzip stream is truncated or damaged ({err}); was the download complete?")
+    return DataError(f"{path}: cannot read the file ({err})")
+
+
 def read_header(path: Path, delimiter: str) -> list[str]:
     """The column names on the first line of a CSV file."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:  # type: ignore[operator]
-        line = f.readline().rstrip("\r\n")
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:  # type: ignore[operator]
+            line = f.readline().rstrip("\r\n")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise unreadable(path, err) from None
     if not line:
         raise DataError(f"{path}: line 1: expected a header line with column names, got an empty line")
     return line.split(delimiter)
@@ -72,7 +82,20 @@ class TextBlocks:
         self.bad_lines: list[int] = []
         self._first_bad: tuple[int, int, str] | None = None
         self._raw, stream = _open_raw(path)
-        self._reader = pa_csv.open_csv(
+        try:
+            self._reader = self._open_csv(stream, names, include, block_mb)
+        except pa.ArrowInvalid as err:
+            self.close()
+            raise DataError(f"{path}: cannot parse: {err}") from None
+        except (OSError, EOFError) as err:
+            self.close()
+            raise unreadable(path, err) from None
+
+    def _open_csv(
+        self, stream: pa.NativeFile, names: list[str], include: list[str] | None, block_mb: int
+    ) -> pa_csv.CSVStreamingReader:
+        delimiter = self.delimiter
+        return pa_csv.open_csv(
             stream,
             read_options=pa_csv.ReadOptions(
                 use_threads=False,
@@ -122,6 +145,8 @@ class TextBlocks:
                 first += block.num_rows
         except pa.ArrowInvalid as err:
             raise DataError(f"{self.path}: cannot parse: {err}") from None
+        except (OSError, EOFError) as err:  # ArrowIOError is an OSError
+            raise unreadable(self.path, err) from None
         finally:
             self.close()
 

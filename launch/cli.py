@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 
@@ -34,7 +35,12 @@ log = logging.getLogger("recscale")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="recscale", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (TorchRec's planner stats too)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, the libraries' own messages and warnings, full tracebacks on the console",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
@@ -124,19 +130,31 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         force=True,
     )
-    logging.getLogger("torchrec").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    for library in ("torchrec", "matplotlib"):  # planner statistics; matplotlib's first-use font cache note
+        logging.getLogger(library).setLevel(logging.INFO if args.verbose else logging.WARNING)
     from recscale.launch.entrypoint import install_log_filters
 
     install_log_filters()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, ValueError, FileNotFoundError, TimeoutError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, TimeoutError) as err:
         print(f"recscale {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"recscale {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (``recscale presets | head``): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
+    except Exception as err:  # noqa: BLE001 - anything else: one line here, the traceback in a file
+        if args.verbose:
+            raise
+        from recscale.launch.failures import one_line, save_traceback
+
+        where = save_traceback(args.command)
+        print(f"recscale {args.command}: error: {one_line(err)} (traceback: {where})", file=sys.stderr)
+        return 1
 
 
 def print_json(data: object) -> None:

@@ -78,11 +78,11 @@ def train(args: argparse.Namespace) -> int:
     restarts = cfg.launch.max_restarts if getattr(args, "max_restarts", None) is None else args.max_restarts
     if restarts < 0:
         raise ValueError(f"--max-restarts {restarts}: expected >= 0")
-    code = run_local(run_dir, nproc, resume=resume_dir is not None, max_restarts=restarts)
-    if code != 0:
-        print(
-            f"recscale train: the job failed (exit code {code}); per-rank logs in {run_dir / 'logs'}", file=sys.stderr
-        )
+    verbose = getattr(args, "verbose", False)
+    mode = cfg.metrics.progress_bar
+    bar = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+    code = run_local(run_dir, nproc, resume=resume_dir is not None, max_restarts=restarts, verbose=verbose, bar=bar)
+    if code != 0:  # run_local printed the failing rank's reason and log
         return code
     write_run_report(run_dir)
     _print_result(run_dir)
@@ -179,10 +179,24 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint (any world size) on a Parquet data set; print the metrics as JSON."""
-    from recscale.launch.local import run_eval_local
+    """Evaluate a checkpoint (any world size) on a Parquet data set; print the metrics as JSON.
 
-    result = run_eval_local(Path(args.checkpoint), args.data, _ranks(args.nproc), args.batch_size)
+    The checkpoint is found before any rank starts (a missing one is one line); the ranks' logs go to
+    ``<run_dir>/logs/eval-<time>/``.
+    """
+    import time
+
+    from recscale.launch.eval_entrypoint import resolve_checkpoint
+    from recscale.launch.local import JobFailedError, run_eval_local
+
+    checkpoint = resolve_checkpoint(Path(args.checkpoint))
+    nproc = _ranks(args.nproc)
+    log_dir = checkpoint.parent.parent / "logs" / time.strftime("eval-%Y%m%d-%H%M%S")
+    try:
+        result = run_eval_local(checkpoint, args.data, nproc, args.batch_size, log_dir, getattr(args, "verbose", False))
+    except JobFailedError as failed:
+        print(failed, file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     return 0
 

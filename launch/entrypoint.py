@@ -10,40 +10,62 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
 import yaml
 
 from recscale.configs import config_from_dict
-from recscale.trainer.run_dir import CONFIG
+from recscale.launch.failures import one_line, report_failure
+from recscale.trainer.run_dir import CONFIG, LOGS
+
+VERBOSE = "RECSCALE_VERBOSE"
+"""Environment variable: ``1`` keeps the library noise below on the console (``recscale --verbose``)."""
+
+_NOISE = (
+    "Successfully loaded: 'fbgemm_gpu",  # FBGEMM, once per library it loads
+    "[TBE=",  # FBGEMM's table-batched embedding dumps its constructor arguments at INFO
+    "Sharding Type is data_parallel, caching params will be ignored",  # TorchRec, per data-parallel table
+    "Compute Kernel is dense, caching params will be ignored",
+)
 
 
-class _FbgemmLoadNoise(logging.Filter):
-    """Drops FBGEMM's "Successfully loaded: '<lib>.so'" lines, logged at INFO on the root logger."""
+def verbose() -> bool:
+    """Whether ``--verbose`` asked for the libraries' own messages."""
+    return os.environ.get(VERBOSE, "") == "1"
+
+
+class _KnownNoise(logging.Filter):
+    """Drops the libraries' messages that ask nothing of the user (listed in ``_NOISE``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Successfully loaded: 'fbgemm_gpu")
+        return not record.getMessage().startswith(_NOISE)
 
 
 def install_log_filters() -> None:
-    """Filters on the root logger's handlers (call after ``logging.basicConfig``)."""
+    """Filters on the root logger's handlers (call after ``logging.basicConfig``); none under ``--verbose``."""
+    if verbose():
+        return
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_FbgemmLoadNoise())
+        handler.addFilter(_KnownNoise())
 
 
 def quiet_known_warnings() -> None:
-    """Silence warnings that are known to be false alarms here.
+    """Silence warnings that ask nothing of the user (all of them are shown under ``--verbose``).
 
     FBGEMM's dense (data-parallel) embedding lookup has no registered autograd kernel and torch warns
     that backprop through it "may be silently incorrect"; TorchRec wraps it in its own autograd
     function, and tests/sharding/test_equivalence.py checks data-parallel tables against an unsharded
-    reference after a training step.
+    reference after a training step. Future and deprecation warnings are about the libraries' next
+    versions: the versions here are pinned.
     """
     warnings.filterwarnings("ignore", message=r"fbgemm::dense_embedding_codegen_lookup_function")
     # the train pipeline's fx tracer asks torch.fx whether it is tracing; torch logs a deprecation note
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
+    if verbose():
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def setup_logging() -> None:
@@ -80,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, run_dir, resume=resume)
     except Exception as err:  # noqa: BLE001 - reported, then the rank exits non-zero
         stall = faults.explain(err)  # names the ranks that never reached a failed collective
-        reason = f"{stall} [{str(err).splitlines()[0] if str(err) else type(err).__name__}]" if stall else err
-        logging.getLogger("recscale").error(
-            "rank %s failed: %s\n%s", os.environ.get("RANK", "0"), reason, traceback.format_exc()
-        )
+        reason = f"{stall} [{one_line(err)}]" if stall else one_line(err)
+        report_failure(run_dir / LOGS, reason)
         return 1
     from recscale.sharding.process_group import shutdown_distributed
 

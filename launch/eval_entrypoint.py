@@ -7,13 +7,13 @@ import dataclasses
 import logging
 import math
 import sys
-import traceback
 from pathlib import Path
 
 import yaml
 
 from recscale.configs import config_from_dict
 from recscale.launch.entrypoint import quiet_known_warnings, setup_logging
+from recscale.launch.failures import one_line, report_failure
 from recscale.trainer.run_dir import CHECKPOINTS, CONFIG, write_json
 
 
@@ -23,6 +23,8 @@ def resolve_checkpoint(path: Path) -> Path:
     ``checkpoints/best`` (a link to the best evaluation's checkpoint) resolves to the checkpoint it points at.
     """
     path = path.expanduser().resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint or run directory")
     if (path / CONFIG).is_file():
         found = sorted(p for p in (path / CHECKPOINTS).glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
         if not found:
@@ -40,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--data", default="")
     parser.add_argument("--batch-size", type=int, default=0)
+    parser.add_argument("--log-dir", default="", help="the job's log folder (failure records go there)")
     args = parser.parse_args(argv)
     setup_logging()
     quiet_known_warnings()
     try:
         result = evaluate_checkpoint(Path(args.checkpoint), args.data, args.batch_size)
     except Exception as err:  # noqa: BLE001 - reported, then the rank exits non-zero
-        logging.getLogger("recscale").error("evaluation failed: %s\n%s", err, traceback.format_exc())
+        report_failure(Path(args.log_dir) if args.log_dir else None, one_line(err))
         return 1
     if result is not None:
         write_json(Path(args.out), result)
@@ -94,8 +97,8 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
     )
     manager = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
     problems = manager.check(path)  # every rank hashes its share of the files
-    if problems:
-        raise ValueError(f"{path}: damaged checkpoint:\n  " + "\n  ".join(problems))
+    if problems:  # the first on the console, all of them in the log
+        raise ValueError(f"{path}: damaged checkpoint: " + "\n  ".join(problems))
     state = manager.load(path, parallel)
     target = data or str(prepare_data(cfg.data, cfg.embeddings).valid)
     metrics = evaluate(parallel.model, make_eval_batches(cfg, info, target, per_rank), info.device)

@@ -101,6 +101,7 @@ def launch(args: argparse.Namespace) -> int:
     dump_config(cfg, run_dir / CONFIG)
     (run_dir / LOGS).mkdir(exist_ok=True)
     log.info("run directory: %s", run_dir)
+    started = time.time()  # failure records older than this are an earlier launch's
     with schedulers.in_state_dir(scheduler), get_runner() as runner:
         try:
             handle = runner.run(app, scheduler, cfg=torchx_cfg)
@@ -122,7 +123,7 @@ def launch(args: argparse.Namespace) -> int:
         )
         print(handle, flush=True)
         if scheduler == "local_cwd" or args.wait:
-            return _wait(runner, handle, scheduler, role.name, run_dir)
+            return _wait(runner, handle, scheduler, role.name, run_dir, started)
     print(f"recscale launch: submitted; `recscale status {handle}`, `recscale logs {handle}`", file=sys.stderr)
     return 0
 
@@ -138,7 +139,7 @@ def _stream(runner: Any, handle: str, role: str) -> None:
         log.debug("log streaming stopped: %s", err)
 
 
-def _wait(runner: Any, handle: str, scheduler: str, role: str, run_dir: Path) -> int:
+def _wait(runner: Any, handle: str, scheduler: str, role: str, run_dir: Path, started: float) -> int:
     """Wait for the job, record its final state, print the result or why it failed."""
     streamer = None
     if scheduler == "local_cwd":
@@ -164,10 +165,12 @@ def _wait(runner: Any, handle: str, scheduler: str, role: str, run_dir: Path) ->
 
         _print_result(run_dir)
         return 0
-    from recscale.launch.local import print_failed_rank_logs
+    from recscale.launch.failures import failure_line, read_failures
 
-    print_failed_rank_logs(run_dir / LOGS)
-    print(f"recscale launch: the job ended {state}; per-rank logs in {run_dir / LOGS}", file=sys.stderr)
+    if read_failures(run_dir / LOGS, since=started):  # the first failing rank's reason and log
+        print(failure_line("launch", run_dir / LOGS, 1, since=started), file=sys.stderr)
+    else:
+        print(f"recscale launch: error: the job ended {state}; per-rank logs in {run_dir / LOGS}", file=sys.stderr)
     return 1
 
 

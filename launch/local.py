@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from recscale.launch.console import run_filtered
+from recscale.launch.entrypoint import VERBOSE
+from recscale.launch.failures import failure_line
+from recscale.trainer.progress import PROGRESS_LINES
 from recscale.trainer.run_dir import LOGS
 
 
-def worker_env(nproc: int) -> dict[str, str]:
-    """Environment of the ranks: threads split between local ranks, DeepSpeed's accelerator."""
+def worker_env(nproc: int, verbose: bool = False) -> dict[str, str]:
+    """Environment of the ranks: threads split between local ranks, DeepSpeed's accelerator, verbosity."""
     env = dict(os.environ)
+    if verbose:
+        env[VERBOSE] = "1"
     if "OMP_NUM_THREADS" not in env:  # the ranks split the cores (and re-split them if more share this host)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
         env["RECSCALE_SHARE_CORES"] = "1"  # sharding.process_group.SHARE_CORES (not imported: it loads TorchRec)
@@ -55,51 +60,53 @@ def torchrun_command(
     ]
 
 
-def run_local(run_dir: Path, nproc: int, resume: bool = False, max_restarts: int = 0) -> int:
-    """Train ``run_dir``'s config on ``nproc`` local ranks; returns torchrun's exit code."""
+def run_local(
+    run_dir: Path,
+    nproc: int,
+    resume: bool = False,
+    max_restarts: int = 0,
+    verbose: bool = False,
+    bar: bool = False,
+) -> int:
+    """Train ``run_dir``'s config on ``nproc`` local ranks; returns torchrun's exit code.
+
+    On a failure the console gets one line (``failure_line``): the first failing rank's reason and the
+    path of its log, which holds the traceback. ``bar``: this process draws the progress bar from rank
+    0's step lines (which the ranks then always print as lines).
+    """
     args = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     log_dir = run_dir / LOGS
-    log_dir.mkdir(parents=True, exist_ok=True)
     cmd = torchrun_command(nproc, "recscale.launch.entrypoint", args, log_dir, max_restarts)
-    code = subprocess.call(cmd, env=worker_env(nproc))
+    started = time.time()
+    env = {**worker_env(nproc, verbose), PROGRESS_LINES: "1"}
+    code = run_filtered(cmd, env, log_dir, verbose, bar=bar)
     if code != 0:
-        print_failed_rank_logs(log_dir)
+        print(failure_line("train", log_dir, code, since=started), file=sys.stderr)
     return code
 
 
-def run_eval_local(checkpoint: Path, data: str, nproc: int, batch_size: int) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``nproc`` local ranks; returns the metrics."""
+def run_eval_local(
+    checkpoint: Path, data: str, nproc: int, batch_size: int, log_dir: Path, verbose: bool = False
+) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` on ``nproc`` local ranks, their logs under ``log_dir``; returns the metrics.
+
+    Raises:
+        JobFailedError: a rank failed; the message is the first failing rank's reason and log.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         args = ["--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", str(batch_size)]
         if data:
             args += ["--data", data]
-        cmd = torchrun_command(nproc, "recscale.launch.eval_entrypoint", args, Path(tmp) / "logs")
-        code = subprocess.call(cmd, env=worker_env(nproc), stdout=sys.stderr)
+        args += ["--log-dir", str(log_dir)]
+        cmd = torchrun_command(nproc, "recscale.launch.eval_entrypoint", args, log_dir)
+        started = time.time()
+        code = run_filtered(cmd, worker_env(nproc, verbose), log_dir, verbose, stdout=sys.stderr)
         if code != 0 or not out.exists():
-            raise RuntimeError(f"evaluation failed (exit code {code})")
+            raise JobFailedError(failure_line("eval", log_dir, code, since=started))
         result: dict[str, Any] = json.loads(out.read_text())
         return result
 
 
-def print_failed_rank_logs(log_dir: Path, lines: int = 25) -> None:
-    """Show why the job failed: the end of each failing rank's stderr, then each rank's reason.
-
-    Rank 0's output was on the console already. The entrypoint logs ``rank N failed: <reason>``; those
-    lines are printed last, where a user looks.
-    """
-    reasons: dict[str, None] = {}
-    for path in sorted(log_dir.rglob("stderr.log")):
-        text = path.read_text(errors="replace").splitlines()
-        for line in text:
-            found = FAILED_LINE.search(line)
-            if found:
-                reasons[found.group(0)] = None
-        if path.parent.name != "0" and any("Error" in line or " failed" in line for line in text):
-            print(f"--- rank {path.parent.name} ({path}) ---", file=sys.stderr)
-            print("\n".join(text[-lines:]), file=sys.stderr)
-    for reason in reasons:
-        print(reason, file=sys.stderr)
-
-
-FAILED_LINE = re.compile(r"\brank \d+ failed: .*")
+class JobFailedError(RuntimeError):
+    """A local job failed; the message is its one console line (``failure_line``)."""

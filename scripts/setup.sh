@@ -35,6 +35,8 @@ fi
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "recscale needs Python >= 3.10")'
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# setuptools reminds every editable install that a folder named like the package could shadow it
+export PYTHONWARNINGS="ignore:Editable installation"
 
 echo "[setup] installing the $variant variant into $VENV"
 pip install -q --upgrade pip
@@ -43,14 +45,18 @@ torch_args=()
 pip install -q "torch==$TORCH_VERSION" "${torch_args[@]}"
 if [ "$variant" = cuda ]; then
   pip install -q "fbgemm-gpu==$FBGEMM_VERSION" "torchrec==$TORCHREC_VERSION"
+  pip install -q -e ".[dev]"
 else
   pip uninstall -q -y fbgemm-gpu >/dev/null 2>&1 || true
   pip install -q "fbgemm-gpu-cpu==$FBGEMM_VERSION"
-  pip install -q --no-deps "torchrec==$TORCHREC_VERSION"
   # what torchrec 1.8.0 imports at run time, less the CUDA fbgemm-gpu
   pip install -q tensordict "torchmetrics==1.0.3" tqdm pyre-extensions
+  pip install -q -e ".[dev]"
+  # last, and without its dependencies: its metadata names the CUDA fbgemm-gpu, which pip would then
+  # report missing after every later install (fbgemm-gpu-cpu provides the same module)
+  pip install -q --no-deps "torchrec==$TORCHREC_VERSION"
 fi
-pip install -q -e ".[dev]"
+[ "$variant" = cpu ] && export DS_ACCELERATOR=cpu  # else DeepSpeed warns that it found no GPU
 "$VENV/bin/python" - <<'PY'
 import torch, torchrec, fbgemm_gpu, deepspeed, torchx, pyarrow  # noqa: F401  (a broken set fails here)
 print(f"[setup] torch {torch.__version__}, torchrec {torchrec.__version__}, deepspeed {deepspeed.__version__}, "

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
 log = logging.getLogger("recscale")
+
+
+PROGRESS_LINES = "RECSCALE_PROGRESS_LINES"
+"""Environment variable: ``1`` makes the ranks print step lines even under ``always`` (``recscale train``
+draws the bar itself from those lines, on its own terminal)."""
 
 
 class Progress:
@@ -21,7 +27,8 @@ class Progress:
     def __init__(self, mode: str, total_steps: int, enabled: bool) -> None:
         self.enabled = enabled
         self.total = total_steps
-        self.use_bar = enabled and (mode == "always" or (mode == "auto" and sys.stderr.isatty()))
+        wanted = mode == "always" or (mode == "auto" and sys.stderr.isatty())
+        self.use_bar = enabled and wanted and os.environ.get(PROGRESS_LINES) != "1"
         self._bar: Any = None
 
     def start(self, step: int) -> None:

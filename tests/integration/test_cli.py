@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +89,25 @@ def test_eval_of_a_checkpoint_matches_the_runs_final_evaluation(trained):
     assert result["auc"] == pytest.approx(final["auc"], abs=1e-6)
     assert result["logloss"] == pytest.approx(final["logloss"], abs=1e-6)
     assert "oracle_auc" in result
+
+
+def test_eval_of_a_damaged_checkpoint_or_wrong_columns_is_one_line(trained, tmp_path):
+    from tests.launch.test_one_line_errors import assert_one_error_line, traceback_log
+
+    run_dir, _ = trained
+    damaged = tmp_path / "run"
+    shutil.copytree(run_dir, damaged, ignore=shutil.ignore_patterns("logs", "tensorboard", "report*"))
+    shard = sorted((damaged / "checkpoints" / "step_00000016").glob("*.distcp"))[0]
+    with open(shard, "r+b") as f:
+        f.seek(100)
+        f.write(b"xxxx")
+    line = assert_one_error_line(recscale("eval", str(damaged), check=False), "eval", str(shard), "checksum mismatch")
+    assert "Traceback" in traceback_log(line) and str(damaged / "logs" / "eval-") in line
+
+    table = pq.read_table(next((run_dir.parent.parent / "cache").rglob("valid")))
+    pq.write_table(table.drop(["item"]), tmp_path / "no_item.parquet")
+    proc = recscale("eval", str(run_dir), "--data", str(tmp_path / "no_item.parquet"), check=False)
+    assert_one_error_line(proc, "eval", str(tmp_path / "no_item.parquet"), "column 'item' (sparse) is missing")
 
 
 def test_plan_for_a_big_cluster_prints_the_plan_without_gpus(tmp_path):

@@ -70,7 +70,9 @@ def test_a_hung_rank_fails_the_job_within_the_timeout_naming_it(tmp_path):
     seconds = time.monotonic() - start
     assert proc.returncode != 0
     assert seconds < 60, f"the hang took {seconds:.0f} s to fail"
-    reason = next(line for line in proc.stderr.splitlines() if line.startswith("rank 0 failed: "))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    reason = lines[-1]  # the job's one error line: the first rank to fail, and why
+    assert reason.startswith("recscale train: error: rank 0 failed: "), proc.stderr
     assert "did not complete within 8 s (trainer.collective_timeout_s)" in reason
     assert "rank 1 (last finished step 4" in reason and "did not arrive" in reason
     print(f"hung rank detected and the job failed in {seconds:.1f} s")

@@ -1,0 +1,1 @@
+"""The shipped YAML presets (package data: ``recscale presets`` lists them)."""
