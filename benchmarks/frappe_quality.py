@@ -9,7 +9,10 @@ of the ``frappe`` preset through the real launch path (``recscale train ... --np
 parameters, epochs run and the checkpoint (re-evaluate it on other data with ``recscale eval``).
 
 Published Frappe_x1 *test* AUC (BARS): DCNv2 0.9845, DeepFM 0.9842; Wukong paper: 0.9868. Targets here:
-DCN-V2 >= 0.984, Wukong >= 0.985 (validation AUC), HiLoMoE >= its backbone + 0.1% at fewer FLOPs.
+DCN-V2 >= 0.984, Wukong >= 0.985 (validation AUC), HiLoMoE >= its backbone + 0.1% at fewer FLOPs. The
+recipes were chosen on the same validation split, so the AUCs here are optimistic; the JSON's
+``protocol`` says so, and each verdict is ``confirmed`` only by the 95% Student-t interval over seeds
+(``verdicts.py``), never by one seed.
 
 One Frappe run's AUC depends on its seed by about +-0.001 (when the protocol's first learning-rate drop
 happens moves the end point), as much as the HiLoMoE target itself: compare means over seeds. For staged
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -30,6 +32,7 @@ from typing import Any
 
 from cli_runs import ROOT, quiet, recscale, train
 from results_io import write_results
+from verdicts import at_least, t_interval
 
 from recscale.trainer.peaks import cpu_model
 
@@ -117,30 +120,70 @@ def hilomoe_vs_backbone(base: dict[str, Any], moe: dict[str, Any]) -> dict[str, 
     """HiLoMoE's relative AUC gain over the DCN-V2 backbone: on the means, and paired by seed.
 
     Runs of the same seed share the data order, so the per-seed differences carry less noise than the
-    two means. ``confirmed``: ``met`` when mean − 2 standard errors ≥ +0.1%, ``not_met`` when
-    mean + 2 standard errors < +0.1%, else ``unresolved`` (the seeds cannot tell).
+    two means. ``confirmed`` reads the 95% Student-t interval of the paired mean (``verdicts.py``):
+    ``met`` when all of it is ≥ +0.1%, ``not_met`` when all of it is < +0.1%, else ``unresolved``.
     """
     by_seed = {r["seed"]: r["valid_auc"] for r in base["runs"]}
     paired = [r["valid_auc"] / by_seed[r["seed"]] - 1 for r in moe["runs"] if r["seed"] in by_seed]
-    mean = statistics.fmean(paired) if paired else None
-    stderr = statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else None
-    if mean is None or stderr is None:
-        confirmed = "unresolved"
-    elif mean - 2 * stderr >= TARGET_GAIN:
-        confirmed = "met"
-    elif mean + 2 * stderr < TARGET_GAIN:
-        confirmed = "not_met"
-    else:
-        confirmed = "unresolved"
+    interval = t_interval(paired)
+    bounds = [interval["low"], interval["high"]] if interval["low"] is not None else None
     return {
         "auc_gain_relative": moe["valid_auc"] / base["valid_auc"] - 1,
         "auc_gain_relative_per_seed": paired,
-        "auc_gain_relative_paired_mean": mean,
-        "auc_gain_relative_paired_stderr": stderr,
-        "confirmed": confirmed,
+        "auc_gain_relative_paired_mean": interval["mean"] if paired else None,
+        "auc_gain_relative_paired_stderr": interval["stderr"],
+        "auc_gain_relative_paired_interval_95": bounds,
+        "t_quantile": interval["t_quantile"],
+        "confirmed": at_least(interval, TARGET_GAIN),
         "flops_change_relative": moe["flops_per_example"] / base["flops_per_example"] - 1,
         "note": "means over the seeds; the backbone is the frappe preset's DCN-V2 (deep tower [400] x 3)",
     }
+
+
+TARGETS = {"dcnv2": 0.984, "wukong": 0.985}
+"""Validation AUC targets (the published BARS test AUCs, rounded down)."""
+
+PROTOCOL = (
+    "Every number here is on Frappe_x1's validation split, and the recipes (the frappe presets' learning rates, "
+    "regularisation, epochs and early stopping, and the HiLoMoE recipe probes) were chosen on that same split, "
+    "so these AUCs are optimistic estimates of held-out quality. The published numbers they are set against "
+    "(BARS DCNv2 0.9845, Wukong paper 0.9868) are test-split AUCs. No test split is reported: the Frappe_x1 "
+    "copy this benchmark reads has train and valid only. With a test split, train on train, choose on valid "
+    "and report `recscale eval CHECKPOINT --split test` once per chosen recipe."
+)
+
+
+def judge(results: dict[str, Any]) -> None:
+    """Fill ``verdict`` (and ``hilomoe_vs_backbone``) from the runs in ``results`` (no training).
+
+    Per model: ``mean_meets_target`` reads the mean alone; ``confirmed`` the 95% Student-t interval of
+    the mean over seeds (``unresolved`` with one seed, or when the interval straddles the target).
+    """
+    verdict: dict[str, Any] = {}
+    for name, target in TARGETS.items():
+        if name not in results:
+            continue
+        interval = t_interval([r["valid_auc"] for r in results[name]["runs"]])
+        verdict[name] = {
+            "target": target,
+            "mean_meets_target": interval["mean"] >= target,
+            "seeds": interval["n"],
+            "interval_95": [interval["low"], interval["high"]] if interval["low"] is not None else None,
+            "confirmed": at_least(interval, target),
+        }
+    if "dcnv2" in results and "dcnv2_hilomoe" in results:
+        gain = hilomoe_vs_backbone(results["dcnv2"], results["dcnv2_hilomoe"])
+        results["hilomoe_vs_backbone"] = gain
+        verdict["hilomoe"] = {
+            "target": TARGET_GAIN,
+            "mean_meets_target": gain["auc_gain_relative"] >= TARGET_GAIN and gain["flops_change_relative"] < 0,
+            "seeds": len(gain["auc_gain_relative_per_seed"]),
+            "interval_95": gain["auc_gain_relative_paired_interval_95"],
+            "confirmed": gain["confirmed"] if gain["flops_change_relative"] < 0 else "not_met",
+        }
+    results["targets"] = {**TARGETS, "hilomoe_auc_gain_relative": TARGET_GAIN}
+    results["verdict"] = verdict
+    results["protocol"] = PROTOCOL
 
 
 def main() -> int:
@@ -149,7 +192,16 @@ def main() -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/frappe_quality.json"))
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each model is trained once per seed")
+    parser.add_argument(
+        "--rejudge", action="store_true", help="recompute the verdicts of --out from its stored runs; train nothing"
+    )
     args = parser.parse_args()
+    if args.rejudge:
+        stored = json.loads(Path(args.out).read_text())
+        judge(stored)
+        write_results(args.out, stored)
+        print(json.dumps(stored["verdict"], indent=2))
+        return 0
     if not DATA.is_dir():
         raise SystemExit(
             f"{DATA} is not there: this benchmark needs the Frappe_x1 files (see ../shared/data/README.md)"
@@ -181,15 +233,7 @@ def main() -> int:
             f"logloss {r['logloss']:.4f}, {r['flops_per_example'] / 1e6:.2f} MFLOP/example",
             flush=True,
         )
-    if "dcnv2" in results and "dcnv2_hilomoe" in results:
-        results["hilomoe_vs_backbone"] = hilomoe_vs_backbone(results["dcnv2"], results["dcnv2_hilomoe"])
-    results["targets"] = {"dcnv2": 0.984, "wukong": 0.985, "hilomoe_auc_gain_relative": 0.001}
-    targets = results["targets"]
-    verdict = {name: results[name]["valid_auc"] >= targets[name] for name in ("dcnv2", "wukong") if name in results}
-    if "hilomoe_vs_backbone" in results:
-        gain = results["hilomoe_vs_backbone"]
-        verdict["hilomoe"] = gain["auc_gain_relative"] >= TARGET_GAIN and gain["flops_change_relative"] < 0
-    results["verdict"] = verdict
+    judge(results)
     results["machine"] = {"cores": os.cpu_count(), "cpu": cpu_model(), "note": "2 ranks x 1 thread, CPU, gloo"}
     write_results(args.out, results)
     print(f"wrote {args.out}")

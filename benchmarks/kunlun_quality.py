@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 from cli_runs import ROOT, quiet, train
 from results_io import write_results
+from verdicts import at_most, t_interval
 
 RESULTS = ROOT / "benchmarks/results/kunlun_cost.json"
 EQUAL = 0.001
@@ -39,27 +39,23 @@ EQUAL = 0.001
 def paired_verdict(paired: list[float]) -> dict[str, Any]:
     """Equal quality from the per-seed paired differences (variant's oracle gap − the full model's).
 
-    ``within_0.1_percent`` reads the mean alone; ``confirmed`` also asks whether the seeds resolve it:
-    ``equal`` when mean + 2 standard errors ≤ 0.001, ``worse`` when mean − 2 standard errors > 0.001,
-    else ``unresolved`` (the seed noise is larger than the target).
+    ``within_0.1_percent`` reads the mean alone; ``confirmed`` also asks whether the seeds resolve it,
+    from the 95% Student-t interval of the mean difference (``verdicts.py``): ``equal`` when the whole
+    interval is ≤ 0.001, ``worse`` when it is all > 0.001, else ``unresolved`` (the seed noise is larger
+    than the target; always so with one seed).
     """
-    diff = _stats(paired)
-    stderr = diff["stdev"] / math.sqrt(len(paired)) if len(paired) > 1 else None
-    if stderr is None:
-        confirmed = "unresolved"
-    elif diff["mean"] + 2 * stderr <= EQUAL:
-        confirmed = "equal"
-    elif diff["mean"] - 2 * stderr > EQUAL:
-        confirmed = "worse"
-    else:
-        confirmed = "unresolved"
+    interval = t_interval(paired)
+    confirmed = {"met": "equal", "not_met": "worse", "unresolved": "unresolved"}[at_most(interval, EQUAL)]
+    stderr = interval["stderr"]
     return {
-        "gap_minus_full_gap": diff["mean"],
+        "gap_minus_full_gap": interval["mean"],
         "gap_minus_full_gap_per_seed": paired,
-        "gap_minus_full_gap_stdev": diff["stdev"],
+        "gap_minus_full_gap_stdev": interval["stdev"] if interval["stdev"] is not None else 0.0,
         "gap_minus_full_gap_stderr": stderr,
-        "t": diff["mean"] / stderr if stderr else None,
-        "within_0.1_percent": diff["mean"] <= EQUAL,
+        "gap_minus_full_gap_interval_95": [interval["low"], interval["high"]] if stderr is not None else None,
+        "t_quantile": interval["t_quantile"],
+        "t": interval["mean"] / stderr if stderr else None,
+        "within_0.1_percent": interval["mean"] <= EQUAL,
         "confirmed": confirmed,
     }
 

@@ -143,6 +143,8 @@ def _check_data(cfg: JobConfig) -> list[str]:
             out.append("data.train_path: expected a Parquet file or directory (data.source is 'parquet')")
         if not d.valid_path:
             out.append("data.valid_path: expected a Parquet file or directory (data.source is 'parquet')")
+    elif d.test_path:
+        out.append(f"data.test_path: a test split is read only with data.source: parquet (got {d.source!r})")
     s = d.synthetic
     if d.source == "synthetic":
         if s.num_train <= 0:

@@ -34,7 +34,7 @@ from recscale.data.ragged import Ragged
 from recscale.data.raw import RawRows
 from recscale.data.vocab import MISSING_ROW, OOV_ROW, Vocab, VocabCounter, hash_rows
 
-Split = Literal["train", "valid", "auto"]
+Split = Literal["train", "valid", "test", "auto"]
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def count_vocabs(data: DataConfig, inputs: list[InputFile], parse: Parser, progr
     """Pass 1 of ``vocab`` mode: count the keys of the training rows."""
     names = [s.name for s in data.features.sparse] + [q.ids for q in data.features.sequences]
     counters = {name: VocabCounter() for name in names}
-    train_inputs = [i for i in inputs if i.split != "valid"]
+    train_inputs = [i for i in inputs if i.split not in ("valid", "test")]
     bar = _progress(train_inputs, "counting", progress)
     with bar:
         for item in train_inputs:
@@ -251,9 +251,10 @@ def convert(
     encoder = Encoder(data, embeddings, vocabs)
     counter = BadRowCounter()
     dense_missing: Counter[str] = Counter()
-    label_sums = {split: np.zeros(len(data.features.labels)) for split in ("train", "valid")}
+    splits = ("train", "valid", "test") if any(i.split == "test" for i in inputs) else ("train", "valid")
+    label_sums = {split: np.zeros(len(data.features.labels)) for split in splits}
     with atomic_dir(out_dir) as tmp:
-        sinks = {split: ParquetSink(tmp / split, c.row_group_size, c.rows_per_file) for split in ("train", "valid")}
+        sinks = {split: ParquetSink(tmp / split, c.row_group_size, c.rows_per_file) for split in splits}
         bar = _progress(inputs, "converting", progress)
         with bar:
             for item in inputs:
@@ -263,7 +264,10 @@ def convert(
                     raw.checks.count_into(counter)
                     dense_missing.update(raw.dense_missing)
                     to_valid = _split_mask(item, raw, c.valid_fraction, c.split_seed)[keep]
-                    for split, mask in (("train", ~to_valid), ("valid", to_valid)):
+                    routes = [("train", ~to_valid), ("valid", to_valid)]
+                    if item.split == "test":  # a held-out file: every row to test/
+                        routes = [("test", np.ones_like(to_valid))]
+                    for split, mask in routes:
                         if mask.any():
                             part = table if mask.all() else table.filter(pa.array(mask))
                             sinks[split].write(part)
@@ -323,7 +327,9 @@ def _stats(
     rows = {split: sink.rows for split, sink in sinks.items()}
     return {
         **info,
-        "inputs": {split: [str(i.path) for i in inputs if i.split == split] for split in ("train", "valid", "auto")},
+        "inputs": {
+            split: [str(i.path) for i in inputs if i.split == split] for split in ("train", "valid", "test", "auto")
+        },
         "rows": rows,
         "label_rate": {
             split: dict(zip(f.labels, (label_sums[split] / max(rows[split], 1)).tolist())) for split in rows

@@ -1,9 +1,10 @@
 """The converters' public functions: Criteo TSV and headed CSV -> ``out_dir/{train,valid}/`` + ``schema.json``.
 
-Layout of the output (what ``data.train_path`` / ``data.valid_path`` point at)::
+Layout of the output (what ``data.train_path`` / ``valid_path`` / ``test_path`` point at)::
 
     out_dir/train/part-00000.parquet ...   rows routed to training
     out_dir/valid/part-00000.parquet ...   --valid inputs, or a valid_fraction of the inputs
+    out_dir/test/part-00000.parquet ...    --test inputs (held out; only when there are some)
     out_dir/schema.json                    rows, label rates, skipped rows, table rows needed, settings
     out_dir/vocab/<column>.npz             (vocab mode) the vocabularies, reusable with --vocab
 """
@@ -22,9 +23,11 @@ from recscale.data.errors import DataError
 from recscale.data.prepare import CONVERT_STATS
 
 
-def _inputs(train: list[str | Path], valid: list[str | Path], split_train: bool) -> list[InputFile]:
+def _inputs(
+    train: list[str | Path], valid: list[str | Path], split_train: bool, test: list[str | Path] | None = None
+) -> list[InputFile]:
     items = []
-    for split, paths in (("auto" if split_train else "train", train), ("valid", valid)):
+    for split, paths in (("auto" if split_train else "train", train), ("valid", valid), ("test", test or [])):
         for path in paths:
             p = Path(path).expanduser()
             if not p.is_file():
@@ -60,6 +63,7 @@ def convert_criteo(
     *,
     layout: Literal["kaggle", "terabyte"] = "kaggle",
     valid_inputs: list[str | Path] | None = None,
+    test_inputs: list[str | Path] | None = None,
     vocab: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, object]:
@@ -72,12 +76,13 @@ def convert_criteo(
         embeddings: the tables (their rows bound the ids).
         layout: which Criteo release the files are (recorded; guards vocabulary reuse).
         valid_inputs: files whose rows all go to ``valid/`` (e.g. ``day_23``).
+        test_inputs: held-out files whose rows all go to ``test/`` (``data.test_path``).
         vocab: an earlier conversion's directory (or its ``vocab/``) to encode with instead of counting.
         progress: show a progress bar on a terminal.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
-    items = _inputs(inputs, valid_inputs or [], data.convert.valid_fraction > 0)
+    items = _inputs(inputs, valid_inputs or [], data.convert.valid_fraction > 0, test_inputs)
     info = {"format": "criteo_tsv", "layout": layout}
     return convert(
         data,
@@ -98,6 +103,7 @@ def convert_csv(
     embeddings: EmbeddingsConfig,
     *,
     valid_inputs: list[str | Path] | None = None,
+    test_inputs: list[str | Path] | None = None,
     vocab: str | Path | None = None,
     delimiter: str = ",",
     progress: bool = True,
@@ -106,7 +112,7 @@ def convert_csv(
 
     Args are as for ``convert_criteo``; ``delimiter`` separates the fields.
     """
-    items = _inputs(inputs, valid_inputs or [], data.convert.valid_fraction > 0)
+    items = _inputs(inputs, valid_inputs or [], data.convert.valid_fraction > 0, test_inputs)
     info = {"format": "csv"}
     return convert(
         data,

@@ -41,6 +41,8 @@ class DataPaths:
     """Parquet file or directory of the training examples."""
     valid: Path
     """Parquet file or directory of the validation examples."""
+    test: Path | None = None
+    """Parquet file or directory of the held-out test examples (``data.test_path``), if any."""
     stats: Path | None = None
     """``claims.json`` (synthetic) or ``schema.json`` (converted data) when there is one."""
 
@@ -70,8 +72,10 @@ def prepare_data(data: DataConfig, embeddings: EmbeddingsConfig) -> DataPaths:
     if data.source == "synthetic":
         return _prepare_synthetic(data, embeddings)
     train, valid = Path(data.train_path).expanduser(), Path(data.valid_path).expanduser()
+    test = Path(data.test_path).expanduser() if data.test_path else None
     rows = table_rows(embeddings)
-    for path, with_oracle in ((train, False), (valid, bool(data.features.oracle))):
+    checked = [(train, False), (valid, bool(data.features.oracle))]
+    for path, with_oracle in checked + ([(test, bool(data.features.oracle))] if test is not None else []):
         catalog = open_catalog(path)
         for file, schema in zip(catalog.files, catalog.schemas):
             check_schema(schema, data.features, file, with_oracle)
@@ -81,7 +85,7 @@ def prepare_data(data: DataConfig, embeddings: EmbeddingsConfig) -> DataPaths:
         if problem:
             log.warning("%s; such rows will be skipped (on_bad_row: skip)", problem)
     stats = _common_parent(train, valid) / CONVERT_STATS
-    return DataPaths(train=train, valid=valid, stats=stats if stats.is_file() else None)
+    return DataPaths(train=train, valid=valid, test=test, stats=stats if stats.is_file() else None)
 
 
 def _prepare_synthetic(data: DataConfig, embeddings: EmbeddingsConfig) -> DataPaths:

@@ -5,7 +5,7 @@
     recscale launch CONFIG --scheduler local_cwd|slurm -j NODESxPROCS [--dry-run]  (docs/launch.md)
     recscale status|logs|cancel HANDLE
     recscale plan CONFIG --world-size 64 --device cuda --hbm-gb 80 --ranks-per-node 8
-    recscale eval CHECKPOINT --data PATH
+    recscale eval CHECKPOINT [--data PATH | --split test]
     recscale flops CONFIG
     recscale config CONFIG [--set key=value ...]
     recscale models | presets
@@ -87,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set; prints JSON")
     p.add_argument("checkpoint", help="a checkpoint directory (<run_dir>/checkpoints/step_N) or a run directory")
-    p.add_argument("--data", default="", help="Parquet file or directory (default: the run's validation data)")
+    p.add_argument("--data", default="", help="Parquet file or directory (default: the run's --split data)")
+    p.add_argument(
+        "--split",
+        choices=["valid", "test"],
+        default="valid",
+        help="the run's data.valid_path, or its held-out data.test_path (default: valid)",
+    )
     p.add_argument("--nproc", type=int, default=1, help="ranks to evaluate with (any number: tables are resharded)")
     p.add_argument("--batch-size", type=int, default=0, help="default: the run's trainer.batch_size")
     p.set_defaults(func=commands.evaluate)

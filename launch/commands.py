@@ -191,14 +191,34 @@ def evaluate(args: argparse.Namespace) -> int:
 
     checkpoint = resolve_checkpoint(Path(args.checkpoint))
     nproc = _ranks(args.nproc)
+    split = getattr(args, "split", "valid")
+    if args.data and split == "test":
+        raise ValueError("--data and --split test: give one (--data evaluates any Parquet data)")
+    data = args.data or (_test_path(checkpoint.parent.parent) if split == "test" else "")
     log_dir = checkpoint.parent.parent / "logs" / time.strftime("eval-%Y%m%d-%H%M%S")
     try:
-        result = run_eval_local(checkpoint, args.data, nproc, args.batch_size, log_dir, getattr(args, "verbose", False))
+        result = run_eval_local(checkpoint, data, nproc, args.batch_size, log_dir, getattr(args, "verbose", False))
     except JobFailedError as failed:
         print(failed, file=sys.stderr)
         return 1
+    if not args.data:
+        result = {"split": split, **result}
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _test_path(run_dir: Path) -> str:
+    """The run's ``data.test_path``, made absolute; a one-line error when the run has none."""
+    cfg = load_config(str(run_dir / CONFIG), [])
+    if not cfg.data.test_path:
+        raise ValueError(
+            f"--split test: the run's config ({run_dir / CONFIG}) has no data.test_path; "
+            "set it when training, or evaluate any Parquet data with --data PATH"
+        )
+    path = Path(cfg.data.test_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data.test_path of {run_dir / CONFIG}: {path} does not exist")
+    return str(path.resolve())
 
 
 # -------------------------------------------------------------------------------------------- flops

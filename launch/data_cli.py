@@ -2,8 +2,8 @@
 
     recscale data synth CONFIG [--set k=v ...] [--out DIR]
     recscale data convert criteo INPUT... [--out DIR] [--config CONFIG] [--layout kaggle|terabyte]
-                                          [--valid FILE ...] [--valid-fraction F] [--vocab DIR]
-    recscale data convert csv INPUT... --config CONFIG [--out DIR] [--valid FILE ...] [--vocab DIR]
+                                          [--valid FILE ...] [--test FILE ...] [--valid-fraction F] [--vocab DIR]
+    recscale data convert csv INPUT... --config CONFIG [--out DIR] [--valid FILE ...] [--test FILE ...] [--vocab DIR]
     recscale data inspect PATH [--json]
 
 ``register(subparsers)`` adds the group to the ``recscale`` parser; each command is
@@ -39,6 +39,7 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="training input files (plain or .gz)")
     p.add_argument("--out", default="", help="output directory (default: the parent of data.train_path)")
     p.add_argument("--valid", nargs="+", default=[], metavar="FILE", help="inputs whose rows all go to valid/")
+    p.add_argument("--test", nargs="+", default=[], metavar="FILE", help="held-out inputs whose rows all go to test/")
     p.add_argument(
         "--valid-fraction",
         type=float,
@@ -148,6 +149,7 @@ def convert_criteo(args: argparse.Namespace) -> int:
         cfg.embeddings,
         layout=args.layout,
         valid_inputs=args.valid,
+        test_inputs=args.test,
         vocab=args.vocab,
         progress=not args.no_progress,
     )
@@ -167,6 +169,7 @@ def convert_csv(args: argparse.Namespace) -> int:
         cfg.data,
         cfg.embeddings,
         valid_inputs=args.valid,
+        test_inputs=args.test,
         vocab=args.vocab,
         delimiter=args.delimiter,
         progress=not args.no_progress,

@@ -36,7 +36,9 @@ def _check_data_paths(cfg: JobConfig) -> None:
     """Real data must exist before anything is submitted (synthetic data is generated here)."""
     if cfg.data.source == "synthetic":
         return
-    for key in ("train_path", "valid_path"):
+    for key in ("train_path", "valid_path", "test_path"):
+        if key == "test_path" and not cfg.data.test_path:
+            continue
         path = Path(getattr(cfg.data, key)).expanduser()
         if not path.exists():
             raise ValueError(f"data.{key}: {path} does not exist")
@@ -44,7 +46,7 @@ def _check_data_paths(cfg: JobConfig) -> None:
 
 def _absolute_paths(cfg: JobConfig) -> None:
     """Make the config's paths absolute: ranks run in another directory (Slurm: the job's log folder)."""
-    for key in ("train_path", "valid_path", "cache_dir"):
+    for key in ("train_path", "valid_path", "test_path", "cache_dir"):
         value = getattr(cfg.data, key)
         if value:
             setattr(cfg.data, key, str(Path(value).expanduser().resolve()))

@@ -1,4 +1,4 @@
-"""The quality benchmarks' statistical verdicts: paired by seed, decided at two standard errors."""
+"""The quality benchmarks' statistical verdicts: paired by seed, decided by 95% Student-t intervals."""
 
 from __future__ import annotations
 
@@ -9,8 +9,35 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from frappe_quality import hilomoe_vs_backbone  # noqa: E402
+from frappe_quality import hilomoe_vs_backbone, judge  # noqa: E402
 from kunlun_quality import paired_verdict  # noqa: E402
+from verdicts import at_least, at_most, t_interval  # noqa: E402
+
+
+def test_the_interval_of_three_seeds_uses_students_t_not_two_standard_errors() -> None:
+    out = t_interval([1.0, 2.0, 3.0])  # mean 2, sample std 1, standard error 1/sqrt(3)
+    assert out["t_quantile"] == pytest.approx(4.302653, abs=1e-6)  # t(0.975, 2 df), from any t table
+    assert out["low"] == pytest.approx(2 - 4.302653 / 3**0.5, abs=1e-6)
+    assert out["high"] == pytest.approx(2 + 4.302653 / 3**0.5, abs=1e-6)
+    assert t_interval([0.0] * 30)["t_quantile"] == pytest.approx(2.045230, abs=1e-6)  # 29 df
+    # the mean is 2.6 standard errors above 0.8: "met" at two standard errors, not at 95% with 3 seeds
+    assert at_least(t_interval([0.9, 1.1, 1.3]), 0.8) == "unresolved"
+    assert at_least(t_interval([1.0, 1.05, 1.1]), 0.5) == "met"
+    assert at_most(t_interval([1.0, 1.05, 1.1]), 0.5) == "not_met"
+    single = t_interval([0.99])
+    assert single["low"] is None and at_least(single, 0.5) == "unresolved" and at_most(single, 2.0) == "unresolved"
+
+
+def test_a_model_verdict_needs_more_than_one_seed() -> None:
+    results = {
+        "dcnv2": {"runs": [{"seed": s, "valid_auc": a} for s, a in enumerate([0.9851, 0.9849, 0.9850])]},
+        "wukong": {"runs": [{"seed": 0, "valid_auc": 0.9900}]},
+    }
+    judge(results)
+    assert results["verdict"]["dcnv2"]["confirmed"] == "met"  # 0.9850 +- 0.0002 (t) against 0.984
+    assert results["verdict"]["wukong"]["mean_meets_target"] is True
+    assert results["verdict"]["wukong"]["confirmed"] == "unresolved"  # one seed proves nothing
+    assert "chosen on that same split" in results["protocol"]
 
 
 def _model(aucs: dict[int, float], flops: int) -> dict:
@@ -21,7 +48,7 @@ def _model(aucs: dict[int, float], flops: int) -> dict:
 @pytest.mark.parametrize(
     ("moe", "confirmed"),
     [
-        ({0: 0.9020, 1: 0.9112, 2: 0.8919}, "met"),  # +0.2% on every seed
+        ({0: 0.9027, 1: 0.912821, 2: 0.892581}, "met"),  # +0.30%, +0.31%, +0.29%
         ({0: 0.9000, 1: 0.9100, 2: 0.8900}, "not_met"),  # level on every seed
         ({0: 0.9100, 1: 0.9000, 2: 0.8900}, "unresolved"),  # +1.1%, -1.1%, 0: the seeds cannot tell
     ],

@@ -169,6 +169,10 @@ class DataConfig:
     """Parquet file or directory for training (``parquet`` source)."""
     valid_path: str = ""
     """Parquet file or directory for validation (``parquet`` source)."""
+    test_path: str = ""
+    """Parquet file or directory held out for a final evaluation (``parquet`` source, optional):
+    ``recscale eval RUN --split test`` reads it; training, evaluation during training, early stopping
+    and best-checkpoint selection never do, so choices made on valid do not leak into it."""
     cache_dir: str = "~/.cache/recscale/data"
     """Where generated synthetic data is kept, keyed by a hash of its config."""
     features: FeatureSchemaConfig = field(default_factory=FeatureSchemaConfig)
