@@ -113,7 +113,7 @@ def convert_csv(
     Args are as for ``convert_criteo``; ``delimiter`` separates the fields.
     """
     items = _inputs(inputs, valid_inputs or [], data.convert.valid_fraction > 0, test_inputs)
-    info = {"format": "csv"}
+    info = {"format": "csv", "delimiter": delimiter}
     return convert(
         data,
         embeddings,

@@ -27,9 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--quantize", choices=QUANTIZE, default="none", help="how table rows are stored (row-wise)")
     p.set_defaults(func=export)
 
-    p = subparsers.add_parser("predict", help="score Parquet rows with an exported artifact")
+    p = subparsers.add_parser("predict", help="score Parquet, CSV or Criteo TSV rows with an exported artifact")
     p.add_argument("artifact", metavar="ARTIFACT", help="an artifact directory from recscale export")
-    p.add_argument("--data", required=True, help="a prepared Parquet file or directory (the training columns)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a prepared Parquet file or directory, or a raw CSV / Criteo TSV file read as the converter read it",
+    )
     p.add_argument("--out", required=True, help="predictions Parquet to write (p_<label> columns, input order)")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per forward pass")
     p.set_defaults(func=predict)

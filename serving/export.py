@@ -21,6 +21,7 @@ import yaml
 
 from recscale.configs import JobConfig, config_from_dict
 from recscale.serving import runtime
+from recscale.serving.conversion import raw_spec
 from recscale.serving.graph import FeatureLookup, InferenceModel, export_graph
 from recscale.serving.tables import QUANTIZE, InferenceTable
 from recscale.sharding.checkpoint import read_manifest, verify
@@ -155,7 +156,8 @@ def feature_spec(cfg: JobConfig) -> dict[str, Any]:
             {"name": f.name, "table": f.table, "rows": rows[f.table], "hashing": f.hashing, "max_ids": f.max_ids}
             for f in cfg.data.features.sparse
         ],
-        "dense_transforms": "none: dense columns are read as stored in the prepared Parquet",
+        "dense_transforms": "Parquet: dense columns are read as stored; raw text: as the 'raw' section says",
+        "raw": raw_spec(cfg)[0],
     }
 
 
@@ -203,6 +205,11 @@ def export_run(run_dir: Path, checkpoint: str, out: Path, quantize: str) -> dict
     tmp.mkdir(parents=True)
     torch.export.save(program, str(tmp / runtime.GRAPH))
     (tmp / runtime.FEATURES).write_text(json.dumps(feature_spec(cfg), indent=2))
+    _, vocab = raw_spec(cfg)
+    if vocab is not None:  # the conversion's vocabularies: raw CSV values -> the rows the model knows
+        (tmp / "vocab").mkdir()
+        for spec in cfg.data.features.sparse:
+            shutil.copyfile(vocab / f"{spec.name}.npz", tmp / "vocab" / f"{spec.name}.npz")
     shutil.copyfile(runtime.__file__, tmp / "serve.py")
     manifest = {
         "format": runtime.ARTIFACT_FORMAT,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,10 @@ def load(path: str | os.PathLike[str]) -> Predictor:
     return Predictor(path)
 
 
+RAW_SUFFIXES = (".csv", ".tsv", ".txt", ".gz")
+"""Inputs read as raw text (CSV with a header, Criteo TSV), the way the model's data was converted."""
+
+
 def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
     """A Parquet file, or a directory's Parquet files in name order (the training reader's order)."""
     path = Path(path)
@@ -176,12 +181,177 @@ def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
         return files
     if not path.is_file():
         raise ServingError(f"{path}: no such file or directory")
-    if path.suffix.lower() in (".csv", ".tsv", ".txt", ".gz"):
-        raise ServingError(
-            f"{path}: raw CSV / Criteo TSV is not read here yet; convert it with the converter the model was "
-            "trained on (recscale data convert) and predict on the Parquet it writes"
-        )
     return [path]
+
+
+# ------------------------------------------------------------------------------------- raw text input
+# ``features.json`` carries a ``raw`` section when the model was trained on data that ``recscale data
+# convert`` wrote: the input format, the dense transform and fill, and how a categorical value became a
+# table row (``hash``: 1 + SplitMix64(key) % (rows - 1); ``vocab``: the conversion's vocabulary, copied
+# into ``vocab/``, unknown values on row 1; ``integer``: the value is the row; empty: row 0). A key is
+# the value of a Criteo hex field, or the first 8 bytes (little-endian) of BLAKE2b of a CSV string.
+
+_HEX_ID = re.compile(r"[0-9a-fA-F]{1,16}")
+CRITEO_COLUMNS = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
+
+
+def _mix64(keys: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) + _GOLDEN
+        z ^= z >> np.uint64(30)
+        z *= _M1
+        z ^= z >> np.uint64(27)
+        z *= _M2
+        z ^= z >> np.uint64(31)
+    return z
+
+
+def _first_line(path: Path) -> str:
+    import gzip
+
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            return str(f.readline()).rstrip("\r\n")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise ServingError(f"{path}: cannot read the file ({err})") from None
+
+
+def _layout(path: Path, raw: dict[str, Any], needed: list[str]) -> tuple[list[str], int, str]:
+    """``(column names, header lines, delimiter)`` of a raw input file."""
+    first = _first_line(path)
+    if raw["format"] == "criteo_tsv":
+        fields = first.count("\t") + 1
+        if fields not in (39, 40):
+            raise ServingError(
+                f"{path}: line 1: expected 40 tab-separated Criteo fields (39 without a label), got {fields}"
+            )
+        return (CRITEO_COLUMNS if fields == 40 else CRITEO_COLUMNS[1:]), 0, "\t"
+    delimiter = raw.get("delimiter", ",")
+    header = first.split(delimiter)
+    absent = [name for name in needed if name not in header]
+    if absent:
+        raise ServingError(f"{path}: column {absent[0]!r} is missing; the header has {', '.join(header)}")
+    return header, 1, delimiter
+
+
+def _numbers(array: Any, integers: bool, where: str, name: str, line: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(float64 values, missing mask)`` of a text column; a value that is not a number is an error."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    missing = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
+    try:
+        numbers = pc.cast(array, pa.int64() if integers else pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        for i, text in enumerate(array.to_pylist()):
+            try:
+                _ = int(text) if integers and text is not None else float(text) if text is not None else 0
+            except ValueError:
+                kind = "an integer" if integers else "a number"
+                raise ServingError(f"{where}: line {line + i}: column {name!r}: {text!r} is not {kind}") from None
+        raise
+    values = np.asarray(pc.fill_null(numbers, 0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return values, missing
+
+
+def _keys(array: Any, fmt: str, mode: str, where: str, name: str, line: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint64 keys, missing mask)`` of a categorical text column (see the section comment)."""
+    import hashlib
+
+    import pyarrow.compute as pc
+
+    missing = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
+    if mode == "integer":
+        values, _ = _numbers(array, True, where, name, line)
+        return values.astype(np.int64).astype(np.uint64), missing
+    encoded = pc.dictionary_encode(pc.fill_null(array, ""))
+    distinct = encoded.dictionary.to_pylist()
+    keys = np.zeros(len(distinct), dtype=np.uint64)
+    for k, text in enumerate(distinct):
+        if fmt == "criteo_tsv":
+            if text and not _HEX_ID.fullmatch(text):
+                row = int(np.nonzero(np.asarray(encoded.indices) == k)[0][0])
+                raise ServingError(f"{where}: line {line + row}: column {name!r}: {text!r} is not a hexadecimal id")
+            keys[k] = int(text, 16) if text else 0
+        else:
+            keys[k] = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return keys[np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)], missing
+
+
+def _rows(keys: np.ndarray, missing: np.ndarray, mode: str, rows: int, vocab: Any, where: str, name: str) -> np.ndarray:
+    """The table rows the converter gave these keys (int64)."""
+    if mode == "integer":
+        out = keys.astype(np.int64)
+        bad = missing | (out < 0) | (out >= rows)
+        if bad.any():
+            raise ServingError(f"{where}: column {name!r}: id missing or outside its table (rows 0..{rows - 1})")
+        return out
+    if mode == "hash":
+        out = (_mix64(keys) % np.uint64(rows - 1)).astype(np.int64) + 1
+    else:
+        sorted_keys, key_rows = vocab
+        at = np.minimum(np.searchsorted(sorted_keys, keys), max(len(sorted_keys) - 1, 0))
+        known = (sorted_keys[at] == keys) if len(sorted_keys) else np.zeros(len(keys), dtype=bool)
+        out = np.where(known, key_rows[at] if len(sorted_keys) else 1, 1).astype(np.int64)
+    return np.where(missing, 0, out)
+
+
+def raw_batches(path: Path, artifact: Path, features: dict[str, Any], block_mb: int = 16) -> Any:
+    """Blocks of a raw input file as ``(columns, first line)``: dense float32 and sparse row ids, per name."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    raw = features.get("raw")
+    if raw is None:
+        raise ServingError(
+            f"{path}: this model was not trained on data converted from CSV / Criteo TSV (features.json has no "
+            "'raw' section), so there is no recipe for raw rows; score Parquet with the training columns"
+        )
+    dense, sparse = list(features["dense"]), [s["name"] for s in features["sparse"]]
+    names, header, delimiter = _layout(path, raw, dense + sparse)
+    vocabs = {}
+    if raw["categorical"] == "vocab":
+        for name in sparse:
+            with np.load(artifact / "vocab" / f"{name}.npz") as data:
+                vocabs[name] = (data["keys"], data["rows"])
+    stream: Any = pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
+    try:
+        reader = pa_csv.open_csv(
+            stream,
+            read_options=pa_csv.ReadOptions(block_size=block_mb << 20, column_names=names, skip_rows=header),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=delimiter,
+                quote_char='"' if delimiter == "," else False,
+                double_quote=delimiter == ",",
+                escape_char=False,
+                ignore_empty_lines=False,
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={n: pa.string() for n in names},
+                include_columns=dense + sparse,
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+                null_values=[""],
+            ),
+        )
+        line = header + 1
+        for block in reader:
+            where = str(path)
+            columns: dict[str, np.ndarray] = {}
+            for name in dense:
+                values, missing = _numbers(block.column(name), raw["format"] == "criteo_tsv", where, name, line)
+                if raw["dense_transform"] == "log1p":
+                    values = np.log1p(np.maximum(values, 0.0))
+                columns[name] = np.where(missing, raw["dense_missing"], values).astype(np.float32)
+            for name in sparse:
+                keys, missing = _keys(block.column(name), raw["format"], raw["categorical"], where, name, line)
+                rows = int(raw["table_rows"][name])
+                columns[name] = _rows(keys, missing, raw["categorical"], rows, vocabs.get(name), where, name)
+            yield columns, line
+            line += block.num_rows
+    except (pa.ArrowInvalid, OSError, EOFError) as err:
+        raise ServingError(f"{path}: cannot read it as {raw['format']} ({str(err).splitlines()[0]})") from None
 
 
 def predict_file(
@@ -190,7 +360,10 @@ def predict_file(
     out: str | os.PathLike[str],
     batch_size: int = 8192,
 ) -> int:
-    """Score every row of the Parquet ``data`` into ``out`` (Parquet, ``p_<label>`` columns, input order).
+    """Score every row of ``data`` into ``out`` (Parquet, ``p_<label>`` columns, input order).
+
+    ``data``: Parquet (a file or a directory), or a raw CSV / Criteo TSV file (``.gz`` too) read as the
+    model's data was converted (``raw_batches``).
 
     Returns the number of rows scored. ``out`` is written under a temporary name and renamed.
     """
@@ -200,7 +373,13 @@ def predict_file(
     model = artifact if isinstance(artifact, Predictor) else load(artifact)
     columns = list(model.features["dense"]) + [s["name"] for s in model.features["sparse"]]
     parts = []
-    for file in parquet_files(data):
+    source = Path(data)
+    if source.suffix.lower() in RAW_SUFFIXES:
+        if not source.is_file():
+            raise ServingError(f"{source}: no such file")
+        for block, line in raw_batches(source, model.path, model.features):
+            parts.append(model.predict(block, where=f"{source} (the block from line {line})"))
+    for file in [] if source.suffix.lower() in RAW_SUFFIXES else parquet_files(source):
         try:
             reader = pq.ParquetFile(file)
         except (OSError, pa.ArrowException) as err:
@@ -219,4 +398,4 @@ def predict_file(
     return len(probs)
 
 
-__all__ = ["ServingError", "Predictor", "load", "map_ids", "parquet_files", "predict_file"]
+__all__ = ["ServingError", "Predictor", "load", "map_ids", "parquet_files", "predict_file", "raw_batches"]

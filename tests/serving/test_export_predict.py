@@ -156,6 +156,6 @@ def test_bad_input_is_one_line_naming_the_problem(exported, tmp_path):
     with pytest.raises(ValueError, match=r"step_00000003: no checkpoint at step 3$"):
         export_run(run_dir, "3", tmp_path / "x", "none")
     (tmp_path / "rows.csv").write_text("label,user\n1,3\n")
-    with pytest.raises(ServingError, match=r"rows.csv: raw CSV / Criteo TSV is not read here yet"):
-        predict_file(artifact, tmp_path / "rows.csv", tmp_path / "p.pq")
+    with pytest.raises(ServingError, match=r"rows.csv: this model was not trained on data converted from CSV"):
+        predict_file(artifact, tmp_path / "rows.csv", tmp_path / "p.pq")  # synthetic data: no converter recipe
     assert not (tmp_path / "p.pq").exists() and not (tmp_path / "x").exists()
