@@ -197,7 +197,9 @@ def evaluate(args: argparse.Namespace) -> int:
     data = args.data or (_test_path(checkpoint.parent.parent) if split == "test" else "")
     log_dir = checkpoint.parent.parent / "logs" / time.strftime("eval-%Y%m%d-%H%M%S")
     try:
-        result = run_eval_local(checkpoint, data, nproc, args.batch_size, log_dir, getattr(args, "verbose", False))
+        verbose = getattr(args, "verbose", False)
+        bar = sys.stderr.isatty()
+        result = run_eval_local(checkpoint, data, nproc, args.batch_size, log_dir, verbose, bar)
     except JobFailedError as failed:
         print(failed, file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ traceback of about 40 lines). ``run_filtered`` pumps both of torchrun's streams 
   line itself, from the failure records, once the job has ended);
 * torchrun's own lines go to ``<log_dir>/torchrun.log`` only;
 * with ``bar`` (the console is a terminal, ``metrics.progress_bar``), rank 0's ``step N/M | ...`` lines
+  (``batch N/M | ...`` for ``recscale eval``)
   move one progress bar instead of scrolling, and the other lines print above it. The launcher draws
   the bar because it owns the terminal: a rank's output is a file that torchrun copies.
 
@@ -28,8 +29,9 @@ from typing import IO, Any
 from recscale.launch.failures import TRACEBACK_BEGIN, TRACEBACK_END
 
 RANK_PREFIX = re.compile(r"^\[rank\d+\]:")
-BAR_FORMAT = "{percentage:3.0f}%|{bar}| step {n}/{total} [{elapsed}<{remaining}{postfix}]"
-STEP_LINE = re.compile(r"^step (\d+)/(\d+) \| (.*)$")
+BAR_FORMAT = "{percentage:3.0f}%|{bar}| {desc} {n}/{total} [{elapsed}<{remaining}{postfix}]"
+STEP_LINE = re.compile(r"^(step|batch) (\d+)/(\d+) \| (.*)$")
+"""Rank 0's progress lines: training steps (``trainer/progress.py``), evaluation batches (``eval_entrypoint``)."""
 FAILED_LINE = re.compile(r"^rank \d+ failed: ")
 TORCHRUN_LOG = "torchrun.log"
 
@@ -74,7 +76,7 @@ class ConsoleFilter:
                 return None
             step = STEP_LINE.match(stripped) if self.bar is not None else None
             if step is not None and self.bar is not None:
-                self.bar.update(int(step.group(1)), int(step.group(2)), step.group(3))
+                self.bar.update(int(step.group(2)), int(step.group(3)), step.group(4), unit=step.group(1))
                 return None
         return text
 
@@ -104,13 +106,15 @@ class StepBar:
         """Whether the bar is on the console."""
         return self._bar is not None
 
-    def update(self, step: int, total: int, postfix: str) -> None:
-        """Move the bar to ``step`` of ``total`` with ``postfix`` beside it."""
+    def update(self, step: int, total: int, postfix: str, unit: str = "step") -> None:
+        """Move the bar to ``step`` of ``total`` ``unit``s with ``postfix`` beside it."""
         if self._bar is None:
             from tqdm import tqdm
 
-            # from the first step line on: the start-up (imports, planning) is not a step rate
-            self._bar = tqdm(total=total, initial=step, dynamic_ncols=True, file=sys.stderr, bar_format=BAR_FORMAT)
+            # from the first progress line on: the start-up (imports, planning) is not a step rate
+            self._bar = tqdm(
+                total=total, initial=step, desc=unit, dynamic_ncols=True, file=sys.stderr, bar_format=BAR_FORMAT
+            )
         self._bar.total = total
         self._bar.update(step - self._bar.n)  # tqdm's rate and remaining time follow the steps
         self._bar.set_postfix_str(postfix)

@@ -6,14 +6,19 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from recscale.configs import config_from_dict
 from recscale.launch.entrypoint import quiet_known_warnings, setup_logging
 from recscale.launch.failures import one_line, report_failure
+from recscale.trainer.progress import PROGRESS_LINES
 from recscale.trainer.run_dir import CHECKPOINTS, CONFIG, write_json
 
 
@@ -59,6 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def progress_lines(batches: Iterable[Any], total: int, every_s: float = 1.0) -> Iterator[Any]:
+    """Yield ``batches``, logging ``batch k/N | X examples/s`` at most every ``every_s`` seconds (and at the end)."""
+    start = last = time.perf_counter()
+    examples = 0
+    for k, batch in enumerate(batches, 1):
+        yield batch
+        examples += int(batch.labels.shape[0])
+        now = time.perf_counter()
+        if now - last >= every_s or k == total:
+            last = now
+            rate = examples / max(now - start, 1e-9)
+            logging.getLogger("recscale").info("batch %d/%d | %s examples/s", k, total, f"{rate:,.0f}")
+
+
 def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[str, object] | None:
     """Metrics of ``checkpoint`` on ``data`` (default: the run's validation data); None on ranks > 0."""
     from recscale.data.prepare import prepare_data
@@ -101,7 +120,10 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
         raise ValueError(f"{path}: damaged checkpoint: " + "\n  ".join(problems))
     state = manager.load(path, parallel)
     target = data or str(prepare_data(cfg.data, cfg.embeddings).valid)
-    metrics = evaluate(parallel.model, make_eval_batches(cfg, info, target, per_rank), info.device)
+    batches: Iterable[Any] = make_eval_batches(cfg, info, target, per_rank)
+    if info.is_main and os.environ.get(PROGRESS_LINES) == "1":  # `recscale eval` draws a bar on its terminal
+        batches = progress_lines(batches, len(batches))  # type: ignore[arg-type]
+    metrics = evaluate(parallel.model, batches, info.device)
     if not info.is_main:
         return None
     return {"checkpoint": str(path), "step": state["step"], "data": target, "world_size": info.world_size, **metrics}

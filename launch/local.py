@@ -86,9 +86,11 @@ def run_local(
 
 
 def run_eval_local(
-    checkpoint: Path, data: str, nproc: int, batch_size: int, log_dir: Path, verbose: bool = False
+    checkpoint: Path, data: str, nproc: int, batch_size: int, log_dir: Path, verbose: bool = False, bar: bool = False
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``nproc`` local ranks, their logs under ``log_dir``; returns the metrics.
+
+    ``bar``: a progress bar over the evaluation batches (rank 0 then prints ``batch k/N`` lines).
 
     Raises:
         JobFailedError: a rank failed; the message is the first failing rank's reason and log.
@@ -101,7 +103,8 @@ def run_eval_local(
         args += ["--log-dir", str(log_dir)]
         cmd = torchrun_command(nproc, "recscale.launch.eval_entrypoint", args, log_dir)
         started = time.time()
-        code = run_filtered(cmd, worker_env(nproc, verbose), log_dir, verbose, stdout=sys.stderr)
+        env = {**worker_env(nproc, verbose), **({PROGRESS_LINES: "1"} if bar else {})}
+        code = run_filtered(cmd, env, log_dir, verbose, stdout=sys.stderr, bar=bar)
         if code != 0 or not out.exists():
             raise JobFailedError(failure_line("eval", log_dir, code, since=started))
         result: dict[str, Any] = json.loads(out.read_text())

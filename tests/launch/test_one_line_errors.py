@@ -97,6 +97,24 @@ def test_step_lines_move_one_progress_bar_and_other_lines_print_above_it(capsys)
     assert "step 4/32 |" not in err  # the step lines themselves are not printed
 
 
+def test_eval_batches_become_progress_lines_the_bar_reads(caplog, capsys):
+    from types import SimpleNamespace
+
+    import torch
+
+    from recscale.launch.eval_entrypoint import progress_lines
+
+    batches = [SimpleNamespace(labels=torch.zeros(8, 1)) for _ in range(3)]
+    with caplog.at_level("INFO", logger="recscale"):
+        assert list(progress_lines(batches, 3, every_s=0.0)) == batches
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(" |")[0] for line in lines] == ["batch 1/3", "batch 2/3", "batch 3/3"]
+    keep = ConsoleFilter(verbose=False, side_log=None, bar=True)
+    assert all(keep(f"[rank0]:{line}\n") is None for line in lines)
+    keep.close()
+    assert "batch 3/3" in capsys.readouterr().err
+
+
 def test_the_job_line_is_the_earliest_failure_since_the_launch(tmp_path):
     failures = tmp_path / "failures"
     failures.mkdir()
