@@ -28,11 +28,17 @@ from typing import IO, Any
 
 from recscale.launch.failures import TRACEBACK_BEGIN, TRACEBACK_END
 
-RANK_PREFIX = re.compile(r"^\[rank\d+\]:")
+RANK_PREFIX = re.compile(r"^\[(rank\d+|node\d+\.local\d+)\]:")
+"""torchrun's prefix of a rank's line: ``[rank0]:`` (``recscale train``), ``[node0.local1]:`` (a launched node)."""
 BAR_FORMAT = "{percentage:3.0f}%|{bar}| {desc} {n}/{total} [{elapsed}<{remaining}{postfix}]"
 STEP_LINE = re.compile(r"^(step|batch) (\d+)/(\d+) \| (.*)$")
 """Rank 0's progress lines: training steps (``trainer/progress.py``), evaluation batches (``eval_entrypoint``)."""
-FAILED_LINE = re.compile(r"^rank \d+ failed: ")
+CPP_NOISE = re.compile(
+    r"^(\[rank\d+\]:)?(\[?W\d{4} \d\d:\d\d:\d\d|Exception raised from |frame #\d+: |<omitting python frames>)"
+)
+"""c10's C++ warnings (glog style, ``[W1206 21:26:52.45 TCPStore.cpp:125] ...``) and the stack frames they
+print: a peer's store closing after the job failed, never what a user acts on (kept in the rank's log)."""
+FAILED_LINE = re.compile(r"^(\[rank\d+\] )?rank \d+ failed: ")
 TORCHRUN_LOG = "torchrun.log"
 
 
@@ -72,7 +78,7 @@ class ConsoleFilter:
             if stripped == TRACEBACK_END:
                 self._in_traceback = False
                 return None
-            if self._in_traceback or FAILED_LINE.match(stripped):
+            if self._in_traceback or FAILED_LINE.match(stripped) or CPP_NOISE.match(stripped):
                 return None
             step = STEP_LINE.match(stripped) if self.bar is not None else None
             if step is not None and self.bar is not None:

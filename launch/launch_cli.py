@@ -128,13 +128,23 @@ def launch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream(runner: Any, handle: str, role: str) -> None:
-    """Copy node 0's output to stderr while a local job runs."""
+def _stream(runner: Any, handle: str, role: str, run_dir: Path) -> None:
+    """Copy node 0's ranks' lines to stderr while a local job runs.
+
+    Through ``ConsoleFilter``: no tracebacks; the node runner's and torchrun's own lines go to
+    ``<run_dir>/logs/torchrun.log`` only.
+    """
     from torchx.schedulers.api import Stream
 
+    from recscale.launch.console import TORCHRUN_LOG, ConsoleFilter
+
     try:
-        for line in runner.log_lines(handle, role, 0, should_tail=True, streams=Stream.COMBINED):
-            sys.stderr.write(line)
+        with open(run_dir / LOGS / TORCHRUN_LOG, "a", encoding="utf-8") as side_log:
+            keep = ConsoleFilter(log.isEnabledFor(logging.DEBUG), side_log)
+            for line in runner.log_lines(handle, role, 0, should_tail=True, streams=Stream.COMBINED):
+                shown = keep(line if line.endswith("\n") else line + "\n")
+                if shown is not None:
+                    keep.show(shown, sys.stderr)
     except Exception as err:  # noqa: BLE001 - output is a convenience; the job's state is what counts
         log.debug("log streaming stopped: %s", err)
 
@@ -143,7 +153,7 @@ def _wait(runner: Any, handle: str, scheduler: str, role: str, run_dir: Path, st
     """Wait for the job, record its final state, print the result or why it failed."""
     streamer = None
     if scheduler == "local_cwd":
-        streamer = threading.Thread(target=_stream, args=(runner, handle, role), daemon=True)
+        streamer = threading.Thread(target=_stream, args=(runner, handle, role, run_dir), daemon=True)
         streamer.start()
     from torchx.schedulers.local_scheduler import SignalException
 

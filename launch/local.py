@@ -28,6 +28,8 @@ def worker_env(nproc: int, verbose: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     if verbose:
         env[VERBOSE] = "1"
+    else:  # c10's C++ warnings (a peer's store closing after a failure), with their stack frames
+        env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     if "OMP_NUM_THREADS" not in env:  # the ranks split the cores (and re-split them if more share this host)
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
         env["RECSCALE_SHARE_CORES"] = "1"  # sharding.process_group.SHARE_CORES (not imported: it loads TorchRec)

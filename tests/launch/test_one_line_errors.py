@@ -75,9 +75,17 @@ def test_console_filter_shows_rank0_lines_and_keeps_tracebacks_and_torchrun_off_
             f"[rank0]:{TRACEBACK_END}\n",
             "[rank0]:rank 0 failed: bad (traceback: /r/stderr.log)\n",
             "[rank0]:step 4 loss 0.5\n",
+            "[rank1]:[W1206 21:26:52.450024954 TCPStore.cpp:125] [c10d] recvValue failed on SocketImpl(fd=3)\n",
+            "[rank1]:Exception raised from recvBytes at Utils.hpp:787 (most recent call first):\n",
+            "[rank1]:frame #0: c10::Error::Error(c10::SourceLocation) + 0x9d (0x7f in libc10.so)\n",
+            "[node0.local1]:[rank1] rank 1 failed: bad (traceback: /r/1/stderr.log)\n",
+            "[node0.local1]:[rank1]:[W1206 21:28:15.392310553 TCPStore.cpp:125] [c10d] recvValue failed\n",
+            "[node0.local1]:<omitting python frames>\n",
+            "[node0.local0]:eval @ step 8: auc 0.7\n",
         ]
     ]
-    assert [s for s in shown if s is not None] == ["run directory: /r\n", "step 4 loss 0.5\n"]
+    expected = ["run directory: /r\n", "step 4 loss 0.5\n", "eval @ step 8: auc 0.7\n"]
+    assert [s for s in shown if s is not None] == expected
     assert side.getvalue().startswith("W1206") and "SIGTERM" in side.getvalue()
     verbose = ConsoleFilter(verbose=True, side_log=None)
     assert verbose("[rank0]:Traceback (most recent call last):\n") == "[rank0]:Traceback (most recent call last):\n"
@@ -216,3 +224,21 @@ def test_a_bad_training_value_ends_the_job_with_one_line(tmp_path, small_data, c
     log = traceback_log(line)
     assert "Traceback (most recent call last)" in log and expected in log
     assert len(console(proc)) <= 20  # data and run directory lines, the plan table, the error
+
+
+@pytest.mark.integration
+def test_a_launched_job_that_fails_ends_with_one_error_line(tmp_path, small_data):
+    bad = with_bad_value(small_data, tmp_path / "bad", "label", 1000, 2.0)
+    sets = [
+        *SMALL,
+        "data.source=parquet",
+        f"data.train_path={bad / 'train'}",
+        f"data.valid_path={small_data / 'valid'}",
+        f"launch.run_root={tmp_path / 'runs'}",
+    ]
+    args = [x for s in sets for x in ("--set", s)]
+    proc = recscale("launch", "quickstart", "-s", "local_cwd", "-j", "1x2", *args)
+    handle = proc.stdout.splitlines()[0]
+    assert f"{handle}: FAILED" in proc.stderr  # the job's state, then its one error line
+    line = assert_one_error_line(proc, "launch", "row 1000", "column 'label': label 2.0 is not 0 or 1")
+    assert "Traceback (most recent call last)" in traceback_log(line)
