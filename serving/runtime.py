@@ -41,20 +41,25 @@ class ServingError(ValueError):
     """Bad input or a bad artifact (one line naming the file, column or key)."""
 
 
+def _mix64(keys: np.ndarray) -> np.ndarray:
+    """SplitMix64 of each key (uint64): the converter's and the training reader's id hash."""
+    with np.errstate(over="ignore"):
+        z = keys.astype(np.uint64) + _GOLDEN
+        z ^= z >> np.uint64(30)
+        z *= _M1
+        z ^= z >> np.uint64(27)
+        z *= _M2
+        z ^= z >> np.uint64(31)
+    return z
+
+
 def map_ids(ids: np.ndarray, hashing: str, rows: int) -> np.ndarray:
     """Raw int64 ids -> table rows, exactly as training did (``hashing: hash`` is SplitMix64 % rows)."""
     if hashing == "none":
         return ids
     if hashing == "modulo":
         return np.mod(ids, rows)
-    with np.errstate(over="ignore"):
-        z = ids.astype(np.uint64) + _GOLDEN
-        z ^= z >> np.uint64(30)
-        z *= _M1
-        z ^= z >> np.uint64(27)
-        z *= _M2
-        z ^= z >> np.uint64(31)
-    return (z % np.uint64(rows)).astype(np.int64)
+    return (_mix64(ids) % np.uint64(rows)).astype(np.int64)
 
 
 def _column(batch: Any, name: str, where: str) -> Any:
@@ -193,17 +198,6 @@ def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
 
 _HEX_ID = re.compile(r"[0-9a-fA-F]{1,16}")
 CRITEO_COLUMNS = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
-
-
-def _mix64(keys: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        z = keys.astype(np.uint64) + _GOLDEN
-        z ^= z >> np.uint64(30)
-        z *= _M1
-        z ^= z >> np.uint64(27)
-        z *= _M2
-        z ^= z >> np.uint64(31)
-    return z
 
 
 def _first_line(path: Path) -> str:
