@@ -9,9 +9,9 @@ traceback of about 40 lines). ``run_filtered`` pumps both of torchrun's streams 
   line itself, from the failure records, once the job has ended);
 * torchrun's own lines go to ``<log_dir>/torchrun.log`` only;
 * with ``bar`` (the console is a terminal, ``metrics.progress_bar``), rank 0's ``step N/M | ...`` lines
-  (``batch N/M | ...`` for ``recscale eval``)
-  move one progress bar instead of scrolling, and the other lines print above it. The launcher draws
-  the bar because it owns the terminal: a rank's output is a file that torchrun copies.
+  (``batch N/M | ...`` for ``recscale eval``) move one progress bar instead of scrolling, and the other
+  lines print above it. The launcher draws the bar because it owns the terminal: a rank's output is a
+  file that torchrun copies.
 
 Under ``--verbose`` every line is shown as torchrun printed it. Every rank's whole output is in its
 log file either way (torchrun writes those, not this filter).
@@ -55,7 +55,7 @@ class ConsoleFilter:
         self.verbose = verbose
         self.side_log = side_log
         self.bar = StepBar() if bar else None
-        self._in_traceback = False
+        self._in_traceback: set[str] = set()  # the rank prefixes inside a traceback block
         self._lock = threading.Lock()  # two pumps (stdout, stderr) share the traceback state
 
     def __call__(self, line: str) -> str | None:
@@ -71,14 +71,15 @@ class ConsoleFilter:
             return None
         text = line[found.end() :]
         stripped = text.strip()
+        rank = found.group(1)
         with self._lock:
             if stripped == TRACEBACK_BEGIN:
-                self._in_traceback = True
+                self._in_traceback.add(rank)
                 return None
             if stripped == TRACEBACK_END:
-                self._in_traceback = False
+                self._in_traceback.discard(rank)
                 return None
-            if self._in_traceback or FAILED_LINE.match(stripped) or CPP_NOISE.match(stripped):
+            if rank in self._in_traceback or FAILED_LINE.match(stripped) or CPP_NOISE.match(stripped):
                 return None
             step = STEP_LINE.match(stripped) if self.bar is not None else None
             if step is not None and self.bar is not None:

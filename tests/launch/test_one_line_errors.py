@@ -71,6 +71,7 @@ def test_console_filter_shows_rank0_lines_and_keeps_tracebacks_and_torchrun_off_
             "W1206 12:00:00.000 123 torch/distributed/elastic/api.py:1] Sending process 7 closing signal SIGTERM\n",
             f"[rank0]:{TRACEBACK_BEGIN}\n",
             "[rank0]:Traceback (most recent call last):\n",
+            "[rank1]:still rank 1's own line\n",
             "[rank0]:ValueError: bad\n",
             f"[rank0]:{TRACEBACK_END}\n",
             "[rank0]:rank 0 failed: bad (traceback: /r/stderr.log)\n",
@@ -84,7 +85,7 @@ def test_console_filter_shows_rank0_lines_and_keeps_tracebacks_and_torchrun_off_
             "[node0.local0]:eval @ step 8: auc 0.7\n",
         ]
     ]
-    expected = ["run directory: /r\n", "step 4 loss 0.5\n", "eval @ step 8: auc 0.7\n"]
+    expected = ["run directory: /r\n", "still rank 1's own line\n", "step 4 loss 0.5\n", "eval @ step 8: auc 0.7\n"]
     assert [s for s in shown if s is not None] == expected
     assert side.getvalue().startswith("W1206") and "SIGTERM" in side.getvalue()
     verbose = ConsoleFilter(verbose=True, side_log=None)
