@@ -138,8 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for library in ("torchrec", "matplotlib"):  # planner statistics; matplotlib's first-use font cache note
         logging.getLogger(library).setLevel(logging.INFO if args.verbose else logging.WARNING)
-    from recscale.launch.entrypoint import install_log_filters
+    from recscale.launch.entrypoint import VERBOSE, install_log_filters
 
+    if args.verbose:
+        os.environ[VERBOSE] = "1"  # this process's filters and every rank's see it
     install_log_filters()
     func: Callable[[argparse.Namespace], int] = args.func
     try:

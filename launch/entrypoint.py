@@ -51,7 +51,7 @@ def install_log_filters() -> None:
 
 
 def quiet_known_warnings() -> None:
-    """Silence warnings that ask nothing of the user (all of them are shown under ``--verbose``).
+    """Silence warnings that ask nothing of the user (the future and deprecation ones show under ``--verbose``).
 
     FBGEMM's dense (data-parallel) embedding lookup has no registered autograd kernel and torch warns
     that backprop through it "may be silently incorrect"; TorchRec wraps it in its own autograd
