@@ -64,6 +64,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def fit_manual_ranks(sharding: Any, world_size: int) -> Any:
+    """A hand-built plan's ``ranks`` folded into ``0..world_size-1`` (``r % world_size``, duplicates dropped).
+
+    The checkpoint is resharded on load, so where a table lived in the run does not bind evaluation;
+    a run that pinned a table to rank 1 is evaluated on one rank with the table on rank 0.
+    """
+    manual, moved = {}, []
+    for name, shard in sharding.manual.items():
+        ranks = list(dict.fromkeys(r % world_size for r in shard.ranks))
+        if ranks != list(shard.ranks):
+            moved.append(f"{name} {list(shard.ranks)} -> {ranks}")
+        manual[name] = dataclasses.replace(shard, ranks=ranks)
+    if not moved:
+        return sharding
+    logging.getLogger("recscale").info(
+        "evaluating on %d rank(s): hand-built plan ranks folded (%s)", world_size, "; ".join(moved)
+    )
+    return dataclasses.replace(sharding, manual=manual)
+
+
 def progress_lines(batches: Iterable[Any], total: int, every_s: float = 1.0) -> Iterator[Any]:
     """Yield ``batches``, logging ``batch k/N | X examples/s`` at most every ``every_s`` seconds (and at the end)."""
     start = last = time.perf_counter()
@@ -104,6 +124,7 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
             info.world_size,
         )
         sharding = dataclasses.replace(sharding, ep_size=ep_size)
+    sharding = fit_manual_ranks(sharding, info.world_size)
     parallel = parallelize(
         build_model(cfg, dense_device=info.device),
         sharding,

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.distributed
 MIXED_PLAN = (
     "sharding.manual={t_user: {type: row_wise}, t_item: {type: table_row_wise}, t_category: {type: data_parallel},"
     " t_context_0: {type: table_row_wise}, t_context_1: {type: row_wise}, t_context_2: {type: table_row_wise},"
-    " t_context_3: {type: data_parallel}, t_context_4: {type: row_wise}}"
+    " t_context_3: {type: table_wise, ranks: [1]}, t_context_4: {type: row_wise}}"
 )
-"""A hand-built plan of row-, table-row-wise and data-parallel tables (no fixed ranks: eval runs on 1 rank)."""
+"""A hand-built plan of row-, table-row-, table-wise and data-parallel tables; t_context_3 is pinned to rank 1,
+which evaluation on 1 rank folds onto rank 0."""
 
 STAGED = (
     "trainer.stages=[{name: backbone, train: backbone, steps: 3}, {name: experts, train: experts, steps: 2},"
