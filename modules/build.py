@@ -11,7 +11,7 @@ from recscale.configs.schema import JobConfig
 from recscale.modules.embeddings import SparseArch, pooled_layout, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
 from recscale.modules.model import RecModel
-from recscale.modules.registry import ModelInputs, get_spec
+from recscale.modules.registry import ModelInputs, build_dense, get_spec
 
 
 @dataclass
@@ -79,7 +79,7 @@ def build_model(
         sequence_layout=seq_layout,
     )
     with torch.device(dense_device):
-        dense = spec.build(cfg.model, inputs)
+        dense = build_dense(spec, cfg.model, inputs)
     return BuiltModel(
         sparse=sparse,
         dense=dense,
@@ -93,7 +93,7 @@ def dense_flops(cfg: JobConfig) -> dict[str, FlopCount]:
     """Per-example FLOPs of the dense arch, by part (built on ``meta``: no memory is used)."""
     spec = get_spec(cfg.model.arch)
     with torch.device("meta"):
-        dense = spec.build(cfg.model, model_inputs(cfg))
+        dense = build_dense(spec, cfg.model, model_inputs(cfg))
     return spec.counter(dense).flops()
 
 

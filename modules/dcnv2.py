@@ -80,11 +80,13 @@ class DCNv2Dense(nn.Module):
         self.num_dense = num_dense
         self.cross = nn.ModuleList(CrossLayer(self.input_dim, low_rank) for _ in range(num_cross_layers))
         self.deep = MLP(self.input_dim, deep, activation, dropout, batch_norm=batch_norm)
-        head_in = self.deep.out_dim + (self.input_dim if structure == "parallel" else 0)
-        self.head = nn.Linear(head_in, num_tasks)
+        self.out_dim = self.deep.out_dim + (self.input_dim if structure == "parallel" else 0)
+        """Width of the representation the head reads (``represent``)."""
+        self.head: nn.Linear | None = nn.Linear(self.out_dim, num_tasks)
+        """One logit per task; None when per-task layers replace it (``modules/multitask/dense.py``)."""
 
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
-        """``dense [B, N]``, ``pooled [B, sum D]`` -> logits ``[B, T]``, aux loss 0, no diagnostics."""
+    def represent(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """``dense [B, N]``, ``pooled [B, sum D]`` -> what the head reads ``[B, out_dim]``."""
         if self.bottom is not None:
             dense = self.bottom(dense)
         x0 = torch.cat([dense, pooled], dim=1) if self.num_dense > 0 else pooled
@@ -92,10 +94,13 @@ class DCNv2Dense(nn.Module):
         for layer in self.cross:
             x = layer(x0, x)
         if self.structure == "stacked":
-            h = self.deep(x)
-        else:
-            h = torch.cat([x, self.deep(x0)], dim=1)
-        logits = self.head(h)
+            return self.deep(x)
+        return torch.cat([x, self.deep(x0)], dim=1)
+
+    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
+        """``dense [B, N]``, ``pooled [B, sum D]`` -> logits ``[B, T]``, aux loss 0, no diagnostics."""
+        assert self.head is not None, "per-task layers replaced the head: call represent()"
+        logits = self.head(self.represent(dense, pooled))
         return logits, logits.new_zeros(()), {}
 
     def flops(self) -> dict[str, FlopCount]:
@@ -103,11 +108,9 @@ class DCNv2Dense(nn.Module):
         cross = FlopCount()
         for layer in self.cross:
             cross = cross + layer.flops()
-        out = {
-            "cross": cross,
-            "deep": linears(self.deep),
-            "head": linear_module(self.head),
-        }
+        out = {"cross": cross, "deep": linears(self.deep)}
+        if self.head is not None:
+            out["head"] = linear_module(self.head)
         if self.bottom is not None:
             out = {"bottom": linears(self.bottom, input_grad=False), **out}
         return out

@@ -76,10 +76,13 @@ class DLRMDense(nn.Module):
         self.interaction = DotInteraction(num_vectors, self_interaction)
         over_in = self.interaction.out_dim + (embedding_dim if self.bottom is not None else 0)
         self.top = MLP(over_in, top, activation, dropout, batch_norm=batch_norm)
-        self.head = nn.Linear(self.top.out_dim, num_tasks)
+        self.out_dim = self.top.out_dim
+        """Width of the representation the head reads (``represent``)."""
+        self.head: nn.Linear | None = nn.Linear(self.out_dim, num_tasks)
+        """One logit per task; None when per-task layers replace it (``modules/multitask/dense.py``)."""
 
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
-        """``dense [B, N]``, ``pooled [B, F*D]`` -> logits ``[B, T]``, aux loss 0, no diagnostics."""
+    def represent(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """``dense [B, N]``, ``pooled [B, F*D]`` -> the top MLP's output ``[B, out_dim]``."""
         x_BFD = pooled.view(-1, self.num_sparse, self.embedding_dim)
         if self.bottom is not None:
             d_BD = self.bottom(dense)
@@ -87,17 +90,20 @@ class DLRMDense(nn.Module):
             z = torch.cat([d_BD, self.interaction(x_BVD)], dim=1)
         else:
             z = self.interaction(x_BFD)
-        logits = self.head(self.top(z))
+        return self.top(z)
+
+    def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
+        """``dense [B, N]``, ``pooled [B, F*D]`` -> logits ``[B, T]``, aux loss 0, no diagnostics."""
+        assert self.head is not None, "per-task layers replaced the head: call represent()"
+        logits = self.head(self.represent(dense, pooled))
         return logits, logits.new_zeros(()), {}
 
     def flops(self) -> dict[str, FlopCount]:
         """Per-example FLOPs of each part (forward and exact backward)."""
         v, d = self.interaction.num_vectors, self.embedding_dim
-        out = {
-            "interaction": matmul(v, d, v),
-            "top": linears(self.top),
-            "head": linear_module(self.head),
-        }
+        out = {"interaction": matmul(v, d, v), "top": linears(self.top)}
+        if self.head is not None:
+            out["head"] = linear_module(self.head)
         if self.bottom is not None:
             out = {"bottom": linears(self.bottom, input_grad=False), **out}
         return out

@@ -24,6 +24,7 @@ from recscale.modules.hilomoe.convert import build_moe_dense
 from recscale.modules.hilomoe.spec import DEFAULT_TOWERS, check_hilomoe
 from recscale.modules.kunlun.spec import build_kunlun, check_kunlun
 from recscale.modules.layout import PooledLayout
+from recscale.modules.multitask.dense import check_multitask, wrap_multitask
 from recscale.modules.wukong.spec import build_wukong, check_wukong
 
 
@@ -193,9 +194,14 @@ def get_spec(arch: str) -> ModelSpec:
     return MODEL_SPECS[arch]
 
 
+def build_dense(spec: ModelSpec, m: ModelConfig, inputs: ModelInputs) -> nn.Module:
+    """``spec``'s dense arch, under per-task layers when ``model.multitask`` asks for them."""
+    return wrap_multitask(spec.build(m, inputs), m.multitask, inputs.num_tasks, m.activation, m.dropout)
+
+
 def check_model(cfg: JobConfig) -> list[str]:
     """Problems of the model section: unknown arch, what the job asks beyond the model's capabilities, arch checks."""
     if cfg.model.arch not in MODEL_SPECS:
         return [f"model.arch: unknown architecture {cfg.model.arch!r}; known: {', '.join(sorted(MODEL_SPECS))}"]
     capabilities = {name: spec.supports for name, spec in MODEL_SPECS.items()}
-    return capability_problems(cfg, capabilities) + MODEL_SPECS[cfg.model.arch].check(cfg)
+    return capability_problems(cfg, capabilities) + MODEL_SPECS[cfg.model.arch].check(cfg) + check_multitask(cfg)

@@ -83,6 +83,11 @@ GROUPS: dict[str, tuple[ModuleGroup, ...]] = {
         _G("top", ("top",), ("top",)),
         _G("head", ("head",), ("head",)),
     ),
+    "MultiTaskDense": (
+        _G("bottom", ("bottom",), ("bottom/*",), note="the shared bottom (its arch's parts, less its head)"),
+        _G("experts", ("layer",), ("mmoe/*", "ple/*"), note="MMoE / PLE experts, gates and mixtures"),
+        _G("towers", ("towers.*", "heads.*"), ("towers",)),
+    ),
 }
 """Rows per arch class. ``MoEDense`` (HiLoMoE) wraps another arch as ``inner``: its rows are the inner
 arch's, with the HiLoMoE blocks inside the MLP rows that hold them (their FLOPs are in those keys)."""

@@ -39,6 +39,7 @@ from recscale.configs.schema.model import (
     KunlunEventConfig,
     ModelConfig,
     MoWEConfig,
+    MultiTaskConfig,
     TableConfig,
     WukongConfig,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "MoEParallelConfig",
     "MoWEConfig",
     "ModelConfig",
+    "MultiTaskConfig",
     "OptimizerConfig",
     "ReaderConfig",
     "SequenceFeatureConfig",

@@ -295,6 +295,37 @@ class GCAConfig:
 
 
 @dataclass(kw_only=True)
+class MultiTaskConfig:
+    """Per-task layers over a dense arch's representation (``structure`` other than ``none``).
+
+    The arch (``dlrm`` or ``dcnv2``) becomes the shared bottom: its last layer (one logit per task) is
+    replaced by ``structure`` and one tower and one logit per task. See ``docs/models/multitask.md``.
+    """
+
+    structure: Literal["none", "shared_bottom", "mmoe", "ple"] = "none"
+    """``shared_bottom``: every task's tower reads the bottom's output; ``mmoe``: shared experts, a gate per
+    task (Ma et al. 2018); ``ple``: task and shared experts over ``num_levels`` levels (Tang et al. 2020;
+    one level = CGC)."""
+    num_experts: int = 4
+    """``mmoe``: shared experts."""
+    task_experts: int = 1
+    """``ple``: experts of each task, per level."""
+    shared_experts: int = 2
+    """``ple``: shared experts, per level."""
+    num_levels: int = 1
+    """``ple``: extraction levels."""
+    expert_widths: list[int] = field(default_factory=lambda: [128, 64])
+    """Each expert's MLP widths (``mmoe``, ``ple``)."""
+    gate_hidden: list[int] = field(default_factory=list)
+    """MLP widths before each gate's Linear (empty: ``Linear -> softmax``, the papers' gate)."""
+    shared_gate: Literal["all", "shared_only"] = "all"
+    """``ple``: the shared stream's gate mixes every expert of the level (the paper) or only the shared
+    experts (FuxiCTR's variant)."""
+    tower: list[int] = field(default_factory=lambda: [64])
+    """Hidden widths of each task's tower (a Linear to the task's logit follows)."""
+
+
+@dataclass(kw_only=True)
 class ModelConfig:
     """The model: an architecture name from the registry plus its knobs."""
 
@@ -323,3 +354,5 @@ class ModelConfig:
     """Kunlun settings (``arch: kunlun``)."""
     gca: GCAConfig = field(default_factory=GCAConfig)
     """Gated cross-attention two-domain sequence model (``arch: gca_seq``)."""
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
+    """Per-task layers over the arch (shared-bottom, MMoE, PLE)."""

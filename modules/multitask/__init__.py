@@ -8,7 +8,9 @@ Public API:
 - ``ExpertSet`` and ``TaskGate``: n MLP experts stacked ``[B, n, d]``, a softmax gate over them;
 - ``MMoE``: every expert shared, one gate per task (Ma et al., KDD 2018);
 - ``PLE``: per-task and shared experts, ``num_levels`` extraction levels; one level is CGC (Tang et al.,
-  RecSys 2020).
+  RecSys 2020);
+- ``MultiTaskDense``: a dense arch (DLRM, DCN-V2) as the shared bottom of one of them (or of nothing:
+  shared-bottom), then a tower and a logit per task (``model.multitask``).
 
 Each maps ``x [B, D]`` to one ``[B, d]`` vector per task, for that task's tower, and counts its FLOPs
 (forward and exact backward, matmuls only: expert and gate layers and the gated mixture).

@@ -74,6 +74,40 @@ CASES = {
 }
 
 
+TWO_TASKS = {
+    "features": {
+        "labels": ["click", "buy"],
+        "dense": ["d0"],
+        "sparse": [{"name": f"f{i}", "table": f"t{i}"} for i in range(4)],
+    }
+}
+CASES.update(
+    {
+        "dcnv2-shared-bottom": {
+            "model": {"arch": "dcnv2", "over_arch": [16], "multitask": {"structure": "shared_bottom", "tower": [8]}},
+            "data": TWO_TASKS,
+        },
+        "dcnv2-mmoe-gate-mlp": {
+            "model": {
+                "arch": "dcnv2",
+                "over_arch": [16],
+                "multitask": {"structure": "mmoe", "num_experts": 3, "expert_widths": [8], "gate_hidden": [4]},
+            },
+            "data": TWO_TASKS,
+        },
+        "dlrm-ple-two-levels": {
+            "model": {
+                "arch": "dlrm",
+                "dense_arch": [8],
+                "over_arch": [16],
+                "multitask": {"structure": "ple", "num_levels": 2, "expert_widths": [12, 6], "tower": []},
+            },
+            "data": TWO_TASKS,
+        },
+    }
+)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_analytic_flops_match_flop_counter(name):
     cfg = tiny_config(**CASES[name])

@@ -116,3 +116,16 @@ def test_bad_shapes_are_refused():
         PLE(D, 2, 1, 0, 0, [8])
     with pytest.raises(ValueError, match="at least one layer"):
         MMoE(D, 2, 2, [])
+
+
+def test_multitask_config_problems_name_their_keys():
+    from recscale.modules.registry import check_model
+    from tests.batches import tiny_config
+
+    wukong = tiny_config(model={"arch": "wukong", "multitask": {"structure": "mmoe"}})
+    assert any(p.startswith("model.multitask.structure: mmoe runs over dlrm or dcnv2") for p in check_model(wukong))
+    bad = tiny_config(model={"multitask": {"structure": "ple", "task_experts": 0, "shared_experts": 0}})
+    assert any(p.startswith("model.multitask.task_experts / shared_experts") for p in check_model(bad))
+    none = tiny_config(model={"multitask": {"structure": "mmoe", "num_experts": 0}})
+    assert any(p.startswith("model.multitask.num_experts") for p in check_model(none))
+    assert check_model(tiny_config(model={"multitask": {"structure": "shared_bottom"}})) == []

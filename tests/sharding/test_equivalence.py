@@ -47,8 +47,8 @@ def _max_diff(sharded_sd: dict, full_sd: dict) -> float:
     return worst
 
 
-def _equivalence(rank: int, world: int, sharding_kind: str, sharding_type: str) -> dict:
-    cfg = tiny_config()
+def _equivalence(rank: int, world: int, sharding_kind: str, sharding_type: str, sections: dict | None = None) -> dict:
+    cfg = tiny_config(**(sections or {}))
     tables = [t.name for t in cfg.embeddings.tables]
     if sharding_kind == "planner":
         cfg.sharding.constraints = {t: TableConstraintConfig(sharding_types=[sharding_type]) for t in tables}
@@ -113,6 +113,34 @@ def test_sharded_equals_unsharded(kind, sharding_type):
     results = run_distributed(_equivalence, 2, kind, sharding_type)
     for r in results:
         assert set(r["types"].values()) == {sharding_type}
+        assert r["forward"] < 1e-6, r
+        assert r["sparse_after_step"] < 1e-6, r
+        assert r["dense_after_step"] < 1e-6, r
+
+
+TWO_TASKS = {
+    "data": {
+        "features": {
+            "labels": ["click", "buy"],
+            "dense": ["d0", "d1", "d2"],
+            "sparse": [{"name": f"f{i}", "table": f"t{i}"} for i in range(4)],
+        }
+    }
+}
+
+
+@pytest.mark.parametrize("structure", ["mmoe", "ple"])
+def test_multitask_layers_shard_like_any_dense_arch(structure):
+    sections = {
+        **TWO_TASKS,
+        "model": {
+            "arch": "dcnv2",
+            "over_arch": [16],
+            "multitask": {"structure": structure, "num_levels": 2, "expert_widths": [8], "tower": [4]},
+        },
+    }
+    results = run_distributed(_equivalence, 2, "planner", "table_wise", sections)
+    for r in results:
         assert r["forward"] < 1e-6, r
         assert r["sparse_after_step"] < 1e-6, r
         assert r["dense_after_step"] < 1e-6, r

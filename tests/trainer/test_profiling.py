@@ -13,19 +13,26 @@ from recscale.configs import load_config
 from recscale.configs.loader import list_presets
 from recscale.modules.build import dense_flops, model_inputs
 from recscale.modules.dcnv2 import DCNv2Dense
-from recscale.modules.registry import get_spec
+from recscale.modules.registry import build_dense, get_spec
 from recscale.trainer.embedding_traffic import EmbeddingTraffic
 from recscale.trainer.profile_groups import resolve_groups
 from recscale.trainer.profiling import RANGE_PREFIX, StepProfiler, _range_hooks, add_rates, module_table
 from recscale.trainer.rates import embedding_bandwidth
 from tests.batches import random_batch, tiny_config
 
+MULTITASK = {
+    "quickstart+mmoe": ("quickstart", ["model.multitask.structure=mmoe"]),
+    "quickstart+ple": ("quickstart", ["model.multitask.structure=ple", "model.multitask.num_levels=2"]),
+    "dlrm+shared_bottom": ("dlrm_criteo", ["model.multitask.structure=shared_bottom"]),
+}
 
-@pytest.mark.parametrize("preset", list_presets())
+
+@pytest.mark.parametrize("preset", list_presets() + list(MULTITASK))
 def test_every_flops_key_of_every_preset_belongs_to_exactly_one_module_row(preset):
-    cfg = load_config(preset, [])
+    name, overrides = MULTITASK.get(preset, (preset, []))
+    cfg = load_config(name, overrides)
     with torch.device("meta"):
-        dense = get_spec(cfg.model.arch).build(cfg.model, model_inputs(cfg))
+        dense = build_dense(get_spec(cfg.model.arch), cfg.model, model_inputs(cfg))
     keys = list(dense_flops(cfg))
     rows, unclaimed = resolve_groups(dense, keys)
     assert unclaimed == [], f"{preset}: no profile row owns {unclaimed}"
