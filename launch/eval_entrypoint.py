@@ -139,7 +139,9 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
     problems = manager.check(path)  # every rank hashes its share of the files
     if problems:  # the first on the console, all of them in the log
         raise ValueError(f"{path}: damaged checkpoint: " + "\n  ".join(problems))
-    state = manager.load(path, parallel)
+    # weights only: evaluation needs no optimizer state (whose layout can be the writer's, e.g. one
+    # row-wise Adagrad momentum per column shard)
+    step = manager.load_weights(path, parallel)
     target = data or str(prepare_data(cfg.data, cfg.embeddings).valid)
     batches: Iterable[Any] = make_eval_batches(cfg, info, target, per_rank)
     if info.is_main and os.environ.get(PROGRESS_LINES) == "1":  # `recscale eval` draws a bar on its terminal
@@ -147,7 +149,7 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
     metrics = evaluate(parallel.model, batches, info.device)
     if not info.is_main:
         return None
-    return {"checkpoint": str(path), "step": state["step"], "data": target, "world_size": info.world_size, **metrics}
+    return {"checkpoint": str(path), "step": step, "data": target, "world_size": info.world_size, **metrics}
 
 
 if __name__ == "__main__":

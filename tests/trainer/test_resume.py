@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -118,3 +119,28 @@ def test_deepspeed_dense_resume_is_exact(tmp_path, zero, precision):
     expected, got = losses(full), losses(resumed)
     assert sorted(got) == [5, 6, 7, 8]  # it resumed (a skipped checkpoint would start again at 1)
     assert [got[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]
+
+
+def test_a_column_wise_table_with_row_wise_adagrad_evaluates_on_fewer_ranks(tmp_path):
+    """Row-wise Adagrad keeps one momentum per row of each column shard; evaluation needs no optimizer
+    state, so a 2-rank checkpoint with a column-wise table evaluates on 1 rank as on 2."""
+    cfg = small_job(
+        tmp_path / "cache",
+        "sharding.manual={t_user: {type: column_wise, ranks: [0, 1]}, "
+        + ", ".join(
+            f"{t}: {{type: table_wise}}" for t in ("t_item", "t_category", *(f"t_context_{i}" for i in range(5)))
+        )
+        + "}",
+        "trainer.max_steps=4",
+        "embeddings.dim=16",
+    )
+    run_dir = new_run(tmp_path, "cw", cfg)
+    run_distributed(train_worker, 2, cfg, run_dir, False)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    user = next(t for t in plan["tables"] if t["table"] == "t_user")
+    assert user["sharding_type"] == "column_wise" and len(user["shards"]) == 2, user
+    checkpoint = run_dir / "checkpoints" / "step_00000004"
+    on_two = run_distributed(eval_checkpoint_worker, 2, checkpoint)[0]
+    on_one = run_distributed(eval_checkpoint_worker, 1, checkpoint)[0]
+    assert math.isclose(on_one["auc"], on_two["auc"], abs_tol=1e-6)
+    assert math.isclose(on_one["logloss"], on_two["logloss"], abs_tol=1e-6)
