@@ -80,7 +80,8 @@ class SparseState:
         """The tables (a missing one is an error) and the optimizer state the checkpoint has for them.
 
         Optimizer state is stored differently for data-parallel and model-parallel tables (TorchRec
-        issue #2394): a table whose kind changed between the saving and the loading plan keeps its
+        issue #2394), and row-wise Adagrad keeps one momentum per row of each column shard: a table whose
+        kind or number of column shards changed between the saving and the loading plan keeps its
         weights but starts with fresh optimizer state, and a warning names it.
         """
         self._live = self._live_state()
@@ -97,7 +98,7 @@ class SparseState:
             kept = {}
             for param, entries in self._live[sub].get("state", {}).items():
                 values = _checkpoint_values(dict(entries))
-                if all(isinstance(saved.entry(k), TensorStorageMetadata) for k in flat_keys(values, f"{sub}.{param}")):
+                if _same_layout(saved, values, f"{sub}.{param}"):
                     kept[param] = values  # their tensors are the optimizer's own: DCP copies into them
                 else:
                     self._reset.append(param)
@@ -117,17 +118,34 @@ class SparseState:
         if self._reset:
             log.warning(
                 "optimizer state of %s starts fresh: these tables changed between data-parallel and "
-                "model-parallel sharding since the checkpoint (their weights were loaded)",
+                "model-parallel sharding, or their number of column shards changed, since the checkpoint "
+                "(their weights were loaded)",
                 ", ".join(sorted(self._reset)),
             )
         self._live, self._reset = {}, []
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.size) if isinstance(value, Chunks) else tuple(value.shape)
+
+
+def _same_layout(saved: Saved, values: dict[str, Any], prefix: str) -> bool:
+    """Every optimizer tensor of a table is in the checkpoint, as a tensor of the shape it has here."""
+    for key, value in flatten(values, prefix).items():
+        entry = saved.entry(key)
+        if not isinstance(entry, TensorStorageMetadata):
+            return False
+        if hasattr(value, "shape") or isinstance(value, Chunks):
+            if tuple(entry.size) != _shape(value):
+                return False
+    return True
 
 
 def _check_table_shapes(saved: Saved, model: dict[str, Any]) -> None:
     """Every table has the shape the checkpoint has for it; else one line naming the first that differs."""
     for key, value in flatten(model, "model").items():
         entry = saved.entry(key)
-        shape = tuple(value.size) if isinstance(value, Chunks) else tuple(value.shape)
+        shape = _shape(value)
         if entry is not None and tuple(entry.size) != shape:
             table = key.removeprefix("model.").removesuffix(".weight").rsplit(".", 1)[-1]
             raise ValueError(

@@ -121,16 +121,16 @@ def test_deepspeed_dense_resume_is_exact(tmp_path, zero, precision):
     assert [got[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]
 
 
-def test_a_column_wise_table_with_row_wise_adagrad_evaluates_on_fewer_ranks(tmp_path):
-    """Row-wise Adagrad keeps one momentum per row of each column shard; evaluation needs no optimizer
-    state, so a 2-rank checkpoint with a column-wise table evaluates on 1 rank as on 2."""
+def test_a_column_wise_table_with_row_wise_adagrad_evaluates_and_resumes_on_fewer_ranks(tmp_path):
+    """Row-wise Adagrad keeps one momentum per row of each column shard. Evaluation needs no optimizer
+    state: a 2-rank checkpoint with a 2-shard column-wise table evaluates on 1 rank as on 2. Training
+    resumed on 1 rank (one shard) keeps the table's weights and starts its momentum fresh (a warning names it)."""
+    others = ", ".join(
+        f"{t}: {{type: table_wise}}" for t in ("t_item", "t_category", *(f"t_context_{i}" for i in range(5)))
+    )
     cfg = small_job(
         tmp_path / "cache",
-        "sharding.manual={t_user: {type: column_wise, ranks: [0, 1]}, "
-        + ", ".join(
-            f"{t}: {{type: table_wise}}" for t in ("t_item", "t_category", *(f"t_context_{i}" for i in range(5)))
-        )
-        + "}",
+        f"sharding.manual={{t_user: {{type: column_wise, ranks: [0, 1]}}, {others}}}",
         "trainer.max_steps=4",
         "embeddings.dim=16",
     )
@@ -144,3 +144,15 @@ def test_a_column_wise_table_with_row_wise_adagrad_evaluates_on_fewer_ranks(tmp_
     on_one = run_distributed(eval_checkpoint_worker, 1, checkpoint)[0]
     assert math.isclose(on_one["auc"], on_two["auc"], abs_tol=1e-6)
     assert math.isclose(on_one["logloss"], on_two["logloss"], abs_tol=1e-6)
+
+    one = small_job(
+        tmp_path / "cache",
+        f"sharding.manual={{t_user: {{type: column_wise, ranks: [0]}}, {others}}}",
+        "trainer.max_steps=8",
+        "embeddings.dim=16",
+    )
+    resumed = new_run(tmp_path, "cw1", one)
+    shutil.copytree(checkpoint, resumed / "checkpoints" / checkpoint.name)
+    assert run_distributed(train_worker, 1, one, resumed, True) == [8]
+    assert all(math.isfinite(v) for v in losses(resumed).values())
+    assert 5 in losses(resumed) and 4 not in losses(resumed)  # it went on from step 4
