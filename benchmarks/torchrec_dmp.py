@@ -36,7 +36,7 @@ def worker(args: argparse.Namespace) -> None:
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from recscale.data.prepare import prepare_data
-    from recscale.data.reader import ParquetBatchReader
+    from recscale.trainer.data import train_reader
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -48,15 +48,7 @@ def worker(args: argparse.Namespace) -> None:
 
     # The same rows recscale's rank reads, as TorchRec batches, built before the clock starts.
     paths = prepare_data(cfg.data, cfg.embeddings)
-    reader = ParquetBatchReader(
-        paths.train,
-        cfg.data.features,
-        cfg.embeddings,
-        cfg.data.reader,
-        batch_size=args.batch,
-        rank=rank,
-        world_size=world,
-    )
+    reader = train_reader(cfg, paths.train, args.batch, rank, world)
     batches = [
         TorchRecBatch(dense_features=b.dense, sparse_features=b.sparse, labels=b.labels[:, 0])
         for b in itertools.islice(reader, args.steps)

@@ -42,7 +42,11 @@ class ServingError(ValueError):
 
 
 def _mix64(keys: np.ndarray) -> np.ndarray:
-    """SplitMix64 of each key (uint64): the converter's and the training reader's id hash."""
+    """SplitMix64 of each key (uint64): the converter's and the training reader's id hash.
+
+    A copy of ``recscale.data.hashing.mix64`` (as the CSV reading below mirrors ``data/text_source.py``):
+    this file runs in artifacts without recscale; tests compare the two bit for bit.
+    """
     with np.errstate(over="ignore"):
         z = keys.astype(np.uint64) + _GOLDEN
         z ^= z >> np.uint64(30)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,19 +87,26 @@ class TrainData:
         self.reader.load_state_dict(state, strict=exact)
 
 
-def make_train_data(cfg: JobConfig, info: DistInfo, per_rank_batch: int) -> TrainData:
-    """This rank's training data (generated first when the source is synthetic and not cached yet)."""
-    paths = prepare_data(cfg.data, cfg.embeddings)
-    reader = ParquetBatchReader(
-        paths.train,
+def train_reader(
+    cfg: JobConfig, train: Path, batch_size: int, rank: int = 0, world_size: int = 1
+) -> ParquetBatchReader:
+    """Rank ``rank``'s reader of the training data at ``train``, ``batch_size`` examples a batch."""
+    return ParquetBatchReader(
+        train,
         cfg.data.features,
         cfg.embeddings,
         cfg.data.reader,
-        batch_size=per_rank_batch,
-        rank=info.rank,
-        world_size=info.world_size,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
         mode="train",
     )
+
+
+def make_train_data(cfg: JobConfig, info: DistInfo, per_rank_batch: int) -> TrainData:
+    """This rank's training data (generated first when the source is synthetic and not cached yet)."""
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    reader = train_reader(cfg, paths.train, per_rank_batch, info.rank, info.world_size)
     return TrainData(reader, str(paths.valid), pin_memory=pins_host_batches(info.device))
 
 
@@ -113,15 +121,7 @@ def run_steps(cfg: JobConfig, steps_per_epoch: int) -> int:
 def planned_steps(cfg: JobConfig, world_size: int) -> int:
     """``run_steps`` of ``cfg`` on ``world_size`` ranks, from the training data's Parquet metadata."""
     paths = prepare_data(cfg.data, cfg.embeddings)
-    reader = ParquetBatchReader(
-        paths.train,
-        cfg.data.features,
-        cfg.embeddings,
-        cfg.data.reader,
-        batch_size=cfg.trainer.batch_size // world_size,
-        world_size=world_size,
-        mode="train",
-    )
+    reader = train_reader(cfg, paths.train, cfg.trainer.batch_size // world_size, world_size=world_size)
     if reader.num_batches() == 0:
         raise ValueError(too_few_rows(reader))
     return run_steps(cfg, reader.num_batches())

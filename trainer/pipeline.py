@@ -58,7 +58,7 @@ class PhaseTimer:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
-        if self.device.type == "cuda":
+        if self.synchronize and self.device.type == "cuda":  # --profile only: each phase waits for the device
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from recscale.configs import JobConfig
 from recscale.sharding.checkpoint import read_manifest
 from recscale.trainer.checkpoint import CheckpointManager
 from tests.distributed import run_distributed
@@ -128,12 +129,12 @@ def test_a_column_wise_table_with_row_wise_adagrad_evaluates_and_resumes_on_fewe
     others = ", ".join(
         f"{t}: {{type: table_wise}}" for t in ("t_item", "t_category", *(f"t_context_{i}" for i in range(5)))
     )
-    cfg = small_job(
-        tmp_path / "cache",
-        f"sharding.manual={{t_user: {{type: column_wise, ranks: [0, 1]}}, {others}}}",
-        "trainer.max_steps=4",
-        "embeddings.dim=16",
-    )
+
+    def job(ranks: str, steps: int) -> JobConfig:  # t_user column-wise over ``ranks``, the rest table-wise
+        manual = f"sharding.manual={{t_user: {{type: column_wise, ranks: {ranks}}}, {others}}}"
+        return small_job(tmp_path / "cache", manual, f"trainer.max_steps={steps}", "embeddings.dim=16")
+
+    cfg = job("[0, 1]", 4)
     run_dir = new_run(tmp_path, "cw", cfg)
     run_distributed(train_worker, 2, cfg, run_dir, False)
     plan = json.loads((run_dir / "plan.json").read_text())
@@ -145,12 +146,7 @@ def test_a_column_wise_table_with_row_wise_adagrad_evaluates_and_resumes_on_fewe
     assert math.isclose(on_one["auc"], on_two["auc"], abs_tol=1e-6)
     assert math.isclose(on_one["logloss"], on_two["logloss"], abs_tol=1e-6)
 
-    one = small_job(
-        tmp_path / "cache",
-        f"sharding.manual={{t_user: {{type: column_wise, ranks: [0]}}, {others}}}",
-        "trainer.max_steps=8",
-        "embeddings.dim=16",
-    )
+    one = job("[0]", 8)
     resumed = new_run(tmp_path, "cw1", one)
     shutil.copytree(checkpoint, resumed / "checkpoints" / checkpoint.name)
     assert run_distributed(train_worker, 1, one, resumed, True) == [8]
