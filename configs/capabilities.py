@@ -22,6 +22,9 @@ class ModelCapabilities:
     """It reads the event sequences (``data.features.sequences``)."""
     staged_training: bool = False
     """It has expert and router parameters that ``trainer.stages`` can freeze and train apart."""
+    domains: bool = False
+    """It reads the domain column (``data.features.domain``; per-domain parameters): the dense arch gets
+    ``domain=batch.domain`` even without event sequences."""
 
 
 def _having(archs: Mapping[str, ModelCapabilities], what: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from recscale.configs.schema import JobConfig
+from recscale.configs.tasks import fill_task_labels
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -263,13 +264,13 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> JobCon
     raw = read_yaml(resolve_config_path(name_or_path))
     raw = apply_overrides(raw, overrides or [])
     cfg: JobConfig = convert(JobConfig, raw, "")
-    return cfg
+    return fill_task_labels(cfg)
 
 
 def config_from_dict(raw: dict[str, Any]) -> JobConfig:
     """A plain dict (e.g. a run directory's config.yaml) -> JobConfig."""
     cfg: JobConfig = convert(JobConfig, raw, "")
-    return cfg
+    return fill_task_labels(cfg)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from recscale.configs.loader import ConfigError
 from recscale.configs.schema import DataConfig, JobConfig
+from recscale.configs.tasks import synthetic_task_problems, task_problems
 
 CPU_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 
@@ -34,6 +35,8 @@ def collect_problems(cfg: JobConfig, world_size: int | None = None, device: str 
     out: list[str] = []
     out += _check_tables(cfg)
     out += _check_features(cfg)
+    out += task_problems(cfg)
+    out += synthetic_task_problems(cfg)
     out += _check_data(cfg)
     out += _check_model(cfg)
     out += _check_training(cfg)

@@ -6,6 +6,7 @@ On disk (one row = one example):
 role                    column type                                 Batch field
 ======================  ==========================================  ==============================
 label (one per task)    integer, floating or bool, values 0 / 1     ``labels [B, T]``
+                        (``value_labels``: any finite number)
 dense                   floating or integer, finite                 ``dense [B, N]``
 sparse, single-hot      integer (null = empty bag)                  ``sparse`` KJT, length 1 (0)
 sparse, multi-hot       list<integer> (null = empty bag)            ``sparse`` KJT
@@ -73,7 +74,8 @@ class ColumnSpec:
 
 def column_specs(features: FeatureSchemaConfig, with_oracle: bool) -> list[ColumnSpec]:
     """Every column the schema reads, in a fixed order (labels, dense, sparse, sequences, domain, oracle)."""
-    out = [ColumnSpec(c, "label", "integer, floating or bool (0/1)") for c in features.labels]
+    kinds = {c: "integer or floating" for c in features.value_labels}
+    out = [ColumnSpec(c, "label", kinds.get(c, "integer, floating or bool (0/1)")) for c in features.labels]
     out += [ColumnSpec(c, "dense", "integer or floating") for c in features.dense]
     out += [ColumnSpec(s.name, "sparse", "integer or list<integer>") for s in features.sparse]
     for q in features.sequences:

@@ -171,7 +171,8 @@ def rows_table(data: DataConfig, raw: RawRows, encoder: Encoder) -> tuple[pa.Tab
     all_rows = bool(keep.all())
     columns: dict[str, pa.Array] = {}
     for t, name in enumerate(f.labels):
-        columns[name] = pa.array(raw.labels[keep, t].astype(np.int8))
+        values = raw.labels[keep, t]
+        columns[name] = pa.array(values if name in f.value_labels else values.astype(np.int8))
     for j, name in enumerate(f.dense):
         columns[name] = pa.array(raw.dense[keep, j])
     for s, ids in zip(f.sparse, sparse):

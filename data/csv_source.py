@@ -97,7 +97,9 @@ def csv_parser(data: DataConfig, block_mb: int = BLOCK_MB, delimiter: str = ",")
                 return RowLocation(str(item.path), None, blocks.line_of(first + i))
 
             checks = RowChecks(n, skip, locate)
-            labels = np.stack([parse_labels(block.column(name), name, checks) for name in f.labels], axis=1)
+            labels = np.stack(
+                [parse_labels(block.column(name), name, checks, name in f.value_labels) for name in f.labels], axis=1
+            )
             dense = np.empty((n, len(f.dense)), dtype=np.float32)
             dense_missing = {}
             for j, name in enumerate(f.dense):

@@ -1,7 +1,8 @@
 """Arrow rows -> checked, table-mapped numpy columns (``Columns``), whole-array operations only.
 
-``decode`` applies the feature schema to one row-group slice: labels must be 0/1, dense values finite,
-ids inside their table (``hashing: none``) or hashed / reduced into it, bags truncated to ``max_ids``,
+``decode`` applies the feature schema to one row-group slice: labels must be 0/1 (finite for
+``value_labels``), dense values finite, ids inside their table (``hashing: none``) or hashed / reduced
+into it, bags truncated to ``max_ids``,
 sequences to their ``max_length`` newest events. A bad value raises a ``DataError`` naming the file,
 row group, row and column, or, under ``on_bad_row: skip``, marks the row invalid (it becomes a
 zero-weight row with empty bags) and is counted.
@@ -150,6 +151,10 @@ def decode(table: pa.Table, spec: DecodeSpec, location: RowLocation, counter: Ba
     for t, name in enumerate(f.labels):
         col = _numpy(table.column(name), np.float32, writable=False)
         labels[:, t] = col
+        if name in f.value_labels:  # a regression target: any finite value
+            bad = ~np.isfinite(col)
+            problems.add(name, "label not finite", bad, lambda i, col=col: f"label {col[i]} is not finite")
+            continue
         bad = ~((col == 0) | (col == 1))
         problems.add(name, "label not 0/1", bad, lambda i, col=col: f"label {col[i]} is not 0 or 1")
 

@@ -25,6 +25,11 @@ carries it. ``pair``, ``hier``, ``seq``, ``dense``, ``dom`` and ``cross`` are ce
 unit standard deviation on a pilot sample, so each ``s_*`` is the standard deviation of its term in
 the logit; ``b_t`` is solved on the pilot so the mean click probability is ``click_rate``. The label
 is ``Bernoulli(sigmoid(logit_t))``; the oracle is ``sigmoid(logit_t)``.
+
+Multi-task, multi-domain data adds each task's own terms (``planted_tasks.py``) and can shift the item
+distribution per domain (``domain_feature_shift``). A ``conversion_label`` task's bias is solved for
+``conversion_rate``: its probability is p(conversion | click) and ``synthetic.py`` observes it only on
+clicked rows.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from recscale.configs.schema import EmbeddingsConfig, FeatureSchemaConfig, Synth
 from recscale.data.columns import table_rows
 from recscale.data.hashing import mix64, normal_from_hash
 from recscale.data.partition import seed_words
+from recscale.data.planted_tasks import TASK_TERMS, TaskTerms
 from recscale.data.ragged import Ragged
 
 PILOT_ROWS = 65_536
@@ -107,8 +113,12 @@ class PlantedModel:
         # own generator, so the arrays above (and the data of configs without the term) stay as they were
         self.cross_matrix = np.random.default_rng(seed_words(synth.seed, 11)).standard_normal((c, c))
         self.cross_sequence = self._cross_sequence()
+        self.task_terms = TaskTerms(synth, self.num_tasks, num_fields)
+        self.conversion = features.labels.index(synth.conversion_label) if synth.conversion_label else -1
         self.term_mean: dict[str, float] = {}
         self.term_std: dict[str, float] = {}
+        self.task_mean: dict[str, np.ndarray] = {}
+        self.task_std: dict[str, np.ndarray] = {}
         self.bias = np.zeros(self.num_tasks)
         self.cross_share = 0.0
         self._calibrate()
@@ -135,6 +145,8 @@ class PlantedModel:
     def draw(self, n: int, rng: np.random.Generator, first_row: int) -> Inputs:
         """Draw n examples' features (``first_row`` numbers them, for timestamps)."""
         s = self.synth
+        shift = s.domain_feature_shift > 0 and bool(self.features.domain)
+        domain = self._domains(n, rng) if shift else None  # drawn first only when the features depend on it
         sparse: list[np.ndarray | Ragged] = []
         for f, num_ids in enumerate(self.field_rows):
             salt = self.salt + 101 * f
@@ -142,6 +154,8 @@ class PlantedModel:
                 lengths = rng.integers(1, s.multi_hot_max + 1, n)
                 ids = self._ids(rng.random(int(lengths.sum())), num_ids, salt)
                 sparse.append(Ragged.from_lengths(lengths, ids))
+            elif f == 1 and domain is not None:
+                sparse.append(self._shifted_ids(rng, domain, num_ids, salt))
             else:
                 sparse.append(self._ids(rng.random(n), num_ids, salt))
         dense = rng.standard_normal((n, len(self.features.dense)), dtype=np.float32)
@@ -158,11 +172,24 @@ class PlantedModel:
             suffix_end = np.append(back, 0)[ends]
             times = np.repeat(request, lengths) - (back - np.repeat(suffix_end, lengths))
             timestamps.append(Ragged.from_lengths(lengths, times))
-        domain = None
-        if self.features.domain:
-            weights = 1.0 / np.arange(1, s.num_domains + 1)
-            domain = rng.choice(s.num_domains, size=n, p=weights / weights.sum()).astype(np.int64)
+        if domain is None and self.features.domain:
+            domain = self._domains(n, rng)
         return Inputs(sparse, dense, sequences, timestamps, domain)
+
+    def _domains(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Domain ids ``[n]``, domain d with probability proportional to 1 / (d + 1)."""
+        weights = 1.0 / np.arange(1, self.synth.num_domains + 1)
+        return rng.choice(self.synth.num_domains, size=n, p=weights / weights.sum()).astype(np.int64)
+
+    def _shifted_ids(self, rng: np.random.Generator, domain: np.ndarray, num_ids: int, salt: int) -> np.ndarray:
+        """Item ids where a ``domain_feature_shift`` share of domain d > 0 follows d's own popularity order."""
+        u = rng.random(len(domain))
+        ids = self._ids(u, num_ids, salt)
+        moved = (rng.random(len(domain)) < self.synth.domain_feature_shift) & (domain > 0)
+        for d in np.unique(domain[moved]):
+            rows = moved & (domain == d)
+            ids[rows] = self._ids(u[rows], num_ids, salt + 7777 * int(d))
+        return ids
 
     def _ids(self, u: np.ndarray, num_ids: int, salt: int) -> np.ndarray:
         return scatter(zipf_ranks(u, num_ids, self.synth.zipf_exponent), num_ids, self.salt + salt)
@@ -219,6 +246,8 @@ class PlantedModel:
             category = self.group(self._ids_of(inputs.sparse[1]), 1)
             out["dom"] = self.domain_bias[inputs.domain] + self.domain_category[inputs.domain, category]
         out["cross"] = self._cross_domain(inputs)
+        category = self.group(self._ids_of(inputs.sparse[1]), 1) if len(inputs.sparse) >= 2 else None
+        out.update(self.task_terms.raw(latents, inputs.domain, category, n))
         return out
 
     def _cross_domain(self, inputs: Inputs) -> np.ndarray:
@@ -279,12 +308,16 @@ class PlantedModel:
             std = float(raw[name].std())
             self.term_mean[name] = float(raw[name].mean())
             self.term_std[name] = std if std > 1e-12 else 1.0
+        for name in TASK_TERMS:
+            self.task_mean[name] = raw[name].mean(axis=0)
+            self.task_std[name] = np.where(raw[name].std(axis=0) > 1e-12, raw[name].std(axis=0), 1.0)
         logits = self._unbiased(raw)
         if self.cross_sequence is not None:
             cross = self.synth.cross_domain_scale * (raw["cross"] - self.term_mean["cross"]) / self.term_std["cross"]
             self.cross_share = float(cross.var() / logits[:, 0].var())
         for t in range(self.num_tasks):
-            self.bias[t] = solve_bias(logits[:, t], self.synth.click_rate)
+            rate = self.synth.conversion_rate if t == self.conversion else self.synth.click_rate
+            self.bias[t] = solve_bias(logits[:, t], rate)
 
     def _unbiased(self, raw: dict[str, np.ndarray]) -> np.ndarray:
         s = self.synth
@@ -300,6 +333,10 @@ class PlantedModel:
         for name in NORMALISED_TERMS:
             if scales[name] > 0:
                 out += (scales[name] * (raw[name] - self.term_mean[name]) / self.term_std[name])[:, None]
+        for name in TASK_TERMS:
+            scale = self.task_terms.scales[name]
+            if scale > 0:
+                out += scale * (raw[name] - self.task_mean[name]) / self.task_std[name]
         return out
 
     def probabilities(self, inputs: Inputs) -> np.ndarray:
@@ -326,6 +363,10 @@ class PlantedModel:
             "item_field": self.features.sparse[1].name if len(self.features.sparse) > 1 else None,
             "multi_hot_fields": [f.name for f, m in zip(self.features.sparse, self.multi_hot) if m],
         }
+        if any(scale > 0 for scale in self.task_terms.scales.values()):
+            out["task_terms"] = {"std_in_logit": dict(self.task_terms.scales), "form": "planted_tasks.py"}
+        if self.conversion >= 0:
+            out["conversion"] = {"label": s.conversion_label, "given": self.features.labels[0]}
         if self.cross_sequence is not None:  # only with the term on: older claims stay as they were
             out["terms"] = f"{out['terms']} + s_cross*cross"
             out["term_std_in_logit"]["cross"] = s.cross_domain_scale  # type: ignore[index]

@@ -93,13 +93,20 @@ def _text(array: pa.Array, i: int) -> str:
     return "(empty)" if value is None else repr(str(value)[:40])
 
 
-def parse_labels(array: pa.Array, column: str, checks: RowChecks) -> np.ndarray:
-    """A label column of strings -> float32 ``[n]``; anything but 0 / 1 (empty included) is a bad value."""
+def parse_labels(array: pa.Array, column: str, checks: RowChecks, real: bool = False) -> np.ndarray:
+    """A label column of strings -> float32 ``[n]``; anything but 0 / 1 (empty included) is a bad value.
+
+    ``real``: a regression target, where any finite number is a label (empty or not a number is bad).
+    """
     try:
         numbers = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         numbers = [_float_or_nan(text) for text in array.to_pylist()]  # slow path: the block has a bad label
     values = np.asarray(numbers, dtype=np.float64)
+    if real:
+        bad = ~np.isfinite(values)
+        checks.flag(column, "label not a number", bad, lambda i: f"label {_text(array, i)} is not a finite number")
+        return np.where(bad, 0, values).astype(np.float32)
     bad = ~((values == 0) | (values == 1))
     checks.flag(column, "label not 0/1", bad, lambda i: f"label {_text(array, i)} is not 0 or 1")
     return np.where(bad, 0, values).astype(np.float32)

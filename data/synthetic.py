@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recscale.configs.loader import config_to_dict
-from recscale.configs.schema import DataConfig, EmbeddingsConfig
+from recscale.configs.schema import DataConfig, EmbeddingsConfig, SyntheticConfig
 from recscale.data.files import atomic_dir, write_json
 from recscale.data.partition import seed_words
 from recscale.data.planted import Inputs, PlantedModel
@@ -26,6 +26,8 @@ from recscale.data.ragged import Ragged
 GENERATOR_VERSION = 1
 """Bumped whenever the same config would give different data (it is part of the cache key)."""
 CLAIMS = "claims.json"
+START_TIME = 1_700_000_000
+"""Impression time of row 0 (``time_column``), seconds since the epoch."""
 SPLITS = (("train", 0), ("valid", 1))
 
 
@@ -56,10 +58,12 @@ def _list_array(x: Ragged) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(x.offsets.astype(np.int32)), pa.array(x.values, type=pa.int64()))
 
 
-def chunk_table(data: DataConfig, inputs: Inputs, labels: np.ndarray, probs: np.ndarray) -> pa.Table:
-    """One chunk as an Arrow table with the columns ``data.features`` names."""
+def chunk_table(
+    data: DataConfig, inputs: Inputs, labels: np.ndarray, probs: np.ndarray, extra: dict[str, pa.Array] | None = None
+) -> pa.Table:
+    """One chunk as an Arrow table with the columns ``data.features`` names (plus ``extra`` ones)."""
     f = data.features
-    columns: dict[str, pa.Array] = {}
+    columns: dict[str, pa.Array] = dict(extra or {})
     for t, name in enumerate(f.labels):
         columns[name] = pa.array(labels[:, t].astype(np.int8))
     for j, name in enumerate(f.dense):
@@ -91,7 +95,7 @@ def _write_split(
     groups_per_file = max(1, -(-s.rows_per_file // s.row_group_size))
     label_sums = np.zeros(model.num_tasks)
     prob_sums = np.zeros(model.num_tasks)
-    kept_labels, kept_probs = [], []
+    kept_labels, kept_probs, kept_domains = [], [], []
     writer: pq.ParquetWriter | None = None
     for chunk, first in enumerate(range(0, num_rows, s.row_group_size)):
         n = min(s.row_group_size, num_rows - first)
@@ -99,12 +103,15 @@ def _write_split(
         inputs = model.draw(n, rng, first)
         probs = model.probabilities(inputs)
         labels = (rng.random(probs.shape) < probs).astype(np.int8)
+        if model.conversion >= 0:  # a conversion is observed only after a click
+            labels[:, model.conversion] *= labels[:, 0]
         label_sums += labels.sum(axis=0)
         prob_sums += probs.sum(axis=0)
         if split == "valid":
             kept_labels.append(labels)
             kept_probs.append(probs)
-        table = chunk_table(data, inputs, labels, probs)
+            kept_domains.append(inputs.domain if inputs.domain is not None else np.zeros(n, dtype=np.int64))
+        table = chunk_table(data, inputs, labels, probs, _time_columns(s, model, rng, labels, first))
         if chunk % groups_per_file == 0:
             if writer is not None:
                 writer.close()
@@ -121,7 +128,47 @@ def _write_split(
     if kept_labels:
         result["labels"] = np.concatenate(kept_labels)
         result["probs"] = np.concatenate(kept_probs)
+        result["domains"] = np.concatenate(kept_domains)
     return result
+
+
+def _time_columns(
+    s: SyntheticConfig, model: PlantedModel, rng: np.random.Generator, labels: np.ndarray, first: int
+) -> dict[str, pa.Array]:
+    """The impression time and conversion delay columns, when the config names them."""
+    out: dict[str, pa.Array] = {}
+    n = labels.shape[0]
+    if s.time_column:
+        rows = first + np.arange(n, dtype=np.float64)
+        out[s.time_column] = pa.array(START_TIME + np.floor(rows * s.seconds_per_row).astype(np.int64))
+    if s.delay_column:
+        delay = rng.exponential(s.conversion_delay_mean_s, n)  # drawn after the labels: they stay as they were
+        converted = labels[:, model.conversion] == 1
+        out[s.delay_column] = pa.array(delay, mask=~converted)
+    return out
+
+
+def _task_rows(model: PlantedModel, labels: np.ndarray, t: int) -> np.ndarray:
+    """Rows where task t's label is observed: the clicked rows for a conversion, else every row."""
+    return labels[:, 0] == 1 if t == model.conversion else np.ones(len(labels), dtype=bool)
+
+
+def _oracle_by_task_and_domain(
+    data: DataConfig, model: PlantedModel, labels: np.ndarray, probs: np.ndarray, domains: np.ndarray
+) -> dict[str, object]:
+    """Oracle AUC per task (a conversion on clicked rows only) and per domain, for multi-task or -domain data."""
+    names = data.features.labels
+    if len(names) == 1 and not data.features.domain:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for t, name in enumerate(names):
+        rows = _task_rows(model, labels, t)
+        out[name] = {"all": auc(labels[rows, t], probs[rows, t])}
+        if data.features.domain:
+            for d in range(data.synthetic.num_domains):
+                where = rows & (domains == d)
+                out[name][f"domain{d}"] = auc(labels[where, t], probs[where, t])
+    return {"oracle_auc_valid_by_task": out}
 
 
 def generate_synthetic(data: DataConfig, embeddings: EmbeddingsConfig, out_dir: str | Path) -> dict[str, object]:
@@ -140,8 +187,9 @@ def generate_synthetic(data: DataConfig, embeddings: EmbeddingsConfig, out_dir: 
             rows = data.synthetic.num_train if split == "train" else data.synthetic.num_valid
             splits[split] = _write_split(model, data, split, split_id, rows, tmp / split)
         valid = splits["valid"]
-        labels, probs = valid.pop("labels"), valid.pop("probs")
+        labels, probs, domains = valid.pop("labels"), valid.pop("probs"), valid.pop("domains")
         names = data.features.labels
+        rows = [_task_rows(model, labels, t) for t in range(len(names))]
         claims: dict[str, object] = {
             "generator_version": GENERATOR_VERSION,
             "rows": {split: splits[split]["rows"] for split, _ in SPLITS},
@@ -150,8 +198,9 @@ def generate_synthetic(data: DataConfig, embeddings: EmbeddingsConfig, out_dir: 
             "mean_true_probability": {
                 split: dict(zip(names, splits[split]["mean_true_probability"])) for split, _ in SPLITS
             },
-            "oracle_auc_valid": {n: auc(labels[:, t], probs[:, t]) for t, n in enumerate(names)},
-            "oracle_logloss_valid": {n: logloss(labels[:, t], probs[:, t]) for t, n in enumerate(names)},
+            "oracle_auc_valid": {n: auc(labels[rows[t], t], probs[rows[t], t]) for t, n in enumerate(names)},
+            "oracle_logloss_valid": {n: logloss(labels[rows[t], t], probs[rows[t], t]) for t, n in enumerate(names)},
+            **_oracle_by_task_and_domain(data, model, labels, probs, domains),
             "oracle_column": data.features.oracle,
             "planted": model.summary(),
             "synthetic": config_to_dict(data.synthetic),

@@ -242,7 +242,7 @@ def flops(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(f"{cfg.model.arch}: FLOPs per example (matmuls; embedding lookups are memory traffic, not FLOPs)")
-    if get_spec(cfg.model.arch).uses_sequences:
+    if get_spec(cfg.model.arch).uses_sequences and cfg.data.features.sequences:
         at = ", ".join(f"{q.name} {q.max_length}" for q in cfg.data.features.sequences)
         print(
             f"event sequences at their max_length ({at}): the padded count; training counts each batch at its "

@@ -146,7 +146,7 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
     batches: Iterable[Any] = make_eval_batches(cfg, info, target, per_rank)
     if info.is_main and os.environ.get(PROGRESS_LINES) == "1":  # `recscale eval` draws a bar on its terminal
         batches = progress_lines(batches, len(batches))  # type: ignore[arg-type]
-    metrics = evaluate(parallel.model, batches, info.device)
+    metrics = evaluate(parallel.model, batches, info.device, domain_names=cfg.data.features.domain_names)
     if not info.is_main:
         return None
     return {"checkpoint": str(path), "step": step, "data": target, "world_size": info.world_size, **metrics}

@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from recscale.configs.schema import JobConfig
+from recscale.configs.tasks import resolve_tasks
 from recscale.modules.embeddings import SparseArch, pooled_layout, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
 from recscale.modules.model import RecModel
 from recscale.modules.registry import ModelInputs, build_dense, get_spec
+from recscale.modules.tasks import TaskLoss, tasks_from_config
 
 
 @dataclass
@@ -28,6 +30,10 @@ class BuiltModel:
     """The dense arch takes the padded event sequences (``ModelSpec.uses_sequences``)."""
     uses_timestamps: bool = False
     """Some event sequence has a timestamp column, passed on with the sequences."""
+    uses_domain: bool = False
+    """The dense arch reads ``batch.domain`` (``ModelCapabilities.domains`` and a domain column)."""
+    task_loss: TaskLoss | None = None
+    """The tasks' loss (``model.tasks``); None = equal-weight BCE per logit."""
 
     def rec_model(self, **kwargs: object) -> RecModel:
         """The unsharded whole model (a reference for tests, evaluation on one process)."""
@@ -36,6 +42,8 @@ class BuiltModel:
             dense=self.dense,
             uses_sequences=self.uses_sequences,
             uses_timestamps=self.uses_timestamps,
+            uses_domain=self.uses_domain,
+            task_loss=self.task_loss,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -69,9 +77,9 @@ def build_model(
     torch.manual_seed(cfg.seed)
     spec = get_spec(cfg.model.arch)
     inputs = model_inputs(cfg)
-    seq_tables, seq_layout = (
-        sequence_table_configs(cfg.embeddings, cfg.data.features) if spec.uses_sequences else ([], None)
-    )
+    # a sequence-capable arch (Lattice) also runs without sequences: then the model takes the pooled path
+    uses_sequences = spec.uses_sequences and bool(cfg.data.features.sequences)
+    seq_tables, seq_layout = sequence_table_configs(cfg.embeddings, cfg.data.features) if uses_sequences else ([], None)
     sparse = SparseArch(
         table_configs(cfg.embeddings, cfg.data.features),
         device=torch.device(sparse_device),
@@ -84,9 +92,16 @@ def build_model(
         sparse=sparse,
         dense=dense,
         inputs=inputs,
-        uses_sequences=spec.uses_sequences,
-        uses_timestamps=spec.uses_sequences and any(q.timestamps for q in cfg.data.features.sequences),
+        uses_sequences=uses_sequences,
+        uses_timestamps=uses_sequences and any(q.timestamps for q in cfg.data.features.sequences),
+        uses_domain=spec.supports.domains and bool(cfg.data.features.domain),
+        task_loss=task_loss(cfg, dense_device),
     )
+
+
+def task_loss(cfg: JobConfig, device: torch.device | str = "cpu") -> TaskLoss:
+    """The loss of ``model.tasks`` (one ``bce`` task per label when it is empty), on ``device``."""
+    return TaskLoss(tasks_from_config(resolve_tasks(cfg)), cfg.model.task_normalization).to(device)
 
 
 def dense_flops(cfg: JobConfig) -> dict[str, FlopCount]:

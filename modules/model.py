@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.modules.outputs import DenseOutput
+from recscale.modules.tasks import TaskLoss
 
 StepOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 """``(loss.detach(), logits [B, T], labels [B, T], weights [B], diagnostics)``: what evaluation and
@@ -44,7 +45,7 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
 
 
 class RecModel(nn.Module):
-    """Sparse arch + dense arch -> weighted BCE loss (+ weighted auxiliary loss).
+    """Sparse arch + dense arch -> the tasks' weighted loss (+ weighted auxiliary loss).
 
     Args:
         sparse: embedding tables; ``sparse(kjt) -> [B, sum D]`` (maybe a DMP).
@@ -57,6 +58,10 @@ class RecModel(nn.Module):
         uses_sequences: the dense arch is a sequence model (``ModelSpec.uses_sequences``): the sparse arch
             gets ``batch.sequences`` and the dense arch the padded sequences and ``batch.domain``.
         uses_timestamps: pass ``batch.sequence_timestamps`` (some sequence has a timestamp column).
+        uses_domain: a non-sequence dense arch that reads the domain: called as
+            ``dense(dense, pooled, domain=batch.domain)``.
+        task_loss: the per-task losses, weights and masks (``model.tasks``); None = every logit a ``bce``
+            task of equal weight on every row (``weighted_bce``).
     """
 
     def __init__(
@@ -69,6 +74,8 @@ class RecModel(nn.Module):
         aux_loss_weight: float = 0.0,
         uses_sequences: bool = False,
         uses_timestamps: bool = False,
+        uses_domain: bool = False,
+        task_loss: TaskLoss | None = None,
     ) -> None:
         super().__init__()
         self.sparse = sparse
@@ -79,6 +86,8 @@ class RecModel(nn.Module):
         self.aux_loss_weight = aux_loss_weight
         self.uses_sequences = uses_sequences
         self.uses_timestamps = uses_timestamps
+        self.uses_domain = uses_domain
+        self.task_loss = task_loss
 
     def forward(self, batch: Any) -> ModelOutput:
         """``batch`` is a ``recscale.data.Batch``; returns the loss and what evaluation needs."""
@@ -88,13 +97,19 @@ class RecModel(nn.Module):
             logits, aux, diagnostics = self._dense(batch, out[0], (out[1], out[2], out[3], batch.domain))
         else:
             pooled = self.sparse(batch.sparse)
-            logits, aux, diagnostics = self._dense(batch, pooled)
-        loss = weighted_bce(logits, batch.labels, batch.weights)
+            domain = {"domain": batch.domain} if self.uses_domain else {}
+            logits, aux, diagnostics = self._dense(batch, pooled, **domain)
+        if self.task_loss is None:
+            loss = weighted_bce(logits, batch.labels, batch.weights)
+        else:
+            loss = self.task_loss(logits, batch.labels, batch.weights, batch.domain)
         if self.aux_loss_weight:
             loss = loss + self.aux_loss_weight * aux.float()
         return loss, (loss.detach(), logits.detach().float(), batch.labels, batch.weights, diagnostics)
 
-    def _dense(self, batch: Any, pooled: torch.Tensor, sequence_inputs: tuple[Any, ...] = ()) -> DenseOutput:
+    def _dense(
+        self, batch: Any, pooled: torch.Tensor, sequence_inputs: tuple[Any, ...] = (), **kwargs: Any
+    ) -> DenseOutput:
         """The dense arch on the cast inputs.
 
         Sequence embeddings stay fp32 (the arch casts them to ``pooled.dtype``): a dict in a traced
@@ -104,6 +119,6 @@ class RecModel(nn.Module):
         pooled = pooled.to(self.compute_dtype)
         if self.autocast:
             with torch.autocast(device_type=self.device_type, dtype=self.compute_dtype):
-                out: DenseOutput = self.dense(dense, pooled, *sequence_inputs)
+                out: DenseOutput = self.dense(dense, pooled, *sequence_inputs, **kwargs)
             return out
-        return self.dense(dense, pooled, *sequence_inputs)  # type: ignore[no-any-return]
+        return self.dense(dense, pooled, *sequence_inputs, **kwargs)  # type: ignore[no-any-return]

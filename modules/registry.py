@@ -23,6 +23,7 @@ from recscale.modules.gca.spec import build_gca_seq, check_gca_seq
 from recscale.modules.hilomoe.convert import build_moe_dense
 from recscale.modules.hilomoe.spec import DEFAULT_TOWERS, check_hilomoe
 from recscale.modules.kunlun.spec import build_kunlun, check_kunlun
+from recscale.modules.lattice.spec import build_lattice, check_lattice
 from recscale.modules.layout import PooledLayout
 from recscale.modules.multitask.dense import check_multitask, wrap_multitask
 from recscale.modules.wukong.spec import build_wukong, check_wukong
@@ -183,6 +184,13 @@ MODEL_SPECS: dict[str, ModelSpec] = {
         build=build_gca_seq,
         check=check_gca_seq,
         supports=ModelCapabilities(sequences=True),
+    ),
+    "lattice": ModelSpec(
+        name="lattice",
+        description="Lattice: feature tokens, RoPE/QK-norm Transformer blocks over optional sequences, Wukong fusion",
+        build=build_lattice,
+        check=check_lattice,
+        supports=ModelCapabilities(sequences=True, domains=True),
     ),
 }
 

@@ -47,6 +47,7 @@ def run_section(report: Report, run: RunData) -> None:
         "steps. Embedding lookups are memory traffic: reported as bytes of rows read and the bandwidth they imply.",
         note=True,
     )
+    tasks_section(report, final)
     stages_section(report, s.get("stages"))
     curves_section(report, [run])
     report.heading("Where the time goes")
@@ -181,6 +182,38 @@ def plan_section(report: Report, run: RunData) -> None:
     report.text(
         f"{plan.get('source')} plan for {plan.get('world_size')} x {plan.get('device')}; planner's embedding step "
         f"estimate {fmt(plan.get('est_step_ms'))} ms (slowest rank).",
+        note=True,
+    )
+
+
+def tasks_section(report: Report, final: dict[str, object]) -> None:
+    """Per-task and per-domain metrics of the final evaluation (multi-task or multi-domain runs)."""
+    rows = []
+    for key in final:
+        parts = key.split("/")
+        if parts[0] not in ("auc", "mse") or len(parts) < 2:
+            continue
+        suffix = "/" + "/".join(parts[1:])
+        rows.append(
+            [
+                parts[1],
+                parts[2] if len(parts) > 2 else "all",
+                final.get(f"num_examples/{parts[1]}") if len(parts) == 2 else None,
+                final.get(f"auc{suffix}"),
+                final.get(f"oracle_auc{suffix}"),
+                final.get(f"auc_gap{suffix}"),
+                final.get(f"logloss{suffix}"),
+                final.get(f"ne{suffix}"),
+                final.get(f"mse{suffix}"),
+            ]
+        )
+    if not rows:
+        return
+    report.heading("Tasks and domains")
+    report.table(["task", "domain", "examples", "AUC", "oracle AUC", "gap", "logloss", "NE", "MSE"], rows)
+    report.text(
+        "Final evaluation per task (on the rows where it applies: its domains, its `given` task's positives) "
+        "and per domain. The summary's AUC and logloss are the task-weighted means of the per-task values.",
         note=True,
     )
 

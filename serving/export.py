@@ -20,6 +20,7 @@ import torch.distributed.checkpoint as dcp
 import yaml
 
 from recscale.configs import JobConfig, config_from_dict
+from recscale.configs.tasks import resolve_tasks
 from recscale.serving import runtime
 from recscale.serving.conversion import raw_spec
 from recscale.serving.graph import FeatureLookup, InferenceModel, export_graph
@@ -79,14 +80,14 @@ def refusal(cfg: JobConfig) -> str:
     """Why this config's model cannot be exported ("" when it can)."""
     from recscale.modules.registry import get_spec
 
-    if get_spec(cfg.model.arch).uses_sequences or cfg.data.features.sequences:
+    if cfg.data.features.sequences:
         return (
             f"model {cfg.model.arch!r} reads event sequences (an unpooled EmbeddingCollection); "
             "export supports pooled-table models only"
         )
-    if cfg.data.features.domain:
-        return f"model {cfg.model.arch!r} reads a domain column; export supports pooled-table models only"
-    return ""
+    if get_spec(cfg.model.arch).supports.domains and cfg.data.features.domain:
+        return f"model {cfg.model.arch!r} reads the domain column; export supports models of the pooled tables only"
+    return ""  # a domain column alone is fine: other models never read it (only metrics and task masks do)
 
 
 def stage_refusal(cfg: JobConfig, step: int) -> str:
@@ -132,7 +133,8 @@ def assemble(cfg: JobConfig, built: Any, weights: dict[str, torch.Tensor], quant
             raise ValueError(f"the checkpoint lacks table {name!r}")
         tables[name] = InferenceTable(weights[name].float(), quantize, pooling[name])
     features = [FeatureLookup(f.name, f.table) for f in cfg.data.features.sparse]
-    return InferenceModel(tables, features, list(built.sparse.layout.feature_names), built.dense)
+    regression = [t.loss == "regression" for t in resolve_tasks(cfg)]
+    return InferenceModel(tables, features, list(built.sparse.layout.feature_names), built.dense, regression)
 
 
 def export_program(cfg: JobConfig, model: InferenceModel) -> torch.export.ExportedProgram:
@@ -151,6 +153,7 @@ def feature_spec(cfg: JobConfig) -> dict[str, Any]:
     rows = {t.name: t.num_embeddings for t in cfg.embeddings.tables}
     return {
         "labels": list(cfg.data.features.labels),
+        "tasks": [{"name": t.name, "label": t.label, "loss": t.loss} for t in resolve_tasks(cfg)],
         "dense": list(cfg.data.features.dense),
         "sparse": [
             {"name": f.name, "table": f.table, "rows": rows[f.table], "hashing": f.hashing, "max_ids": f.max_ids}

@@ -1,7 +1,8 @@
 """The inference model: plain-torch table lookups + the trained dense arch -> probabilities.
 
 ``InferenceModel.forward(dense [B, N], ids_0 [nnz_0], offsets_0 [B], ids_1, offsets_1, ...)`` returns
-``sigmoid(logits) [B, T]``. Features come in ``features`` order (the config's ``data.features.sparse``);
+one prediction per task ``[B, T]``: ``sigmoid(logit)`` for a ``bce`` task, the raw output for a
+``regression`` task. Features come in ``features`` order (the config's ``data.features.sparse``);
 the pooled embeddings are concatenated in the order the dense arch was trained on (the sparse arch's
 ``PooledLayout``: tables in config order, each table's features in order), so the dense arch sees
 exactly the ``[B, sum D]`` it saw in training.
@@ -33,6 +34,8 @@ class InferenceModel(nn.Module):
         features: the sparse features, in input order.
         pooled_order: the feature names in the dense arch's pooled layout order.
         dense: the trained dense arch (``dense(dense [B, N], pooled [B, sum D]) -> (logits [B, T], ...)``).
+        regression: per task, whether its output is a real value (returned raw) rather than a logit;
+            empty = every task is ``bce``.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class InferenceModel(nn.Module):
         features: list[FeatureLookup],
         pooled_order: list[str],
         dense: nn.Module,
+        regression: list[bool] | None = None,
     ) -> None:
         super().__init__()
         self.tables = nn.ModuleDict(tables)
@@ -48,15 +52,19 @@ class InferenceModel(nn.Module):
         position = {f.name: i for i, f in enumerate(features)}
         self.order = [position[name] for name in pooled_order]
         self.dense = dense
+        self.any_regression = any(regression or [])
+        self.register_buffer("regression", torch.tensor(regression or [], dtype=torch.bool), persistent=False)
 
     def forward(self, dense: torch.Tensor, *bags: torch.Tensor) -> torch.Tensor:
-        """``dense [B, N]``, then ``ids [nnz_f], offsets [B]`` per feature -> probabilities ``[B, T]``."""
+        """``dense [B, N]``, then ``ids [nnz_f], offsets [B]`` per feature -> predictions ``[B, T]``."""
         pooled = [
             self.tables[f.table](bags[2 * i], bags[2 * i + 1])  # [B, D_f]
             for i, f in enumerate(self.features)
         ]
-        logits = self.dense(dense, torch.cat([pooled[i] for i in self.order], dim=1))[0]
-        return torch.sigmoid(logits.float())
+        logits = self.dense(dense, torch.cat([pooled[i] for i in self.order], dim=1))[0].float()
+        if self.any_regression:
+            return torch.where(self.regression, logits, torch.sigmoid(logits))
+        return torch.sigmoid(logits)
 
 
 def example_inputs(num_dense: int, num_features: int, batch: int = 3) -> tuple[torch.Tensor, ...]:

@@ -138,6 +138,9 @@ class Predictor:
         if self.manifest.get("format") != ARTIFACT_FORMAT:
             raise ServingError(f"{self.path / MANIFEST}: artifact format {self.manifest.get('format')}, expected 1")
         self.labels: list[str] = list(self.features["labels"])
+        tasks = self.features.get("tasks") or [{"name": label, "loss": "bce"} for label in self.labels]
+        self.outputs: list[str] = [("pred_" if t["loss"] == "regression" else "p_") + t["name"] for t in tasks]
+        """Output column per task: ``p_<task>`` (a probability) or ``pred_<task>`` (a regression value)."""
         self.module = torch.export.load(str(self.path / GRAPH)).module()
 
     def inputs(self, batch: Any, where: str = "batch") -> tuple[torch.Tensor, ...]:
@@ -164,7 +167,7 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, batch: Any, where: str = "batch") -> np.ndarray:
-        """Click probabilities ``[B, T]`` (float32, one column per label) of the rows in ``batch``."""
+        """Predictions ``[B, T]`` (float32, one column per task, named by ``outputs``) of the rows in ``batch``."""
         inputs = self.inputs(batch, where)
         if inputs[0].shape[0] == 0:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -358,7 +361,7 @@ def predict_file(
     out: str | os.PathLike[str],
     batch_size: int = 8192,
 ) -> int:
-    """Score every row of ``data`` into ``out`` (Parquet, ``p_<label>`` columns, input order).
+    """Score every row of ``data`` into ``out`` (Parquet, one ``p_<task>`` / ``pred_<task>`` column per task).
 
     ``data``: Parquet (a file or a directory), or a raw CSV / Criteo TSV file (``.gz`` too) read as the
     model's data was converted (``raw_batches``).
@@ -388,7 +391,7 @@ def predict_file(
         for batch in reader.iter_batches(batch_size=batch_size, columns=columns):
             parts.append(model.predict(batch, where=str(file)))
     probs = np.concatenate(parts) if parts else np.zeros((0, len(model.labels)), dtype=np.float32)
-    table = pa.table({f"p_{label}": probs[:, t] for t, label in enumerate(model.labels)})
+    table = pa.table({name: probs[:, t] for t, name in enumerate(model.outputs)})
     target = Path(out)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp)

@@ -187,6 +187,8 @@ def parallelize(
         aux_loss_weight=aux_loss_weight,
         uses_sequences=built.uses_sequences,
         uses_timestamps=built.uses_timestamps,
+        uses_domain=built.uses_domain,
+        task_loss=built.task_loss.to(info.device) if built.task_loss is not None else None,
     )
     updater = Updater(backend, dmp.fused_optimizer, unfused_table_optimizer(dmp, optimizer.sparse))
     return ParallelModel(model=model, sparse=dmp, dense=backend, plan=described, sharding_plan=plan, updater=updater)

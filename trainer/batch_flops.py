@@ -60,7 +60,7 @@ class BatchFlops:
     @classmethod
     def for_job(cls, cfg: JobConfig, dense: nn.Module) -> BatchFlops:
         """Real-length counting for the sequence models, a constant count for the others."""
-        if not get_spec(cfg.model.arch).uses_sequences:
+        if not (get_spec(cfg.model.arch).uses_sequences and cfg.data.features.sequences):
             return cls(dense)
         return cls(dense, {q.name: q.max_length for q in cfg.data.features.sequences})
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
 from recscale.modules.model import RecModel
-from recscale.trainer.eval_metrics import ctr_metrics
+from recscale.modules.tasks import TaskLoss, default_tasks
+from recscale.trainer.task_metrics import task_metrics
 
 
 @torch.no_grad()
-def evaluate(model: RecModel, batches: Iterable[Any], device: torch.device, max_batches: int = 0) -> dict[str, float]:
-    """AUC / logloss / NE (and the oracle's, when known) over every rank's examples.
+def evaluate(
+    model: RecModel,
+    batches: Iterable[Any],
+    device: torch.device,
+    max_batches: int = 0,
+    domain_names: Sequence[str] = (),
+) -> dict[str, float]:
+    """Per-task (and per-domain) AUC / logloss / NE or MSE / MAE, and the oracle's when known, over every rank.
 
     Padding examples (weight 0) are dropped before the metrics. ``max_batches`` must be the same
     on every rank (every rank must run the same number of forward passes: the tables'
@@ -22,11 +29,11 @@ def evaluate(model: RecModel, batches: Iterable[Any], device: torch.device, max_
     (``eval_metrics.distributed_auc``).
 
     Returns:
-        The metrics of ``ctr_metrics`` plus the mean of each scalar diagnostic the model reports.
+        The metrics of ``task_metrics`` plus the mean of each scalar diagnostic the model reports.
     """
     was_training = model.training
     model.eval()
-    logits_parts, label_parts, weight_parts, oracle_parts = [], [], [], []
+    logits_parts, label_parts, weight_parts, oracle_parts, domain_parts = [], [], [], [], []
     diag_sums: dict[str, torch.Tensor] = {}
     diag_counts: dict[str, int] = {}
     try:
@@ -40,6 +47,8 @@ def evaluate(model: RecModel, batches: Iterable[Any], device: torch.device, max_
             weight_parts.append(weights)
             if batch.oracle is not None:
                 oracle_parts.append(batch.oracle.float())
+            if batch.domain is not None:
+                domain_parts.append(batch.domain)
             for key, value in diagnostics.items():
                 if value.numel() == 1:
                     value = value.detach().reshape(()).double()
@@ -51,7 +60,10 @@ def evaluate(model: RecModel, batches: Iterable[Any], device: torch.device, max_
     logits = torch.cat(logits_parts).cpu()[keep] if logits_parts else torch.zeros(0, 1)
     labels = torch.cat(label_parts).cpu()[keep] if label_parts else torch.zeros(0, 1)
     oracle = torch.cat(oracle_parts).cpu()[keep] if oracle_parts else None
-    out = ctr_metrics(logits, labels, oracle)
+    domain = torch.cat(domain_parts).cpu()[keep] if domain_parts else None
+    tasks = model.task_loss or TaskLoss(default_tasks(labels.shape[1]))
+    masks = tasks.masks(labels, domain)
+    out = task_metrics(logits, labels, masks, tasks.tasks, oracle, domain, domain_names)
     for key, total in diag_sums.items():
         out[key] = float(total) / diag_counts[key]
     return out

@@ -151,7 +151,9 @@ class Evaluations:
     def run(self, step: int, max_batches: int, final: bool = False) -> dict[str, float]:
         """One evaluation (``max_batches`` 0: the whole set), recorded and shown."""
         batches = pinned(make_eval_batches(self.cfg, self.info, self.valid_path), self.info.device)
-        result = evaluate(self.model_for_eval(), batches, self.info.device, max_batches)
+        result = evaluate(
+            self.model_for_eval(), batches, self.info.device, max_batches, self.cfg.data.features.domain_names
+        )
         result["final"] = final
         self.metrics.write("eval", step, result)
         if self.info.is_main:
@@ -160,7 +162,16 @@ class Evaluations:
 
 
 def _format_eval(step: int, r: dict[str, float]) -> str:
-    text = f"eval @ step {step}: auc {r['auc']:.4f}"
-    if "oracle_auc" in r:
-        text += f" (oracle {r['oracle_auc']:.4f}, gap {r['auc_gap']:.4f})"
-    return text + f" | logloss {r['logloss']:.4f} | ne {r['ne']:.4f} | {int(r['num_examples']):,} examples"
+    """One console line: the (task-weighted) headline metrics."""
+    parts = []
+    if "auc" in r:
+        text = f"auc {r['auc']:.4f}"
+        if "oracle_auc" in r:
+            text += f" (oracle {r['oracle_auc']:.4f}, gap {r['auc_gap']:.4f})"
+        parts += [text, f"logloss {r['logloss']:.4f}", f"ne {r['ne']:.4f}"]
+    if "mse" in r:
+        parts.append(f"mse {r['mse']:.4g}")
+    weighted = (
+        " (task-weighted)" if any("/" in key for key in r) and any(k.startswith("num_examples/") for k in r) else ""
+    )
+    return f"eval @ step {step}{weighted}: " + " | ".join(parts) + f" | {int(r['num_examples']):,} examples"

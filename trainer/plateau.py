@@ -52,7 +52,7 @@ class Plateau:
         m = self.cfg.metric
         value = metrics["auc"] - metrics["logloss"] if m == "auc_minus_logloss" else metrics[m]
         s = self.state
-        sign = -1.0 if m == "logloss" else 1.0
+        sign = -1.0 if m in ("logloss", "mse") else 1.0
         improved = math.isnan(s.best) or sign * (value - s.best) > self.cfg.min_delta
         if improved:
             s.best, s.best_step, s.bad_evaluations = value, step, 0

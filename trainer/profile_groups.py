@@ -69,6 +69,15 @@ GROUPS: dict[str, tuple[ModuleGroup, ...]] = {
         _G("top", ("top",), ("top",)),
         _G("head", ("head",), ("head",)),
     ),
+    "LatticeDense": (
+        _G("processors", ("processors",), ("lattice/processors",)),
+        _G("seq_proj", ("seq_proj.*",), ("lattice/seq_proj",)),
+        _G("tb", ("tb.*.*",), ("lattice/tb",)),
+        _G("compress", ("compress.*.*",), ("lattice/compress",)),
+        _G("dwfb", ("dwfb.*",), ("lattice/dwfb",)),
+        _G("ecs", ("ecs.maps.*",), ("lattice/ecs",)),
+        _G("heads", ("heads.*",), ("lattice/heads",)),
+    ),
     "GCASequenceDense": (
         _G("in_proj", ("in_proj.*",), ("*/in_proj",)),
         _G("encoders", ("encoders.*.*",), ("domain_*/layer*",)),

@@ -27,6 +27,7 @@ from recscale.configs.schema.job import (
     LaunchConfig,
     SlurmConfig,
 )
+from recscale.configs.schema.lattice import LatticeConfig as LatticeConfig
 from recscale.configs.schema.model import (
     Activation,
     DCNv2Config,
@@ -52,6 +53,7 @@ from recscale.configs.schema.sharding import (
     TableConstraintConfig,
     TopologyConfig,
 )
+from recscale.configs.schema.tasks import TaskConfig
 from recscale.configs.schema.training import (
     CheckpointConfig,
     DenseOptimizerConfig,
@@ -100,6 +102,7 @@ __all__ = [
     "StageConfig",
     "SyntheticConfig",
     "TableConfig",
+    "TaskConfig",
     "TableConstraintConfig",
     "TopologyConfig",
     "TrainerConfig",

@@ -46,7 +46,11 @@ class FeatureSchemaConfig:
     """What one example (one Parquet row) holds."""
 
     labels: list[str] = field(default_factory=lambda: ["label"])
-    """Label columns, 0/1 each; several labels make a multi-task model (one head per label)."""
+    """Label columns, 0/1 each unless listed in ``value_labels``; several labels make a multi-task model
+    (one head per label). Filled from ``model.tasks`` when that is set and this is left at its default."""
+    value_labels: list[str] = field(default_factory=list)
+    """Labels that hold real values (regression targets) instead of 0/1. Filled from ``model.tasks``
+    (tasks with ``loss: regression``) when left empty."""
     dense: list[str] = field(default_factory=list)
     """Float columns, fed to the dense arch in this order."""
     sparse: list[SparseFeatureConfig] = field(default_factory=list)
@@ -54,7 +58,10 @@ class FeatureSchemaConfig:
     sequences: list[SequenceFeatureConfig] = field(default_factory=list)
     """Event sequences (unpooled), for sequence models."""
     domain: str = ""
-    """Integer column with a domain id (cross-domain models); empty when there is none."""
+    """Integer column with a domain id (surface, country...; cross-domain models and per-domain metrics);
+    empty when there is none."""
+    domain_names: list[str] = field(default_factory=list)
+    """Names of domain ids 0, 1, ... in metric keys (``auc/<task>/<name>``); empty = ``domain<id>``."""
     oracle: str = ""
     """Float column with the true click probability (synthetic data); used to report oracle AUC."""
 
@@ -101,6 +108,31 @@ class SyntheticConfig:
     """Sequence term: an event k steps older than the newest weighs ``recency_decay**k``."""
     task_correlation: float = 0.5
     """Multi-task labels: correlation of each extra task's per-id effects with the first task's."""
+    task_interaction_scale: float = 0.0
+    """Multi-task labels: scale of each task's own pairwise field interactions (drawn independently per
+    task: signal the tasks do not share); 0 = off."""
+    task_domain_scale: float = 0.0
+    """Multi-task, multi-domain labels: scale of each task's own domain term (domain bias + domain x item
+    category, drawn independently per task: the domains shift each task's truth differently); 0 = off."""
+    domain_feature_shift: float = 0.0
+    """Domains shift the feature distribution: in domain d > 0 this fraction of the item ids (the second
+    sparse feature, single-hot) follows the domain's own popularity order; 0 = every domain alike."""
+    conversion_label: str = ""
+    """A label of ``data.features.labels`` (not the first) that is a conversion observed only after a click
+    on the first label: its true probability is p(conversion | click), its label is click x
+    Bernoulli(p), and its oracle column holds p(conversion | click) (train it with ``given: <first>``)."""
+    conversion_rate: float = 0.1
+    """Target mean of p(conversion | click) (``conversion_label``)."""
+    conversion_delay_mean_s: float = 0.0
+    """Conversions happen an Exp(mean) delay after the impression, written to ``delay_column``; 0 = none."""
+    time_column: str = ""
+    """Column for the impression time (int64 seconds: a fixed start + ``seconds_per_row`` x row index);
+    empty = not written."""
+    seconds_per_row: float = 10.0
+    """Impression time between consecutive rows (``time_column``)."""
+    delay_column: str = ""
+    """Column for the conversion delay in seconds (float, null without a conversion); needs
+    ``conversion_delay_mean_s > 0``."""
     row_group_size: int = 16_384
     """Rows per Parquet row group."""
     rows_per_file: int = 1_048_576

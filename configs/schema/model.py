@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from recscale.configs.schema.lattice import LatticeConfig
+from recscale.configs.schema.tasks import TaskConfig
+
 
 @dataclass(kw_only=True)
 class TableConfig:
@@ -354,5 +357,15 @@ class ModelConfig:
     """Kunlun settings (``arch: kunlun``)."""
     gca: GCAConfig = field(default_factory=GCAConfig)
     """Gated cross-attention two-domain sequence model (``arch: gca_seq``)."""
+    lattice: LatticeConfig = field(default_factory=LatticeConfig)
+    """Lattice settings (``arch: lattice``)."""
     multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     """Per-task layers over the arch (shared-bottom, MMoE, PLE)."""
+    tasks: list[TaskConfig] = field(default_factory=list)
+    """What the model predicts: name, label column, loss, weight, domains of each task (one logit each).
+    Empty = one ``bce`` task of weight 1 per column of ``data.features.labels``, named like the column."""
+    task_normalization: Literal["batch", "rows"] = "batch"
+    """How a task that applies to some rows only (``domains``, ``given``) averages its loss: over the whole
+    batch (``batch``: its rows' sum / B, the same on any number of ranks, so its gradient follows its share
+    of the traffic), or over its own rows in each rank's batch (``rows``: a per-row mean that depends on
+    how rows fall on ranks)."""

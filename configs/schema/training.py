@@ -105,9 +105,10 @@ class EarlyStoppingConfig:
     and periodic ones with ``trainer.eval_batches: 0``.
     """
 
-    metric: Literal["auc", "logloss", "auc_minus_logloss"] = "auc"
-    """What "improved" means (first task): a higher AUC, a lower logloss, or a higher AUC - logloss
-    (FuxiCTR's default monitor)."""
+    metric: Literal["auc", "logloss", "auc_minus_logloss", "mse"] = "auc"
+    """What "improved" means: a higher AUC, a lower logloss, a higher AUC - logloss (FuxiCTR's default
+    monitor), or a lower MSE (regression tasks). With several tasks these are the task-weighted means
+    (``model.tasks[*].weight``) of the per-task values."""
     min_delta: float = 0.0
     """Improvements smaller than this do not count."""
     lr_decay: float = 1.0

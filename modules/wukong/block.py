@@ -8,7 +8,9 @@ Zhang et al. 2024, "Wukong: Towards a Scaling Law for Large-Scale Recommendation
 
 ``residual`` is the identity when the token count is unchanged, else a learned linear map over
 the token axis (like LCB). ``WukongLayer`` is the reusable unit (``[B, N, D] -> [B, n_F + n_L, D]``);
-Kunlun's mixture of Wukong experts builds on it.
+Kunlun's mixture of Wukong experts and Lattice's fusion block build on it. A caller may supply the FMB
+MLP (``mlp_factory``; extra arguments of the layer's ``forward`` are passed on to it, e.g. Lattice's
+per-domain masks) and drop the LayerNorm biases (``bias=False``); the defaults are the paper's layer.
 
 Tensor legend: B batch, N tokens in, M tokens out (n_F + n_L), F FMB tokens n_F, C LCB tokens n_L,
 D token width, K FM rank k.
@@ -16,11 +18,17 @@ D token width, K FM rank k.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from recscale.modules.flops import FlopCount, linears, matmul
 from recscale.modules.mlp import MLP
+
+MLPFactory = Callable[[int, list[int]], nn.Module]
+"""``(in_dim, widths) -> module`` mapping ``[B, in_dim] -> [B, widths[-1]]`` (no activation after the last
+layer); it may take extra forward arguments and may count its own FLOPs (``flops() -> FlopCount``)."""
 
 
 class LinearCompressBlock(nn.Module):
@@ -68,6 +76,8 @@ class FactorizationMachineBlock(nn.Module):
         num_compressed_tokens: C, the tokens the attentive MLP reads.
         activation: MLP activation.
         dropout: MLP dropout.
+        bias: the LayerNorm has a bias.
+        mlp_factory: builds the MLP instead of ``MLP(..., activation, dropout)`` (same in / out widths).
     """
 
     def __init__(
@@ -82,6 +92,8 @@ class FactorizationMachineBlock(nn.Module):
         num_compressed_tokens: int = 0,
         activation: str = "relu",
         dropout: float = 0.0,
+        bias: bool = True,
+        mlp_factory: MLPFactory | None = None,
     ) -> None:
         super().__init__()
         self.num_tokens, self.dim, self.num_out_tokens, self.rank = num_tokens, dim, num_out_tokens, rank
@@ -95,11 +107,18 @@ class FactorizationMachineBlock(nn.Module):
         else:
             self.projection = nn.Parameter(torch.empty(num_tokens, rank))
             nn.init.xavier_uniform_(self.projection)
-        self.norm = nn.LayerNorm(num_tokens * rank)
-        self.mlp = MLP(num_tokens * rank, [*mlp, num_out_tokens * dim], activation, dropout, last_activation=False)
+        self.norm = nn.LayerNorm(num_tokens * rank, bias=bias)
+        widths = [*mlp, num_out_tokens * dim]
+        self.mlp = (
+            mlp_factory(num_tokens * rank, widths)
+            if mlp_factory is not None
+            else MLP(num_tokens * rank, widths, activation, dropout, last_activation=False)
+        )
 
-    def forward(self, x_BND: torch.Tensor, compressed_BCD: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, N, D]`` (and the LCB output when attentive) -> ``[B, F, D]``."""
+    def forward(
+        self, x_BND: torch.Tensor, compressed_BCD: torch.Tensor | None = None, *mlp_args: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``[B, N, D]`` (and the LCB output when attentive) -> ``[B, F, D]``; ``mlp_args`` go to the MLP."""
         b = x_BND.shape[0]
         x_BDN = x_BND.transpose(1, 2)
         if self.attention is not None:
@@ -110,13 +129,14 @@ class FactorizationMachineBlock(nn.Module):
             assert self.projection is not None
             xty_BDK = torch.matmul(x_BDN, self.projection)
         fm_BNK = torch.bmm(x_BND, xty_BDK)
-        h: torch.Tensor = self.mlp(self.norm(fm_BNK.flatten(1)))
+        h: torch.Tensor = self.mlp(self.norm(fm_BNK.flatten(1)), *mlp_args)
         return h.view(b, self.num_out_tokens, self.dim)
 
     def flops(self) -> dict[str, FlopCount]:
         """Per-example FLOPs: the FM products, the attentive MLP (if any), the FMB MLP."""
         n, d, k = self.num_tokens, self.dim, self.rank
-        out = {"fm": matmul(d, n, k) + matmul(n, d, k), "fmb_mlp": linears(self.mlp)}
+        own = getattr(self.mlp, "flops", None)  # a supplied MLP may count itself (e.g. one copy per domain)
+        out = {"fm": matmul(d, n, k) + matmul(n, d, k), "fmb_mlp": own() if callable(own) else linears(self.mlp)}
         if self.attention is not None:
             out["attentive"] = linears(self.attention)
         return out
@@ -136,6 +156,8 @@ class WukongLayer(nn.Module):
         attentive_mlp: hidden widths of the MLP that computes Y.
         activation: MLP activation.
         dropout: MLP dropout.
+        bias: the LayerNorms have biases.
+        mlp_factory: builds the FMB MLP (see ``FactorizationMachineBlock``).
 
     Example::
 
@@ -155,6 +177,8 @@ class WukongLayer(nn.Module):
         attentive_mlp: list[int] | None = None,
         activation: str = "relu",
         dropout: float = 0.0,
+        bias: bool = True,
+        mlp_factory: MLPFactory | None = None,
     ) -> None:
         super().__init__()
         if num_fmb_tokens <= 0 or num_lcb_tokens < 0:
@@ -177,15 +201,17 @@ class WukongLayer(nn.Module):
             num_lcb_tokens,
             activation,
             dropout,
+            bias,
+            mlp_factory,
         )
         compress = self.num_out_tokens != num_tokens
         self.residual = LinearCompressBlock(num_tokens, self.num_out_tokens) if compress else None
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, bias=bias)
 
-    def forward(self, x_BND: torch.Tensor) -> torch.Tensor:
-        """``LN(concat(FMB(X), LCB(X)) + residual(X))``."""
+    def forward(self, x_BND: torch.Tensor, *mlp_args: torch.Tensor | None) -> torch.Tensor:
+        """``LN(concat(FMB(X), LCB(X)) + residual(X))``; ``mlp_args`` go to the FMB MLP."""
         lcb_BCD = self.lcb(x_BND) if self.lcb is not None else None
-        fmb_BFD = self.fmb(x_BND, lcb_BCD)
+        fmb_BFD = self.fmb(x_BND, lcb_BCD, *mlp_args)
         out_BMD = torch.cat([fmb_BFD, lcb_BCD], dim=1) if lcb_BCD is not None else fmb_BFD
         res_BMD = self.residual(x_BND) if self.residual is not None else x_BND
         out: torch.Tensor = self.norm(out_BMD + res_BMD)

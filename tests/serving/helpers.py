@@ -27,17 +27,17 @@ def eval_predictions_worker(rank: int, world: int, checkpoint: Path, data: str) 
     from recscale.trainer import evaluate
 
     seen: dict[str, torch.Tensor] = {}
-    original = evaluate.ctr_metrics
+    original = evaluate.task_metrics
 
-    def capture(logits, labels, oracle):  # type: ignore[no-untyped-def]
+    def capture(logits, labels, *args, **kwargs):  # type: ignore[no-untyped-def]
         seen["p"], seen["labels"] = torch.sigmoid(logits.double()), labels
-        return original(logits, labels, oracle)
+        return original(logits, labels, *args, **kwargs)
 
-    evaluate.ctr_metrics = capture
+    evaluate.task_metrics = capture
     try:
         metrics = eval_entrypoint.evaluate_checkpoint(checkpoint, data, 384)
     finally:
-        evaluate.ctr_metrics = original
+        evaluate.task_metrics = original
     return {"metrics": metrics, "p": seen["p"].numpy(), "labels": seen["labels"].numpy()}
 
 

@@ -13,17 +13,23 @@ import math
 import pytest
 import torch
 
+from recscale.modules.tasks import default_tasks
 from recscale.trainer.eval_metrics import (
     _exchange,
     _splitters,
     auc,
-    ctr_metrics,
     distributed_auc,
     logloss,
     normalized_entropy,
     tie_runs,
 )
+from recscale.trainer.task_metrics import task_metrics
 from tests.distributed import run_distributed
+
+
+def ctr_metrics(logits: torch.Tensor, labels: torch.Tensor, oracle: torch.Tensor) -> dict[str, float]:
+    """``task_metrics`` with one unmasked bce task of weight 1 per column."""
+    return task_metrics(logits, labels, torch.ones_like(labels), default_tasks(labels.shape[1]), oracle)
 
 
 def _data(n: int, tasks: int, seed: int, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -39,14 +45,20 @@ def _reference(logits: torch.Tensor, labels: torch.Tensor, oracle: torch.Tensor)
     """What the trainer computed on the gathered predictions."""
     out = {"num_examples": float(labels.shape[0])}
     probs = torch.sigmoid(logits.double())
-    for t in range(labels.shape[1]):
-        suffix = "" if t == 0 else f"/task{t}"
+    num_tasks = labels.shape[1]
+    for t in range(num_tasks):
+        suffix = "" if num_tasks == 1 else f"/task{t}"
         out[f"auc{suffix}"] = auc(logits[:, t], labels[:, t])
         out[f"logloss{suffix}"] = logloss(probs[:, t], labels[:, t])
         out[f"ne{suffix}"] = normalized_entropy(probs[:, t], labels[:, t])
         out[f"oracle_auc{suffix}"] = auc(oracle[:, t], labels[:, t])
         out[f"oracle_logloss{suffix}"] = logloss(oracle[:, t], labels[:, t])
         out[f"auc_gap{suffix}"] = out[f"oracle_auc{suffix}"] - out[f"auc{suffix}"]
+        if num_tasks > 1:
+            out[f"num_examples{suffix}"] = float(labels.shape[0])
+    if num_tasks > 1:  # equal weights: the headline is the plain mean over tasks
+        for key in ("auc", "logloss", "ne", "oracle_auc", "oracle_logloss", "auc_gap"):
+            out[key] = sum(out[f"{key}/task{t}"] for t in range(num_tasks)) / num_tasks
     return out
 
 
@@ -100,7 +112,7 @@ def test_distributed_metrics_equal_the_gathered_computation(ranks, levels: int) 
         got = result[f"metrics/{levels}"]
         assert set(got) == set(expected)
         for key, value in expected.items():
-            if key.startswith(("auc", "oracle_auc", "num_examples")):
+            if key.startswith(("auc/", "oracle_auc/", "num_examples")):
                 assert got[key] == value, key  # exact: integer counts in float64
             else:
                 assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key

@@ -1,0 +1,125 @@
+"""``model.tasks`` resolved: every task with its label column, and the checks that tie it to the data.
+
+A job without ``model.tasks`` has one ``bce`` task of weight 1 per label column, named like the column;
+one with ``model.tasks`` fills ``data.features.labels`` / ``value_labels`` from it when they are left at
+their defaults. Everything downstream (loss, metrics, serving) reads ``resolve_tasks``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from recscale.configs.schema import JobConfig, TaskConfig
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+DEFAULT_LABELS = ["label"]
+
+
+def resolve_tasks(cfg: JobConfig) -> list[TaskConfig]:
+    """The job's tasks, in logit order, each with its ``label`` column filled in."""
+    if not cfg.model.tasks:
+        return [TaskConfig(name=label, label=label) for label in cfg.data.features.labels]
+    return [
+        TaskConfig(name=t.name, label=t.label or t.name, loss=t.loss, weight=t.weight, domains=t.domains, given=t.given)
+        for t in cfg.model.tasks
+    ]
+
+
+def fill_task_labels(cfg: JobConfig) -> JobConfig:
+    """Set ``data.features.labels`` / ``value_labels`` from ``model.tasks`` where the config left them out."""
+    if cfg.model.tasks:
+        tasks = resolve_tasks(cfg)
+        f = cfg.data.features
+        if f.labels == DEFAULT_LABELS:
+            f.labels = [t.label for t in tasks]
+        if not f.value_labels:
+            f.value_labels = [t.label for t in tasks if t.loss == "regression"]
+    return cfg
+
+
+def task_problems(cfg: JobConfig) -> list[str]:
+    """What is wrong with ``model.tasks`` and its link to the data (``key.path: message`` lines)."""
+    out: list[str] = []
+    f = cfg.data.features
+    tasks = resolve_tasks(cfg)
+    labels = [t.label for t in tasks]
+    if cfg.model.tasks and f.labels != labels:
+        out.append(
+            f"data.features.labels: {f.labels} differ from the labels of model.tasks {labels}; list the same "
+            "columns in the same order, or leave data.features.labels out"
+        )
+    regression = [t.label for t in tasks if t.loss == "regression"]
+    if sorted(f.value_labels) != sorted(regression) and cfg.model.tasks:
+        out.append(
+            f"data.features.value_labels: {f.value_labels} differ from the labels of the regression tasks "
+            f"{regression}; leave data.features.value_labels out"
+        )
+    for i, name in enumerate(f.value_labels):
+        if name not in f.labels:
+            out.append(f"data.features.value_labels[{i}]: {name!r} is not one of data.features.labels {f.labels}")
+    names = [t.name for t in tasks]
+    kinds = {t.name: t.loss for t in tasks}
+    for i, t in enumerate(cfg.model.tasks):
+        where = f"model.tasks[{i}] ({t.name})"
+        if not _NAME.match(t.name):
+            out.append(f"{where}.name: expected letters, digits, '_', '-' or '.', got {t.name!r}")
+        if names.count(t.name) > 1:
+            out.append(f"{where}.name: task name {t.name!r} is used more than once")
+        if not math.isfinite(t.weight) or t.weight < 0:
+            out.append(f"{where}.weight: expected a finite value >= 0, got {t.weight}")
+        if t.domains and not f.domain:
+            out.append(f"{where}.domains: per-domain tasks need data.features.domain (a domain column)")
+        for j, d in enumerate(t.domains):
+            if d < 0:
+                out.append(f"{where}.domains[{j}]: expected a domain id >= 0, got {d}")
+        if t.given:
+            if t.given not in kinds:
+                out.append(f"{where}.given: no task named {t.given!r}; tasks: {', '.join(names)}")
+            elif kinds[t.given] != "bce":
+                out.append(f"{where}.given: task {t.given!r} is a regression task; expected a bce task (0/1 label)")
+            elif t.given == t.name:
+                out.append(f"{where}.given: a task cannot be conditioned on itself")
+    if cfg.model.tasks and not any(t.weight > 0 for t in cfg.model.tasks):
+        out.append("model.tasks: every task has weight 0; expected at least one positive weight")
+    metric = cfg.trainer.early_stopping.metric
+    has_bce = any(t.loss == "bce" and t.weight > 0 for t in tasks)
+    if metric == "mse" and not any(t.loss == "regression" and t.weight > 0 for t in tasks):
+        out.append("trainer.early_stopping.metric: 'mse' needs a regression task of positive weight")
+    if metric != "mse" and not has_bce:
+        out.append(
+            f"trainer.early_stopping.metric: {metric!r} needs a bce task of positive weight; "
+            "with regression tasks only, use 'mse'"
+        )
+    return out
+
+
+def synthetic_task_problems(cfg: JobConfig) -> list[str]:
+    """Checks of the generator's multi-task, multi-domain and delayed-label settings (``data.synthetic``)."""
+    d = cfg.data
+    s, f = d.synthetic, d.features
+    out: list[str] = []
+    if d.source != "synthetic":
+        return out
+    for key in ("task_interaction_scale", "task_domain_scale", "conversion_delay_mean_s"):
+        if getattr(s, key) < 0:
+            out.append(f"data.synthetic.{key}: expected >= 0, got {getattr(s, key)}")
+    if not 0.0 <= s.domain_feature_shift <= 1.0:
+        out.append(f"data.synthetic.domain_feature_shift: expected a fraction in [0, 1], got {s.domain_feature_shift}")
+    if (s.task_domain_scale > 0 or s.domain_feature_shift > 0) and (not f.domain or s.num_domains < 2):
+        out.append(
+            "data.synthetic.task_domain_scale / domain_feature_shift: need data.features.domain and num_domains >= 2"
+        )
+    if s.conversion_label:
+        if s.conversion_label not in f.labels[1:]:
+            out.append(
+                f"data.synthetic.conversion_label: {s.conversion_label!r} is not one of data.features.labels after "
+                f"the first (the click): {f.labels[1:]}"
+            )
+        if not 0.0 < s.conversion_rate < 1.0:
+            out.append(f"data.synthetic.conversion_rate: expected a probability in (0, 1), got {s.conversion_rate}")
+    if s.delay_column and (not s.conversion_label or s.conversion_delay_mean_s <= 0):
+        out.append("data.synthetic.delay_column: needs conversion_label and conversion_delay_mean_s > 0")
+    if s.seconds_per_row <= 0:
+        out.append(f"data.synthetic.seconds_per_row: expected a positive number, got {s.seconds_per_row}")
+    return out

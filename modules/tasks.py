@@ -1,0 +1,120 @@
+"""The training loss of a multi-task model: one term per task, masked to the rows where the task applies.
+
+Task t has a loss (``bce`` on the logit, or squared error on the raw output for ``regression``), a weight
+``w_t``, optionally the domains it applies to and a ``given`` task whose label must be 1 (a conversion
+observed only after a click). With ``m[b, t]`` = 1 where task t applies to row b and ``ω_b`` the example
+weight (0 for padding):
+
+    batch:  L = Σ_t w_t · Σ_b ω_b m[b,t] ℓ[b,t] / B                  / Σ_t w_t
+    rows:   L = Σ_t w_t · Σ_b ω_b m[b,t] ℓ[b,t] / max(1, Σ_b ω_b m[b,t]) / Σ_t w_t
+
+``batch`` (the default) divides by the batch size B, padding included, so every real row's share of the
+global loss is the same on any number of ranks. With one task, or equal weights and no masks, both reduce
+to the plain mean of the per-task losses. No value is read on the host: the step stays sync-free.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recscale.configs.schema import TaskConfig
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task as the model sees it (``model.tasks`` resolved)."""
+
+    name: str
+    loss: Literal["bce", "regression"] = "bce"
+    weight: float = 1.0
+    domains: tuple[int, ...] = ()
+    """Domain ids the task applies to (empty: all)."""
+    given: int = -1
+    """Index of the task whose label must be 1, or -1."""
+
+
+def tasks_from_config(tasks: Sequence[TaskConfig]) -> list[Task]:
+    """``resolve_tasks(cfg)`` -> ``Task`` list (``given`` as an index)."""
+    index = {t.name: i for i, t in enumerate(tasks)}
+    return [Task(t.name, t.loss, t.weight, tuple(t.domains), index[t.given] if t.given else -1) for t in tasks]
+
+
+class TaskLoss(nn.Module):
+    """The weighted, masked multi-task loss (module docstring), and the masks evaluation reuses.
+
+    Args:
+        tasks: in logit order.
+        normalization: ``batch`` or ``rows`` (module docstring).
+    """
+
+    def __init__(self, tasks: Sequence[Task], normalization: Literal["batch", "rows"] = "batch") -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("TaskLoss: expected at least one task")
+        self.tasks = list(tasks)
+        self.normalization = normalization
+        total = sum(t.weight for t in tasks)
+        self.register_buffer("weights", torch.tensor([t.weight / total for t in tasks]), persistent=False)
+        self.register_buffer("is_bce", torch.tensor([t.loss == "bce" for t in tasks]), persistent=False)
+        for i, t in enumerate(tasks):
+            if t.domains:
+                self.register_buffer(f"domains_{i}", torch.tensor(t.domains, dtype=torch.int64), persistent=False)
+        self.all_bce = all(t.loss == "bce" for t in tasks)
+        self.masked = any(t.domains or t.given >= 0 for t in tasks)
+
+    @property
+    def names(self) -> list[str]:
+        """Task names in logit order."""
+        return [t.name for t in self.tasks]
+
+    def masks(self, labels_BT: torch.Tensor, domain_B: torch.Tensor | None) -> torch.Tensor:
+        """``m [B, T]`` float: 1 where task t applies to row b (its domains, its ``given`` label is 1)."""
+        columns = []
+        for i, t in enumerate(self.tasks):
+            m = torch.ones_like(labels_BT[:, 0])
+            if t.domains:
+                assert domain_B is not None, f"task {t.name} has domains but the batch has no domain column"
+                allowed = getattr(self, f"domains_{i}").to(domain_B.device)
+                m = m * (domain_B.unsqueeze(1) == allowed).any(dim=1).to(m.dtype)
+            if t.given >= 0:
+                m = m * (labels_BT[:, t.given] == 1).to(m.dtype)
+            columns.append(m)
+        return torch.stack(columns, dim=1)
+
+    def per_element(self, logits_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
+        """``ℓ [B, T]``: BCE with logits for ``bce`` tasks, squared error for ``regression`` tasks."""
+        logits_BT = logits_BT.float()
+        bce = F.binary_cross_entropy_with_logits(logits_BT, labels_BT, reduction="none")
+        if self.all_bce:
+            return bce
+        return torch.where(self.is_bce, bce, (logits_BT - labels_BT).square())
+
+    def forward(
+        self,
+        logits_BT: torch.Tensor,
+        labels_BT: torch.Tensor,
+        weights_B: torch.Tensor,
+        domain_B: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The scalar training loss."""
+        per = self.per_element(logits_BT, labels_BT) * weights_B.unsqueeze(1)
+        if self.masked:
+            mask = self.masks(labels_BT, domain_B)
+            per = per * mask
+        if self.normalization == "rows":
+            rows = weights_B.unsqueeze(1) * mask if self.masked else weights_B.unsqueeze(1).expand_as(per)
+            per_task = per.sum(dim=0) / rows.sum(dim=0).clamp_min(1.0)
+        else:
+            per_task = per.sum(dim=0) / per.shape[0]
+        return (per_task * self.weights).sum()
+
+
+def default_tasks(num_tasks: int) -> list[Task]:
+    """``num_tasks`` unnamed ``bce`` tasks of weight 1 (a model built without a config)."""
+    return [Task(name=f"task{t}") for t in range(num_tasks)]
