@@ -21,7 +21,15 @@ def resolve_tasks(cfg: JobConfig) -> list[TaskConfig]:
     if not cfg.model.tasks:
         return [TaskConfig(name=label, label=label) for label in cfg.data.features.labels]
     return [
-        TaskConfig(name=t.name, label=t.label or t.name, loss=t.loss, weight=t.weight, domains=t.domains, given=t.given)
+        TaskConfig(
+            name=t.name,
+            label=t.label or t.name,
+            loss=t.loss,
+            weight=t.weight,
+            domains=t.domains,
+            given=t.given,
+            windows=t.windows,
+        )
         for t in cfg.model.tasks
     ]
 
@@ -35,6 +43,8 @@ def fill_task_labels(cfg: JobConfig) -> JobConfig:
             f.labels = [t.label for t in tasks]
         if not f.value_labels:
             f.value_labels = [t.label for t in tasks if t.loss == "regression"]
+        if not f.num_windows:
+            f.num_windows = max(t.windows for t in tasks) if f.window else 0
     return cfg
 
 
@@ -58,6 +68,8 @@ def task_problems(cfg: JobConfig) -> list[str]:
     for i, name in enumerate(f.value_labels):
         if name not in f.labels:
             out.append(f"data.features.value_labels[{i}]: {name!r} is not one of data.features.labels {f.labels}")
+    if f.window and not any(t.windows > 1 for t in tasks):
+        out.append(f"data.features.window: {f.window!r} is read only for tasks with windows > 1 (model.tasks)")
     names = [t.name for t in tasks]
     kinds = {t.name: t.loss for t in tasks}
     for i, t in enumerate(cfg.model.tasks):
@@ -80,8 +92,16 @@ def task_problems(cfg: JobConfig) -> list[str]:
                 out.append(f"{where}.given: task {t.given!r} is a regression task; expected a bce task (0/1 label)")
             elif t.given == t.name:
                 out.append(f"{where}.given: a task cannot be conditioned on itself")
+        out += _window_problems(cfg, where, t)
     if cfg.model.tasks and not any(t.weight > 0 for t in cfg.model.tasks):
         out.append("model.tasks: every task has weight 0; expected at least one positive weight")
+    teacher = cfg.model.teacher
+    if teacher.loss_weight < 0:
+        out.append(f"model.teacher.loss_weight: expected >= 0, got {teacher.loss_weight}")
+    if not 0.0 <= teacher.smoothing < 1.0:
+        out.append(f"model.teacher.smoothing: expected a value in [0, 1), got {teacher.smoothing}")
+    if teacher.clip <= 0:
+        out.append(f"model.teacher.clip: expected a positive number, got {teacher.clip}")
     metric = cfg.trainer.early_stopping.metric
     has_bce = any(t.loss == "bce" and t.weight > 0 for t in tasks)
     if metric == "mse" and not any(t.loss == "regression" and t.weight > 0 for t in tasks):
@@ -94,6 +114,24 @@ def task_problems(cfg: JobConfig) -> list[str]:
     return out
 
 
+def _window_problems(cfg: JobConfig, where: str, t: TaskConfig) -> list[str]:
+    f = cfg.data.features
+    if t.windows < 1:
+        return [f"{where}.windows: expected >= 1, got {t.windows}"]
+    if t.windows == 1:
+        return []
+    if not f.window:
+        return [f"{where}.windows: {t.windows} Zipper windows need data.features.window (a window column)"]
+    if f.num_windows != t.windows:
+        return [f"{where}.windows: {t.windows}, but data.features.num_windows is {f.num_windows}; they must agree"]
+    return []
+
+
+def heads(cfg: JobConfig) -> int:
+    """Logits of the model: one per task, ``windows`` for a Zipper task."""
+    return sum(t.windows for t in resolve_tasks(cfg))
+
+
 def synthetic_task_problems(cfg: JobConfig) -> list[str]:
     """Checks of the generator's multi-task, multi-domain and delayed-label settings (``data.synthetic``)."""
     d = cfg.data
@@ -101,7 +139,8 @@ def synthetic_task_problems(cfg: JobConfig) -> list[str]:
     out: list[str] = []
     if d.source != "synthetic":
         return out
-    for key in ("task_interaction_scale", "task_domain_scale", "conversion_delay_mean_s"):
+    keys = ("task_interaction_scale", "task_domain_scale", "conversion_delay_mean_s", "conversion_delay_max_s")
+    for key in (*keys, "drift_per_day"):
         if getattr(s, key) < 0:
             out.append(f"data.synthetic.{key}: expected >= 0, got {getattr(s, key)}")
     if not 0.0 <= s.domain_feature_shift <= 1.0:
@@ -120,6 +159,10 @@ def synthetic_task_problems(cfg: JobConfig) -> list[str]:
             out.append(f"data.synthetic.conversion_rate: expected a probability in (0, 1), got {s.conversion_rate}")
     if s.delay_column and (not s.conversion_label or s.conversion_delay_mean_s <= 0):
         out.append("data.synthetic.delay_column: needs conversion_label and conversion_delay_mean_s > 0")
+    if s.teacher_noise < 0:
+        out.append(f"data.synthetic.teacher_noise: expected >= 0, got {s.teacher_noise}")
+    if not 0.0 <= s.teacher_hit_rate <= 1.0:
+        out.append(f"data.synthetic.teacher_hit_rate: expected a fraction in [0, 1], got {s.teacher_hit_rate}")
     if s.seconds_per_row <= 0:
         out.append(f"data.synthetic.seconds_per_row: expected a positive number, got {s.seconds_per_row}")
     return out

@@ -181,6 +181,7 @@ def _check_data(cfg: JobConfig) -> list[str]:
         if s.sequence_scale > 0 and not d.features.sequences:
             out.append("data.synthetic.sequence_scale: the sequence term needs data.features.sequences")
         out.extend(_check_cross_domain(d))
+        out.extend(_check_planted_features(d))
     c = d.convert
     if c.min_count < 1:
         out.append(f"data.convert.min_count: expected >= 1, got {c.min_count}")
@@ -216,6 +217,37 @@ def _check_cross_domain(d: DataConfig) -> list[str]:
             "data.synthetic.cross_domain_scale: the cross-domain term needs two data.features.sequences "
             f"(domain A, domain B) or data.synthetic.cross_domain_sequence, got {names}"
         )
+    return out
+
+
+def _check_planted_features(d: DataConfig) -> list[str]:
+    """``useless_features`` name sparse or dense features (not the user / item); ``task_features`` labels and fields."""
+    s, f = d.synthetic, d.features
+    sparse = [x.name for x in f.sparse]
+    out = []
+    for i, name in enumerate(s.useless_features):
+        where = f"data.synthetic.useless_features[{i}]"
+        if name not in sparse and name not in f.dense:
+            out.append(f"{where}: no feature named {name!r}; sparse: {sparse}, dense: {f.dense}")
+        elif name in sparse[:2]:
+            out.append(f"{where}: {name!r} is one of the first two sparse features (the planted user and item)")
+        elif s.useless_features.index(name) < i:
+            out.append(f"{where}: {name!r} is listed twice")
+        elif (
+            s.sequence_scale > 0
+            and name in sparse
+            and any(q.table == f.sparse[sparse.index(name)].table for q in f.sequences)
+        ):
+            out.append(f"{where}: {name!r} shares its table with a sequence (a candidate of the sequence term)")
+    for label, names in s.task_features.items():
+        where = f"data.synthetic.task_features.{label}"
+        if label not in f.labels:
+            out.append(f"{where}: no label named {label!r}; labels: {f.labels}")
+        for i, name in enumerate(names):
+            if name not in sparse:
+                out.append(f"{where}[{i}]: no sparse feature named {name!r}; sparse: {sparse}")
+            elif name in s.useless_features:
+                out.append(f"{where}[{i}]: {name!r} is also in data.synthetic.useless_features")
     return out
 
 

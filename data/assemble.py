@@ -123,6 +123,14 @@ def assemble(pieces: list[Piece], pad: int, features: FeatureSchemaConfig) -> Ba
     domain = None
     if first.domain is not None:
         domain = _stack([c.domain[r][:, None] for c, r in pieces], pad, 1, np.int64)[:, 0]  # type: ignore[index]
+    window = None
+    if first.window is not None:
+        window = _stack([c.window[r][:, None] for c, r in pieces], pad, 1, np.int64)[:, 0]  # type: ignore[index]
+    teacher = None
+    if first.teacher is not None:  # padding rows: no teacher prediction
+        teacher = _stack([c.teacher[r] for c, r in pieces], pad, first.teacher.shape[1])  # type: ignore[index]
+        if pad:
+            teacher[teacher.shape[0] - pad :] = float("nan")
     oracle = None
     if first.oracle is not None:
         oracle = _stack([c.oracle[r] for c, r in pieces], pad, first.oracle.shape[1])  # type: ignore[index]
@@ -135,4 +143,6 @@ def assemble(pieces: list[Piece], pad: int, features: FeatureSchemaConfig) -> Ba
         sequence_timestamps=timestamps,
         domain=domain,
         oracle=oracle,
+        window=window,
+        teacher=teacher,
     )

@@ -8,6 +8,8 @@ Shapes (B = examples in the batch on this rank, T = tasks, F = sparse features):
     sequences    KJT or None, keys = event-type names, values = item ids (oldest first)
     sequence_timestamps  KJT or None, same keys and lengths as ``sequences``, int64 seconds
     domain       [B] int64 or None
+    window       [B] int64 or None: the Zipper attribution window of each row
+    teacher      [B, T] float32 or None: a teacher's logits, NaN where it had no prediction
     oracle       [B, T] float32 or None: true probability (synthetic data), for the oracle AUC
 
 It implements TorchRec's ``Pipelineable`` so ``TrainPipelineSparseDist`` can move it between
@@ -35,6 +37,8 @@ class Batch(Pipelineable):
     sequence_timestamps: KeyedJaggedTensor | None = None
     domain: torch.Tensor | None = None
     oracle: torch.Tensor | None = None
+    window: torch.Tensor | None = None
+    teacher: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:

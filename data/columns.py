@@ -13,6 +13,8 @@ sparse, multi-hot       list<integer> (null = empty bag)            ``sparse`` K
 sequence ids            list<integer>, oldest first                 ``sequences`` KJT
 sequence timestamps     list<integer>, same lengths as the ids      ``sequence_timestamps`` KJT
 domain                  integer >= 0                                ``domain [B]``
+window                  integer in [0, num_windows)                 ``window [B]``
+teacher                 floating or list<floating> [T]; null = miss ``teacher [B, T]`` (NaN = miss)
 oracle                  floating in [0, 1], or list<floating> [T]   ``oracle [B, T]``
 ======================  ==========================================  ==============================
 """
@@ -65,9 +67,9 @@ class ColumnSpec:
             return _is_int(tp) or (_is_list(tp) and _is_int(tp.value_type))
         if self.role in ("sequence", "timestamps"):
             return _is_list(tp) and _is_int(tp.value_type)
-        if self.role == "domain":
+        if self.role in ("domain", "window"):
             return _is_int(tp)
-        if self.role == "oracle":
+        if self.role in ("oracle", "teacher"):
             return pa.types.is_floating(tp) or (_is_list(tp) and pa.types.is_floating(tp.value_type))
         raise AssertionError(f"unknown role {self.role}")
 
@@ -84,6 +86,10 @@ def column_specs(features: FeatureSchemaConfig, with_oracle: bool) -> list[Colum
             out.append(ColumnSpec(q.timestamps, "timestamps", "list<integer>"))
     if features.domain:
         out.append(ColumnSpec(features.domain, "domain", "integer"))
+    if features.window:
+        out.append(ColumnSpec(features.window, "window", "integer"))
+    if features.teacher:
+        out.append(ColumnSpec(features.teacher, "teacher", "floating or list<floating>"))
     if with_oracle and features.oracle:
         out.append(ColumnSpec(features.oracle, "oracle", "floating or list<floating>"))
     return out

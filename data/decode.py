@@ -44,6 +44,10 @@ class Columns:
     """``[n]`` int64."""
     oracle: np.ndarray | None = None
     """``[n, T]`` float32."""
+    window: np.ndarray | None = None
+    """``[n]`` int64 Zipper window."""
+    teacher: np.ndarray | None = None
+    """``[n, T]`` float32 teacher logits, NaN where the teacher had no prediction."""
     valid: np.ndarray | None = None
     """``[n]`` bool; None = every row valid. Invalid rows (skipped bad rows) carry no ids."""
     sparse_matrix: np.ndarray | None = field(default=None, repr=False)
@@ -223,7 +227,20 @@ def decode(table: pa.Table, spec: DecodeSpec, location: RowLocation, counter: Ba
     if spec.with_oracle and f.oracle:
         oracle = _oracle(table.column(f.oracle), len(f.labels), f.oracle, problems, n)
 
-    columns = Columns(labels, dense, sparse, sequences, timestamps, domain, oracle)
+    window = None
+    if f.window:
+        col = _numpy(table.column(f.window), np.float64)
+        problems.add(
+            f.window,
+            "bad window",
+            ~((col >= 0) & (col < f.num_windows)),
+            lambda i, col=col: f"window {col[i]} is not in 0..{f.num_windows - 1}",
+        )
+        window = np.nan_to_num(col, nan=0.0).astype(np.int64)
+
+    teacher = _teacher(table.column(f.teacher), len(f.labels), f.teacher, problems, n) if f.teacher else None
+
+    columns = Columns(labels, dense, sparse, sequences, timestamps, domain, oracle, window, teacher)
     _settle(columns, problems, spec.skip_bad_rows, location, counter)
     if columns.valid is None and sparse and all(isinstance(x, np.ndarray) for x in sparse):
         columns.sparse_matrix = np.stack(sparse, axis=1)  # type: ignore[arg-type]
@@ -231,6 +248,28 @@ def decode(table: pa.Table, spec: DecodeSpec, location: RowLocation, counter: Ba
     else:
         columns.sparse = [x if isinstance(x, Ragged) or x.flags.writeable else x.copy() for x in columns.sparse]
     return columns
+
+
+def _teacher(array: pa.ChunkedArray, num_tasks: int, column: str, problems: _Problems, n: int) -> np.ndarray:
+    """Teacher logits ``[n, T]`` (NaN for a null row: no prediction) from a float or list<float> column."""
+    flat = array.combine_chunks()
+    missing = np.asarray(flat.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_floating(flat.type):
+        values = np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32)[:, None]
+        wrong = np.zeros(n, dtype=bool) if num_tasks == 1 else ~missing
+        values = np.repeat(values, num_tasks, axis=1)
+    else:
+        lengths = np.asarray(pc.list_value_length(flat).fill_null(num_tasks).to_numpy(zero_copy_only=False))
+        wrong = lengths != num_tasks
+        values = np.full((n, num_tasks), np.nan, dtype=np.float32)
+        if not wrong.any():
+            dense = np.asarray(flat.fill_null([0.0] * num_tasks).flatten().to_numpy(zero_copy_only=False))
+            values = dense.astype(np.float32).reshape(n, num_tasks)
+    problems.add(column, "teacher arity", wrong, lambda i: f"teacher logits for {num_tasks} tasks expected")
+    bad = ~missing & ~np.isfinite(values).all(axis=1)
+    problems.add(column, "teacher not finite", bad, lambda i: f"teacher logits {values[i].tolist()} are not finite")
+    values[missing | wrong | bad] = np.nan
+    return values
 
 
 def _oracle(array: pa.ChunkedArray, num_tasks: int, column: str, problems: _Problems, n: int) -> np.ndarray:
@@ -282,6 +321,10 @@ def _settle(columns: Columns, problems: _Problems, skip: bool, location: RowLoca
         columns.oracle[bad] = 0
     if columns.domain is not None:
         columns.domain[bad] = 0
+    if columns.window is not None:
+        columns.window[bad] = 0
+    if columns.teacher is not None:
+        columns.teacher[bad] = np.nan
     columns.sparse = [
         (x.mask_rows(keep) if isinstance(x, Ragged) else Ragged.from_lengths(keep.astype(np.int64), x[keep]))
         for x in columns.sparse
@@ -301,6 +344,8 @@ def empty_columns(features: FeatureSchemaConfig, with_oracle: bool) -> Columns:
         sequences=[no_ids for _ in features.sequences],
         timestamps=[no_ids if q.timestamps else None for q in features.sequences],
         domain=np.zeros(0, dtype=np.int64) if features.domain else None,
+        window=np.zeros(0, dtype=np.int64) if features.window else None,
+        teacher=np.zeros((0, num_tasks), dtype=np.float32) if features.teacher else None,
         oracle=np.zeros((0, num_tasks), dtype=np.float32) if with_oracle and features.oracle else None,
     )
     if features.sparse:

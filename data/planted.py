@@ -29,7 +29,9 @@ is ``Bernoulli(sigmoid(logit_t))``; the oracle is ``sigmoid(logit_t)``.
 Multi-task, multi-domain data adds each task's own terms (``planted_tasks.py``) and can shift the item
 distribution per domain (``domain_feature_shift``). A ``conversion_label`` task's bias is solved for
 ``conversion_rate``: its probability is p(conversion | click) and ``synthetic.py`` observes it only on
-clicked rows.
+clicked rows. For feature selection, ``useless_features`` are drawn but enter no term (their dense weights,
+pair weights, id effects and hierarchical context are zero) and ``task_features`` limit the fields whose id
+effects enter a task's id term (``planted_tasks.planted_feature_masks``).
 """
 
 from __future__ import annotations
@@ -43,32 +45,13 @@ from recscale.configs.schema import EmbeddingsConfig, FeatureSchemaConfig, Synth
 from recscale.data.columns import table_rows
 from recscale.data.hashing import mix64, normal_from_hash
 from recscale.data.partition import seed_words
-from recscale.data.planted_tasks import TASK_TERMS, TaskTerms
+from recscale.data.planted_math import scatter, sigmoid, solve_bias, zipf_ranks
+from recscale.data.planted_tasks import TASK_TERMS, Drift, TaskTerms, planted_feature_masks
 from recscale.data.ragged import Ragged
 
 PILOT_ROWS = 65_536
 """Rows of the pilot sample that fixes the term scales and the biases."""
 NORMALISED_TERMS = ("pair", "hier", "seq", "dense", "dom", "cross")
-
-
-def zipf_ranks(u: np.ndarray, num_ids: int, exponent: float) -> np.ndarray:
-    """Inverse CDF of a continuous Zipf (bounded Pareto) law on ``[1, num_ids + 1)``, floored to ``[0, num_ids)``."""
-    if abs(exponent - 1.0) < 1e-9:
-        x = np.exp(u * math.log(num_ids + 1.0))
-    else:
-        a = 1.0 - exponent
-        x = (1.0 + u * ((num_ids + 1.0) ** a - 1.0)) ** (1.0 / a)
-    return np.minimum(np.floor(x).astype(np.int64) - 1, num_ids - 1)
-
-
-def scatter(ranks: np.ndarray, num_ids: int, salt: int) -> np.ndarray:
-    """A bijection of ``[0, num_ids)`` (affine mod num_ids), so popular ids are spread over the table."""
-    if num_ids >= 1 << 32:
-        return (ranks + salt) % num_ids
-    a = 2_654_435_761 % num_ids or 1
-    while math.gcd(a, num_ids) != 1:
-        a += 1
-    return (ranks * a + salt % num_ids) % num_ids
 
 
 @dataclass
@@ -85,6 +68,8 @@ class Inputs:
     """Per sequence: event times (seconds), increasing."""
     domain: np.ndarray | None
     """``[n]`` int64."""
+    day: np.ndarray | None = None
+    """``[n]`` int64 day of each impression (the truth drifts by day); None = day 0."""
 
 
 class PlantedModel:
@@ -114,6 +99,13 @@ class PlantedModel:
         self.cross_matrix = np.random.default_rng(seed_words(synth.seed, 11)).standard_normal((c, c))
         self.cross_sequence = self._cross_sequence()
         self.task_terms = TaskTerms(synth, self.num_tasks, num_fields)
+        self.drift = Drift(synth, len(features.dense))
+        # useless_features / task_features mask what was drawn: the data of configs without them stays as it was
+        self.useless_fields, useless_dense, self.task_fields = planted_feature_masks(features, synth)
+        self.dense_weights[useless_dense] = 0.0
+        for weights in (self.pair_weights, *self.task_terms.pair_weights):
+            weights[self.useless_fields, :] = 0.0
+            weights[:, self.useless_fields] = 0.0
         self.conversion = features.labels.index(synth.conversion_label) if synth.conversion_label else -1
         self.term_mean: dict[str, float] = {}
         self.term_std: dict[str, float] = {}
@@ -226,9 +218,15 @@ class PlantedModel:
         ids_term = np.zeros((n, self.num_tasks))
         rho = s.task_correlation
         for f, x in enumerate(inputs.sparse):
+            if f in self.useless_fields:
+                continue
+            reads = [fields is None or f in fields for fields in self.task_fields]
             base = self._field_mean(x, normal_from_hash(self._ids_of(x), self.salt + 1000 + f))
-            ids_term[:, 0] += base
+            if reads[0]:
+                ids_term[:, 0] += base
             for t in range(1, self.num_tasks):
+                if not reads[t]:
+                    continue
                 own = self._field_mean(x, normal_from_hash(self._ids_of(x), self.salt + 1000 + f + 7919 * t))
                 ids_term[:, t] += rho * base + math.sqrt(max(0.0, 1.0 - rho * rho)) * own
         out["id"] = s.id_effect_scale * ids_term
@@ -273,6 +271,8 @@ class PlantedModel:
             keys = self.category_keys[category]  # [n, k]
             acc = np.zeros(n)
             for f, x in enumerate(context):
+                if f + 2 in self.useless_fields:
+                    continue
                 q = self._latent(x, self.salt + 3000 + 37 * f)  # [n, k]
                 routed = np.einsum("nij,nj->ni", self.cluster_maps[cluster], q)  # cluster c's map of q
                 acc += np.einsum("ni,ni->n", routed, keys)
@@ -341,7 +341,12 @@ class PlantedModel:
 
     def probabilities(self, inputs: Inputs) -> np.ndarray:
         """True click probability per task ``[n, T]`` (float64)."""
-        return sigmoid(self._unbiased(self.raw_terms(inputs)) + self.bias)
+        logits = self._unbiased(self.raw_terms(inputs)) + self.bias
+        if inputs.day is not None and self.drift.rate > 0 and len(inputs.sparse) >= 2:
+            cluster = self.group(self._ids_of(inputs.sparse[0]), 0)
+            category = self.group(self._ids_of(inputs.sparse[1]), 1)
+            logits += self.drift.term(inputs.day, inputs.dense.astype(np.float64), cluster, category)[:, None]
+        return sigmoid(logits)
 
     def summary(self) -> dict[str, object]:
         """What the model is, for the claims JSON."""
@@ -375,20 +380,3 @@ class PlantedModel:
                 "share_of_logit_variance": self.cross_share,
             }
         return out
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Logistic function (float64)."""
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-def solve_bias(logits: np.ndarray, rate: float) -> float:
-    """The b with ``mean(sigmoid(logits + b)) == rate`` (bisection; the mean is increasing in b)."""
-    lo, hi = -40.0, 40.0
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        if sigmoid(logits + mid).mean() < rate:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recscale.configs.schema import SyntheticConfig
+from recscale.configs.schema import FeatureSchemaConfig, SyntheticConfig
 from recscale.data.partition import seed_words
 
 TASK_TERMS = ("task_dom", "task_pair")
@@ -49,3 +49,65 @@ class TaskTerms:
                     dot = np.einsum("nk,nk->n", latents[f], latents[h])
                     pair += dot[:, None] * self.pair_weights[:, f, h][None, :]
         return {"task_dom": dom, "task_pair": pair}
+
+
+def planted_feature_masks(
+    features: FeatureSchemaConfig, synth: SyntheticConfig
+) -> tuple[list[int], list[int], list[set[int] | None]]:
+    """Which inputs the logit reads (``useless_features``, ``task_features``; both off by default).
+
+    Returns:
+        The useless sparse field indices, the useless dense column indices, and per task the sparse
+        fields whose id effects enter its id term (None: every field that is not useless).
+    """
+    sparse = [s.name for s in features.sparse]
+    useless = set(synth.useless_features)
+    fields = [f for f, name in enumerate(sparse) if name in useless]
+    dense = [j for j, name in enumerate(features.dense) if name in useless]
+    per_task: list[set[int] | None] = []
+    for label in features.labels:
+        listed = synth.task_features.get(label)
+        per_task.append(None if listed is None else {sparse.index(n) for n in listed if n in sparse})
+    return fields, dense, per_task
+
+
+SECONDS_PER_DAY = 86_400
+
+
+class Drift:
+    """A daily random walk of the truth (``drift_per_day`` η; 0 = a stationary truth).
+
+    On day τ (impression time // 1 day, counted from row 0) every task's logit gains
+
+        drift_τ(x) = η · ( w_τ · z / √N  +  W_τ[c, g] ) / √2,   w_τ = Σ_{k=1..τ} ε_k,  W_τ = Σ_{k=1..τ} E_k
+
+    with ε_k ~ N(0, I_N) over the dense features z and E_k ~ N(0, 1)^{C×C} over the user cluster c and item
+    category g: the dense features' and the cluster x category effects wander, so the drift's standard
+    deviation grows like η·√τ and a model trained on older data is further from today's truth. Day 0 (the
+    pilot) has none, so the biases and the term scales are those of the stationary model.
+    """
+
+    def __init__(self, synth: SyntheticConfig, num_dense: int) -> None:
+        self.rate = synth.drift_per_day
+        self.seed = synth.seed
+        self.num_dense = num_dense
+        self.num_clusters = synth.num_clusters
+        self._dense = np.zeros((1, num_dense))  # [days, N] cumulative walks, day 0 = 0
+        self._cells = np.zeros((1, synth.num_clusters, synth.num_clusters))
+
+    def _extend(self, day: int) -> None:
+        """Grow the cumulative walks up to ``day`` (each day's step from its own seed)."""
+        while len(self._dense) <= day:
+            rng = np.random.default_rng(seed_words(self.seed, 17, len(self._dense)))
+            self._dense = np.vstack([self._dense, self._dense[-1] + rng.standard_normal(self.num_dense)])
+            c = self.num_clusters
+            self._cells = np.concatenate([self._cells, (self._cells[-1] + rng.standard_normal((c, c)))[None]])
+
+    def term(self, day: np.ndarray, dense: np.ndarray, cluster: np.ndarray, category: np.ndarray) -> np.ndarray:
+        """``[n]`` the drift of each row's logit (zeros when η = 0)."""
+        if self.rate <= 0:
+            return np.zeros(len(day))
+        self._extend(int(day.max()) if len(day) else 0)
+        walk = np.einsum("nd,nd->n", self._dense[day], dense) / max(np.sqrt(self.num_dense), 1.0)
+        walk = walk + self._cells[day, cluster, category]
+        return self.rate * walk / np.sqrt(2.0)

@@ -21,6 +21,7 @@ from recscale.configs.schema import DataConfig, EmbeddingsConfig, SyntheticConfi
 from recscale.data.files import atomic_dir, write_json
 from recscale.data.partition import seed_words
 from recscale.data.planted import Inputs, PlantedModel
+from recscale.data.planted_tasks import SECONDS_PER_DAY
 from recscale.data.ragged import Ragged
 
 GENERATOR_VERSION = 1
@@ -101,17 +102,21 @@ def _write_split(
         n = min(s.row_group_size, num_rows - first)
         rng = np.random.default_rng(seed_words(s.seed, split_id, chunk))
         inputs = model.draw(n, rng, first)
+        timeline = (first + (s.num_train if split == "valid" else 0) + np.arange(n)) * s.seconds_per_row
+        inputs.day = (timeline // SECONDS_PER_DAY).astype(np.int64)
         probs = model.probabilities(inputs)
         labels = (rng.random(probs.shape) < probs).astype(np.int8)
         if model.conversion >= 0:  # a conversion is observed only after a click
             labels[:, model.conversion] *= labels[:, 0]
+        delay = _conversion_delays(s, model, rng, labels, probs)
         label_sums += labels.sum(axis=0)
         prob_sums += probs.sum(axis=0)
         if split == "valid":
             kept_labels.append(labels)
             kept_probs.append(probs)
             kept_domains.append(inputs.domain if inputs.domain is not None else np.zeros(n, dtype=np.int64))
-        table = chunk_table(data, inputs, labels, probs, _time_columns(s, model, rng, labels, first))
+        extra = {**_time_columns(s, timeline, delay), **_teacher_column(data, rng, probs)}
+        table = chunk_table(data, inputs, labels, probs, extra)
         if chunk % groups_per_file == 0:
             if writer is not None:
                 writer.close()
@@ -132,19 +137,49 @@ def _write_split(
     return result
 
 
-def _time_columns(
-    s: SyntheticConfig, model: PlantedModel, rng: np.random.Generator, labels: np.ndarray, first: int
-) -> dict[str, pa.Array]:
+def _conversion_delays(
+    s: SyntheticConfig, model: PlantedModel, rng: np.random.Generator, labels: np.ndarray, probs: np.ndarray
+) -> np.ndarray | None:
+    """Each row's conversion delay (NaN without a conversion), or None without delays.
+
+    Drawn after the labels (which stay as they were drawn); conversions later than
+    ``conversion_delay_max_s`` are never observed: their label becomes 0, and the oracle of the conversion
+    task becomes p x P(delay <= max) (``probs`` is changed in place).
+    """
+    if model.conversion < 0 or s.conversion_delay_mean_s <= 0:
+        return None
+    delay = rng.exponential(s.conversion_delay_mean_s, labels.shape[0])
+    c = model.conversion
+    if s.conversion_delay_max_s > 0:
+        labels[delay > s.conversion_delay_max_s, c] = 0
+        probs[:, c] *= -np.expm1(-s.conversion_delay_max_s / s.conversion_delay_mean_s)
+    return np.where(labels[:, c] == 1, delay, np.nan)
+
+
+def _teacher_column(data: DataConfig, rng: np.random.Generator, probs: np.ndarray) -> dict[str, pa.Array]:
+    """A stand-in teacher (``data.features.teacher``): the true logit + noise, null on missed rows.
+
+    Drawn after everything else of the chunk, so the other columns stay as they were.
+    """
+    name, s = data.features.teacher, data.synthetic
+    if not name:
+        return {}
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    logits = (np.log(p / (1 - p)) + s.teacher_noise * rng.standard_normal(p.shape)).astype(np.float32)
+    missed = rng.random(len(p)) >= s.teacher_hit_rate
+    if logits.shape[1] == 1:
+        return {name: pa.array(logits[:, 0], mask=missed)}
+    offsets = pa.array(np.arange(len(p) + 1, dtype=np.int32) * logits.shape[1])
+    return {name: pa.ListArray.from_arrays(offsets, pa.array(logits.reshape(-1)), mask=pa.array(missed))}
+
+
+def _time_columns(s: SyntheticConfig, timeline: np.ndarray, delay: np.ndarray | None) -> dict[str, pa.Array]:
     """The impression time and conversion delay columns, when the config names them."""
     out: dict[str, pa.Array] = {}
-    n = labels.shape[0]
     if s.time_column:
-        rows = first + np.arange(n, dtype=np.float64)
-        out[s.time_column] = pa.array(START_TIME + np.floor(rows * s.seconds_per_row).astype(np.int64))
-    if s.delay_column:
-        delay = rng.exponential(s.conversion_delay_mean_s, n)  # drawn after the labels: they stay as they were
-        converted = labels[:, model.conversion] == 1
-        out[s.delay_column] = pa.array(delay, mask=~converted)
+        out[s.time_column] = pa.array(START_TIME + np.floor(timeline).astype(np.int64))
+    if s.delay_column and delay is not None:
+        out[s.delay_column] = pa.array(delay, mask=np.isnan(delay))
     return out
 
 

@@ -12,6 +12,7 @@
     recscale data synth|convert|inspect ...
     recscale report RUN_DIR ... | sweep | scaling-law | project   (docs/measuring.md)
     recscale export RUN_DIR --out DIR [--quantize int8] | predict ARTIFACT --data PATH --out FILE  (docs/serving.md)
+    recscale features select RUN_DIR [--budget T] [--weights click=1,purchase=0.2]  (docs/feature_selection.md)
 
 CONFIG is a preset name (``recscale presets``) or a YAML file. Every command checks the config
 before doing anything else and fails with one clear message naming the key path.
@@ -119,12 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_optional(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Command groups that live in their own modules."""
-    from recscale.launch import data_cli, launch_cli, measure_cli, serving_cli
+    from recscale.launch import data_cli, features_cli, launch_cli, measure_cli, serving_cli
 
     data_cli.register(sub)
     measure_cli.register(sub)  # report, sweep, scaling-law, project
     launch_cli.register(sub)  # launch, status, logs, cancel (TorchX)
     serving_cli.register(sub)  # export, predict
+    features_cli.register(sub)  # features select
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,10 +126,9 @@ def _preflight_plan(cfg: JobConfig, world_size: int, device: str) -> None:
 def _print_result(run_dir: Path) -> None:
     summary = json.loads((run_dir / SUMMARY).read_text())
     final = summary["final_eval"]
-    line = f"validation: auc {final['auc']:.4f}"
-    if "oracle_auc" in final:
-        line += f" (oracle {final['oracle_auc']:.4f}, gap {final['auc_gap']:.4f})"
-    line += f" | logloss {final['logloss']:.4f} | ne {final['ne']:.4f}"
+    from recscale.trainer.task_metrics import format_metrics
+
+    line = f"validation{format_metrics(final)}"
     tput = summary["throughput"]["examples_per_s"]
     mfu = summary.get("mfu")
     util = f"MFU {100 * mfu:.2f}%" if mfu is not None else "MFU unknown (no peak known for this device)"

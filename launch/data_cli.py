@@ -5,6 +5,7 @@
                                           [--valid FILE ...] [--test FILE ...] [--valid-fraction F] [--vocab DIR]
     recscale data convert csv INPUT... --config CONFIG [--out DIR] [--valid FILE ...] [--test FILE ...] [--vocab DIR]
     recscale data inspect PATH [--json]
+    recscale data zipper CONFIG --out DIR [--synthetic] [--set k=v ...]
 
 ``register(subparsers)`` adds the group to the ``recscale`` parser; each command is
 ``args.func(args) -> exit code`` and raises ``ValueError`` (or a subclass) for a user error.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -74,6 +76,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--delimiter", default=",", help="field separator (default ',')")
     p.set_defaults(func=convert_csv)
 
+    p = group.add_parser(
+        "zipper", help="a delayed-label dataset at time NOW: each impression in one attribution window (data.zipper)"
+    )
+    _config_args(p, None)
+    p.add_argument("--out", required=True, help="output directory (train/, valid/, zipper.json)")
+    p.add_argument("--synthetic", action="store_true", help="read the planted-truth generator's data (data.synthetic)")
+    p.set_defaults(func=zipper)
+
     p = group.add_parser("inspect", help="schema, rows, row groups and stats of a Parquet file or directory")
     p.add_argument("path", help="Parquet file, directory, or a converter / generator output directory")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -105,6 +115,24 @@ def synth(args: argparse.Namespace) -> int:
         claims, where = paths.claims(), paths.train.parent
     print(f"synthetic data in {where}", file=sys.stderr)
     _print({k: v for k, v in claims.items() if k != "synthetic"})
+    return 0
+
+
+def zipper(args: argparse.Namespace) -> int:
+    """``recscale data zipper``: the job's training and validation data as a Zipper dataset in ``--out``."""
+    from recscale.data import prepare_data
+    from recscale.data.zipper import build_zipper
+
+    cfg = _load(args, ["data.source=synthetic"] if args.synthetic else [])
+    # the input has no window column yet: it is what this command writes
+    source = dataclasses.replace(cfg.data, features=dataclasses.replace(cfg.data.features, window=""))
+    paths = prepare_data(source, cfg.embeddings)
+    out = Path(args.out).expanduser()
+    if out.exists():
+        raise ValueError(f"--out: {out} already exists")
+    record = build_zipper(cfg.data, paths.train, paths.valid, out)
+    print(f"wrote {out}: train with data.features.window={record['window_column']}", file=sys.stderr)
+    _print(record)
     return 0
 
 

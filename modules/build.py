@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from recscale.configs.schema import JobConfig
-from recscale.configs.tasks import resolve_tasks
+from recscale.configs.tasks import heads, resolve_tasks
 from recscale.modules.embeddings import SparseArch, pooled_layout, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
 from recscale.modules.model import RecModel
@@ -34,6 +34,8 @@ class BuiltModel:
     """The dense arch reads ``batch.domain`` (``ModelCapabilities.domains`` and a domain column)."""
     task_loss: TaskLoss | None = None
     """The tasks' loss (``model.tasks``); None = equal-weight BCE per logit."""
+    teacher_clip: float = 0.0
+    """> 0: the teacher's logits are dense inputs, clipped to this (``RecModel``)."""
 
     def rec_model(self, **kwargs: object) -> RecModel:
         """The unsharded whole model (a reference for tests, evaluation on one process)."""
@@ -44,6 +46,7 @@ class BuiltModel:
             uses_timestamps=self.uses_timestamps,
             uses_domain=self.uses_domain,
             task_loss=self.task_loss,
+            teacher_clip=self.teacher_clip,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -53,9 +56,9 @@ def model_inputs(cfg: JobConfig) -> ModelInputs:
     tables = table_configs(cfg.embeddings, cfg.data.features)
     dims = {t.name: t.dim or cfg.embeddings.dim for t in cfg.embeddings.tables}
     return ModelInputs(
-        num_dense=len(cfg.data.features.dense),
+        num_dense=len(cfg.data.features.dense) + teacher_features(cfg),
         pooled=pooled_layout(tables),
-        num_tasks=len(cfg.data.features.labels),
+        num_tasks=heads(cfg),
         sequence_dims={q.name: dims[q.table] for q in cfg.data.features.sequences},
         sequence_lengths={q.name: q.max_length for q in cfg.data.features.sequences},
     )
@@ -96,12 +99,22 @@ def build_model(
         uses_timestamps=uses_sequences and any(q.timestamps for q in cfg.data.features.sequences),
         uses_domain=spec.supports.domains and bool(cfg.data.features.domain),
         task_loss=task_loss(cfg, dense_device),
+        teacher_clip=cfg.model.teacher.clip if teacher_features(cfg) else 0.0,
     )
 
 
 def task_loss(cfg: JobConfig, device: torch.device | str = "cpu") -> TaskLoss:
     """The loss of ``model.tasks`` (one ``bce`` task per label when it is empty), on ``device``."""
-    return TaskLoss(tasks_from_config(resolve_tasks(cfg)), cfg.model.task_normalization).to(device)
+    teacher = cfg.model.teacher.loss_weight if cfg.data.features.teacher else 0.0
+    tasks = tasks_from_config(resolve_tasks(cfg))
+    return TaskLoss(tasks, cfg.model.task_normalization, teacher, cfg.model.teacher.smoothing).to(device)
+
+
+def teacher_features(cfg: JobConfig) -> int:
+    """Extra dense inputs the teacher's logits add (T + 1 with ``model.teacher.as_feature``, else 0)."""
+    if not (cfg.data.features.teacher and cfg.model.teacher.as_feature):
+        return 0
+    return len(cfg.data.features.labels) + 1
 
 
 def dense_flops(cfg: JobConfig) -> dict[str, FlopCount]:

@@ -44,6 +44,12 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tens
     return (per_example * weights).mean()
 
 
+def teacher_inputs(teacher_BT: torch.Tensor, clip: float) -> torch.Tensor:
+    """``[B, T + 1]``: the teacher's logits clipped to ``±clip`` (0 where it scored nothing) and a hit flag."""
+    hit = torch.isfinite(teacher_BT).all(dim=1, keepdim=True).to(torch.float32)
+    return torch.cat([torch.nan_to_num(teacher_BT.float(), nan=0.0).clamp(-clip, clip) * hit, hit], dim=1)
+
+
 class RecModel(nn.Module):
     """Sparse arch + dense arch -> the tasks' weighted loss (+ weighted auxiliary loss).
 
@@ -62,6 +68,8 @@ class RecModel(nn.Module):
             ``dense(dense, pooled, domain=batch.domain)``.
         task_loss: the per-task losses, weights and masks (``model.tasks``); None = every logit a ``bce``
             task of equal weight on every row (``weighted_bce``).
+        teacher_clip: > 0: the batch's teacher logits (``batch.teacher [B, T]``, NaN = no prediction) join
+            the dense features as ``[clip(z^T, ±teacher_clip) · hit, hit]`` (T + 1 columns); 0 = not fed.
     """
 
     def __init__(
@@ -76,6 +84,7 @@ class RecModel(nn.Module):
         uses_timestamps: bool = False,
         uses_domain: bool = False,
         task_loss: TaskLoss | None = None,
+        teacher_clip: float = 0.0,
     ) -> None:
         super().__init__()
         self.sparse = sparse
@@ -88,6 +97,7 @@ class RecModel(nn.Module):
         self.uses_timestamps = uses_timestamps
         self.uses_domain = uses_domain
         self.task_loss = task_loss
+        self.teacher_clip = teacher_clip
 
     def forward(self, batch: Any) -> ModelOutput:
         """``batch`` is a ``recscale.data.Batch``; returns the loss and what evaluation needs."""
@@ -102,7 +112,8 @@ class RecModel(nn.Module):
         if self.task_loss is None:
             loss = weighted_bce(logits, batch.labels, batch.weights)
         else:
-            loss = self.task_loss(logits, batch.labels, batch.weights, batch.domain)
+            loss = self.task_loss(logits, batch.labels, batch.weights, batch.domain, batch.window, batch.teacher)
+            logits = self.task_loss.predictions(logits)  # [B, T]: the serving head of a Zipper task
         if self.aux_loss_weight:
             loss = loss + self.aux_loss_weight * aux.float()
         return loss, (loss.detach(), logits.detach().float(), batch.labels, batch.weights, diagnostics)
@@ -115,7 +126,10 @@ class RecModel(nn.Module):
         Sequence embeddings stay fp32 (the arch casts them to ``pooled.dtype``): a dict in a traced
         forward cannot be iterated here.
         """
-        dense = batch.dense.to(self.compute_dtype)
+        dense = batch.dense
+        if self.teacher_clip > 0:
+            dense = torch.cat([dense, teacher_inputs(batch.teacher, self.teacher_clip)], dim=1)
+        dense = dense.to(self.compute_dtype)
         pooled = pooled.to(self.compute_dtype)
         if self.autocast:
             with torch.autocast(device_type=self.device_type, dtype=self.compute_dtype):

@@ -38,7 +38,7 @@ class ModelInputs:
     pooled: PooledLayout
     """Pooled sparse features, in the sparse arch's output order."""
     num_tasks: int
-    """Labels (one logit each)."""
+    """Logits: one per task, one per attribution window of a Zipper task (``configs.tasks.heads``)."""
     sequence_dims: dict[str, int] = field(default_factory=dict)
     """Embedding dim of each event sequence, by event type (sequence models)."""
     sequence_lengths: dict[str, int] = field(default_factory=dict)

@@ -11,6 +11,16 @@ weight (0 for padding):
 ``batch`` (the default) divides by the batch size B, padding included, so every real row's share of the
 global loss is the same on any number of ranks. With one task, or equal weights and no masks, both reduce
 to the plain mean of the per-task losses. No value is read on the host: the step stays sync-free.
+
+A Zipper task (``windows`` K > 1, delayed labels) owns K consecutive logits, one head per attribution
+window: row b trains head ``window[b]`` (its label was observed within that window) and the task's
+prediction — what metrics and serving read — is the last head, the longest window. The dense arch emits
+``H = Σ_t K_t`` logits; ``predictions`` picks the T serving heads.
+
+With a teacher's stored logits ``z^T`` (NaN where it scored nothing) each ``bce`` task adds a soft-label
+term on the rows the teacher scored, normalised like its own loss:
+
+    L += λ · Σ_t w_t · Σ_b ω_b m[b,t] h[b,t] BCE(ŷ[b,t], (1 - ε) σ(z^T[b,t]) + ε/2) / B  / Σ_t w_t
 """
 
 from __future__ import annotations
@@ -37,12 +47,16 @@ class Task:
     """Domain ids the task applies to (empty: all)."""
     given: int = -1
     """Index of the task whose label must be 1, or -1."""
+    windows: int = 1
+    """Zipper heads (attribution windows); 1 = a plain task."""
 
 
 def tasks_from_config(tasks: Sequence[TaskConfig]) -> list[Task]:
     """``resolve_tasks(cfg)`` -> ``Task`` list (``given`` as an index)."""
     index = {t.name: i for i, t in enumerate(tasks)}
-    return [Task(t.name, t.loss, t.weight, tuple(t.domains), index[t.given] if t.given else -1) for t in tasks]
+    return [
+        Task(t.name, t.loss, t.weight, tuple(t.domains), index[t.given] if t.given else -1, t.windows) for t in tasks
+    ]
 
 
 class TaskLoss(nn.Module):
@@ -51,14 +65,24 @@ class TaskLoss(nn.Module):
     Args:
         tasks: in logit order.
         normalization: ``batch`` or ``rows`` (module docstring).
+        teacher_weight: λ of the soft-label term (0 = none).
+        smoothing: ε of the soft labels.
     """
 
-    def __init__(self, tasks: Sequence[Task], normalization: Literal["batch", "rows"] = "batch") -> None:
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        normalization: Literal["batch", "rows"] = "batch",
+        teacher_weight: float = 0.0,
+        smoothing: float = 0.05,
+    ) -> None:
         super().__init__()
         if not tasks:
             raise ValueError("TaskLoss: expected at least one task")
         self.tasks = list(tasks)
         self.normalization = normalization
+        self.teacher_weight = teacher_weight
+        self.smoothing = smoothing
         total = sum(t.weight for t in tasks)
         self.register_buffer("weights", torch.tensor([t.weight / total for t in tasks]), persistent=False)
         self.register_buffer("is_bce", torch.tensor([t.loss == "bce" for t in tasks]), persistent=False)
@@ -67,11 +91,10 @@ class TaskLoss(nn.Module):
                 self.register_buffer(f"domains_{i}", torch.tensor(t.domains, dtype=torch.int64), persistent=False)
         self.all_bce = all(t.loss == "bce" for t in tasks)
         self.masked = any(t.domains or t.given >= 0 for t in tasks)
-
-    @property
-    def names(self) -> list[str]:
-        """Task names in logit order."""
-        return [t.name for t in self.tasks]
+        self.offsets = [sum(t.windows for t in tasks[:i]) for i in range(len(tasks))]
+        self.num_heads = sum(t.windows for t in tasks)
+        self.windowed = any(t.windows > 1 for t in tasks)
+        self.serving = [o + t.windows - 1 for o, t in zip(self.offsets, tasks)]
 
     def masks(self, labels_BT: torch.Tensor, domain_B: torch.Tensor | None) -> torch.Tensor:
         """``m [B, T]`` float: 1 where task t applies to row b (its domains, its ``given`` label is 1)."""
@@ -87,6 +110,27 @@ class TaskLoss(nn.Module):
             columns.append(m)
         return torch.stack(columns, dim=1)
 
+    def predictions(self, logits_BH: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` each task's prediction logit: its only head, or its longest window's (Zipper)."""
+        return logits_BH[:, self.serving] if self.windowed else logits_BH
+
+    def training_logits(self, logits_BH: torch.Tensor, window_B: torch.Tensor | None) -> torch.Tensor:
+        """``[B, T]`` the logit each row trains per task: a Zipper task's head of the row's window.
+
+        Without a window column (evaluation data) every row reads the last head.
+        """
+        if not self.windowed or window_B is None:
+            return self.predictions(logits_BH)
+        columns = []
+        for o, t in zip(self.offsets, self.tasks):
+            if t.windows == 1:
+                columns.append(logits_BH[:, o])
+            else:
+                heads = logits_BH[:, o : o + t.windows]
+                index = window_B.clamp(0, t.windows - 1).unsqueeze(1)  # decode checked window < num_windows
+                columns.append(heads.gather(1, index).squeeze(1))
+        return torch.stack(columns, dim=1)
+
     def per_element(self, logits_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
         """``ℓ [B, T]``: BCE with logits for ``bce`` tasks, squared error for ``regression`` tasks."""
         logits_BT = logits_BT.float()
@@ -97,21 +141,35 @@ class TaskLoss(nn.Module):
 
     def forward(
         self,
-        logits_BT: torch.Tensor,
+        logits_BH: torch.Tensor,
         labels_BT: torch.Tensor,
         weights_B: torch.Tensor,
         domain_B: torch.Tensor | None = None,
+        window_B: torch.Tensor | None = None,
+        teacher_BT: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The scalar training loss."""
-        per = self.per_element(logits_BT, labels_BT) * weights_B.unsqueeze(1)
+        """The scalar training loss of the model's ``[B, H]`` logits."""
+        logits_BT = self.training_logits(logits_BH, window_B)
+        rows = weights_B.unsqueeze(1).expand_as(logits_BT)
         if self.masked:
-            mask = self.masks(labels_BT, domain_B)
-            per = per * mask
+            rows = rows * self.masks(labels_BT, domain_B)
+        loss = self._reduce(self.per_element(logits_BT, labels_BT) * rows, rows)
+        if teacher_BT is not None and self.teacher_weight > 0:
+            hit = torch.isfinite(teacher_BT) & self.is_bce
+            soft = torch.sigmoid(torch.nan_to_num(teacher_BT.float(), nan=0.0)) * (1 - self.smoothing)
+            kd = F.binary_cross_entropy_with_logits(
+                self.predictions(logits_BH).float(), soft + self.smoothing / 2, reduction="none"
+            )
+            kd_rows = rows * hit.to(rows.dtype)
+            loss = loss + self.teacher_weight * self._reduce(kd * kd_rows, kd_rows)
+        return loss
+
+    def _reduce(self, per_BT: torch.Tensor, rows_BT: torch.Tensor) -> torch.Tensor:
+        """Task-weighted sum of per-task means: over the batch (``batch``) or the task's rows (``rows``)."""
         if self.normalization == "rows":
-            rows = weights_B.unsqueeze(1) * mask if self.masked else weights_B.unsqueeze(1).expand_as(per)
-            per_task = per.sum(dim=0) / rows.sum(dim=0).clamp_min(1.0)
+            per_task = per_BT.sum(dim=0) / rows_BT.sum(dim=0).clamp_min(1.0)
         else:
-            per_task = per.sum(dim=0) / per.shape[0]
+            per_task = per_BT.sum(dim=0) / per_BT.shape[0]
         return (per_task * self.weights).sum()
 
 

@@ -204,16 +204,20 @@ def tasks_section(report: Report, final: dict[str, object]) -> None:
                 final.get(f"auc_gap{suffix}"),
                 final.get(f"logloss{suffix}"),
                 final.get(f"ne{suffix}"),
+                final.get(f"calibration{suffix}"),
                 final.get(f"mse{suffix}"),
             ]
         )
     if not rows:
         return
     report.heading("Tasks and domains")
-    report.table(["task", "domain", "examples", "AUC", "oracle AUC", "gap", "logloss", "NE", "MSE"], rows)
+    report.table(
+        ["task", "domain", "examples", "AUC", "oracle AUC", "gap", "logloss", "NE", "calibration", "MSE"], rows
+    )
     report.text(
         "Final evaluation per task (on the rows where it applies: its domains, its `given` task's positives) "
-        "and per domain. The summary's AUC and logloss are the task-weighted means of the per-task values.",
+        "and per domain; calibration = mean predicted probability / mean label. The summary's AUC and logloss are "
+        "the task-weighted means of the per-task values.",
         note=True,
     )
 

@@ -85,6 +85,11 @@ def refusal(cfg: JobConfig) -> str:
             f"model {cfg.model.arch!r} reads event sequences (an unpooled EmbeddingCollection); "
             "export supports pooled-table models only"
         )
+    if cfg.data.features.teacher and cfg.model.teacher.as_feature:
+        return (
+            f"model {cfg.model.arch!r} reads the teacher's logits as inputs (model.teacher.as_feature); the "
+            "artifact has no teacher input: train with as_feature: false to serve it"
+        )
     if get_spec(cfg.model.arch).supports.domains and cfg.data.features.domain:
         return f"model {cfg.model.arch!r} reads the domain column; export supports models of the pooled tables only"
     return ""  # a domain column alone is fine: other models never read it (only metrics and task masks do)
@@ -134,7 +139,10 @@ def assemble(cfg: JobConfig, built: Any, weights: dict[str, torch.Tensor], quant
         tables[name] = InferenceTable(weights[name].float(), quantize, pooling[name])
     features = [FeatureLookup(f.name, f.table) for f in cfg.data.features.sparse]
     regression = [t.loss == "regression" for t in resolve_tasks(cfg)]
-    return InferenceModel(tables, features, list(built.sparse.layout.feature_names), built.dense, regression)
+    serving = built.task_loss.serving if built.task_loss is not None else None
+    return InferenceModel(
+        tables, features, list(built.sparse.layout.feature_names), built.dense, regression, serving_heads=serving
+    )
 
 
 def export_program(cfg: JobConfig, model: InferenceModel) -> torch.export.ExportedProgram:

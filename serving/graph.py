@@ -36,6 +36,8 @@ class InferenceModel(nn.Module):
         dense: the trained dense arch (``dense(dense [B, N], pooled [B, sum D]) -> (logits [B, T], ...)``).
         regression: per task, whether its output is a real value (returned raw) rather than a logit;
             empty = every task is ``bce``.
+        serving_heads: the dense arch's output column of each task (a Zipper task's longest window);
+            None = every output column, in order.
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class InferenceModel(nn.Module):
         pooled_order: list[str],
         dense: nn.Module,
         regression: list[bool] | None = None,
+        serving_heads: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.tables = nn.ModuleDict(tables)
@@ -53,6 +56,7 @@ class InferenceModel(nn.Module):
         self.order = [position[name] for name in pooled_order]
         self.dense = dense
         self.any_regression = any(regression or [])
+        self.heads = serving_heads
         self.register_buffer("regression", torch.tensor(regression or [], dtype=torch.bool), persistent=False)
 
     def forward(self, dense: torch.Tensor, *bags: torch.Tensor) -> torch.Tensor:
@@ -62,6 +66,8 @@ class InferenceModel(nn.Module):
             for i, f in enumerate(self.features)
         ]
         logits = self.dense(dense, torch.cat([pooled[i] for i in self.order], dim=1))[0].float()
+        if self.heads is not None:
+            logits = logits[:, self.heads]
         if self.any_regression:
             return torch.where(self.regression, logits, torch.sigmoid(logits))
         return torch.sigmoid(logits)

@@ -188,6 +188,7 @@ def parallelize(
         uses_sequences=built.uses_sequences,
         uses_timestamps=built.uses_timestamps,
         uses_domain=built.uses_domain,
+        teacher_clip=built.teacher_clip,
         task_loss=built.task_loss.to(info.device) if built.task_loss is not None else None,
     )
     updater = Updater(backend, dmp.fused_optimizer, unfused_table_optimizer(dmp, optimizer.sparse))

@@ -22,6 +22,7 @@ from recscale.trainer.evaluate import evaluate
 from recscale.trainer.metrics import MetricsLog
 from recscale.trainer.plateau import Plateau
 from recscale.trainer.progress import Progress
+from recscale.trainer.task_metrics import format_metrics
 
 log = logging.getLogger("recscale")
 
@@ -162,16 +163,5 @@ class Evaluations:
 
 
 def _format_eval(step: int, r: dict[str, float]) -> str:
-    """One console line: the (task-weighted) headline metrics."""
-    parts = []
-    if "auc" in r:
-        text = f"auc {r['auc']:.4f}"
-        if "oracle_auc" in r:
-            text += f" (oracle {r['oracle_auc']:.4f}, gap {r['auc_gap']:.4f})"
-        parts += [text, f"logloss {r['logloss']:.4f}", f"ne {r['ne']:.4f}"]
-    if "mse" in r:
-        parts.append(f"mse {r['mse']:.4g}")
-    weighted = (
-        " (task-weighted)" if any("/" in key for key in r) and any(k.startswith("num_examples/") for k in r) else ""
-    )
-    return f"eval @ step {step}{weighted}: " + " | ".join(parts) + f" | {int(r['num_examples']):,} examples"
+    """One console line: the (task-weighted) headline metrics and the examples."""
+    return f"eval @ step {step}{format_metrics(r)} | {int(r['num_examples']):,} examples"

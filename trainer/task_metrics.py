@@ -2,13 +2,14 @@
 
 For each task (``model.tasks``) on the rows where it applies (its domains; its ``given`` label is 1):
 
-- ``bce`` tasks: AUC (exact, tie-aware, ``distributed_auc``), logloss, normalized entropy and, when the true
-  probability is known (synthetic data), the oracle's AUC and logloss and the gap ``oracle_auc - auc``;
+- ``bce`` tasks: AUC (exact, tie-aware, ``distributed_auc``), logloss, normalized entropy, calibration (mean
+  predicted probability / mean label: 1 is calibrated, < 1 under-predicts) and, when the true probability is
+  known (synthetic data), the oracle's AUC and logloss and the gap ``oracle_auc - auc``;
 - ``regression`` tasks: mean squared error and mean absolute error of the raw output.
 
 Keys (a single task without a domain column keeps the short names only):
 
-    auc, logloss, ne, oracle_auc, oracle_logloss, auc_gap   task-weighted means over the bce tasks
+    auc, logloss, ne, calibration, oracle_auc, ...          task-weighted means over the bce tasks
     mse, mae                                                task-weighted means over the regression tasks
     auc/<task>, ... , num_examples/<task>                   per task, when there are several
     auc/<task>/<domain>, ...                                per task and domain, with a domain column
@@ -31,9 +32,6 @@ import torch.distributed as dist
 from recscale.modules.tasks import Task
 from recscale.sharding.process_group import host_group
 from recscale.trainer.eval_metrics import _bce_sum, _entropy, _world, distributed_auc
-
-BCE_KEYS = ("auc", "logloss", "ne", "oracle_auc", "oracle_logloss", "auc_gap")
-REGRESSION_KEYS = ("mse", "mae")
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,8 @@ def _sums(group: _Group, task: Task, logits: torch.Tensor, labels: torch.Tensor,
     if task.loss == "regression":
         err = z - y
         return torch.cat([count, err.square().sum().reshape(1), err.abs().sum().reshape(1), y.sum().reshape(1)])
-    parts = [count, _bce_sum(torch.sigmoid(z), y).reshape(1), y.sum().reshape(1)]
+    p = torch.sigmoid(z)
+    parts = [count, _bce_sum(p, y).reshape(1), y.sum().reshape(1), p.sum().reshape(1)]
     if oracle is not None:
         parts.append(_bce_sum(oracle[group.rows, group.task].double(), y).reshape(1))
     return torch.cat(parts)
@@ -157,9 +156,24 @@ def _group_metrics(
         "auc": distributed_auc(logits[group.rows, group.task], labels[group.rows, group.task]),
         "logloss": loss,
         "ne": loss / _entropy(s[2] / n) if n else math.nan,
+        "calibration": s[3] / s[2] if s[2] else math.nan,
     }
     if oracle is not None:
         out["oracle_auc"] = distributed_auc(oracle[group.rows, group.task], labels[group.rows, group.task])
-        out["oracle_logloss"] = s[3] / n if n else math.nan
+        out["oracle_logloss"] = s[4] / n if n else math.nan
         out["auc_gap"] = out["oracle_auc"] - out["auc"]
     return out
+
+
+def format_metrics(r: dict[str, float]) -> str:
+    """``" (task-weighted): auc ... | logloss ... | ne ..."`` for a console line (``mse`` for regression)."""
+    parts = []
+    if "auc" in r:
+        text = f"auc {r['auc']:.4f}"
+        if "oracle_auc" in r:
+            text += f" (oracle {r['oracle_auc']:.4f}, gap {r['auc_gap']:.4f})"
+        parts += [text, f"logloss {r['logloss']:.4f}", f"ne {r['ne']:.4f}"]
+    if "mse" in r:
+        parts.append(f"mse {r['mse']:.4g}")
+    weighted = " (task-weighted)" if any(key.startswith("num_examples/") for key in r) else ""
+    return f"{weighted}: " + " | ".join(parts)

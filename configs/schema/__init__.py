@@ -21,6 +21,7 @@ from recscale.configs.schema.data import (
     SequenceFeatureConfig,
     SparseFeatureConfig,
     SyntheticConfig,
+    ZipperConfig,
 )
 from recscale.configs.schema.job import (
     JobConfig,
@@ -53,7 +54,7 @@ from recscale.configs.schema.sharding import (
     TableConstraintConfig,
     TopologyConfig,
 )
-from recscale.configs.schema.tasks import TaskConfig
+from recscale.configs.schema.tasks import TaskConfig, TeacherConfig
 from recscale.configs.schema.training import (
     CheckpointConfig,
     DenseOptimizerConfig,
@@ -103,6 +104,8 @@ __all__ = [
     "SyntheticConfig",
     "TableConfig",
     "TaskConfig",
+    "TeacherConfig",
+    "ZipperConfig",
     "TableConstraintConfig",
     "TopologyConfig",
     "TrainerConfig",

@@ -60,10 +60,19 @@ class FeatureSchemaConfig:
     domain: str = ""
     """Integer column with a domain id (surface, country...; cross-domain models and per-domain metrics);
     empty when there is none."""
+    window: str = ""
+    """Integer column with each row's Zipper attribution window (0 = shortest; written by
+    ``recscale data zipper``); needed by tasks with ``windows > 1``."""
+    num_windows: int = 0
+    """Windows of the ``window`` column (its values must be below it); filled from ``model.tasks``."""
     domain_names: list[str] = field(default_factory=list)
     """Names of domain ids 0, 1, ... in metric keys (``auc/<task>/<name>``); empty = ``domain<id>``."""
     oracle: str = ""
     """Float column with the true click probability (synthetic data); used to report oracle AUC."""
+    teacher: str = ""
+    """Column with a teacher model's logits for the row, stored beside the data (a float for one task, a
+    list<float> of one per task; null = the teacher had no prediction for the row, a cache miss); used as
+    soft labels and input features (``model.teacher``)."""
 
 
 @dataclass(kw_only=True)
@@ -117,6 +126,12 @@ class SyntheticConfig:
     domain_feature_shift: float = 0.0
     """Domains shift the feature distribution: in domain d > 0 this fraction of the item ids (the second
     sparse feature, single-hot) follows the domain's own popularity order; 0 = every domain alike."""
+    useless_features: list[str] = field(default_factory=list)
+    """Names of sparse or dense features that are drawn as usual but enter no term of any task's logit (pure
+    noise: what feature selection should drop). Not the first two sparse features (the user and item roles)."""
+    task_features: dict[str, list[str]] = field(default_factory=dict)
+    """Label name -> the only sparse features whose per-id effects enter that task's id term (the other
+    features add nothing to it; the shared terms are unchanged); unlisted labels use every feature."""
     conversion_label: str = ""
     """A label of ``data.features.labels`` (not the first) that is a conversion observed only after a click
     on the first label: its true probability is p(conversion | click), its label is click x
@@ -125,9 +140,20 @@ class SyntheticConfig:
     """Target mean of p(conversion | click) (``conversion_label``)."""
     conversion_delay_mean_s: float = 0.0
     """Conversions happen an Exp(mean) delay after the impression, written to ``delay_column``; 0 = none."""
+    conversion_delay_max_s: float = 0.0
+    """Conversions later than this after their impression are never observed (label 0, no delay; the
+    oracle is p x P(delay <= max)); 0 = no limit."""
+    teacher_noise: float = 0.3
+    """``data.features.teacher``: the stand-in teacher's logit is the true logit plus N(0, teacher_noise^2)."""
+    teacher_hit_rate: float = 1.0
+    """Share of rows the stand-in teacher scored (the others get a null: a cache miss)."""
+    drift_per_day: float = 0.0
+    """The truth drifts: a daily random walk whose step has this standard deviation in the logit (the
+    dense features' and the user-cluster x item-category effects wander); 0 = stationary. Days count from
+    row 0 of ``train/`` by ``seconds_per_row``; ``valid/`` continues the timeline after ``train/``."""
     time_column: str = ""
-    """Column for the impression time (int64 seconds: a fixed start + ``seconds_per_row`` x row index);
-    empty = not written."""
+    """Column for the impression time (int64 seconds: a fixed start + ``seconds_per_row`` x row index, the
+    rows of ``valid/`` after those of ``train/``); empty = not written."""
     seconds_per_row: float = 10.0
     """Impression time between consecutive rows (``time_column``)."""
     delay_column: str = ""
@@ -191,6 +217,38 @@ class ConvertConfig:
 
 
 @dataclass(kw_only=True)
+class ZipperConfig:
+    """How ``recscale data zipper`` builds a delayed-label dataset at time NOW (Lattice's Zipper).
+
+    Each impression is assigned by a hash of its signature to one of the attribution windows; it is emitted
+    only once its window has closed (impression time + window <= NOW), with the label observed within it.
+    """
+
+    label: str = ""
+    """The delayed label column (1 = converted eventually)."""
+    time_column: str = ""
+    """Impression time column (integer seconds)."""
+    delay_column: str = ""
+    """Conversion delay column (seconds after the impression; null without a conversion)."""
+    windows_s: list[float] = field(default_factory=lambda: [86_400.0, 259_200.0, 604_800.0])
+    """Attribution windows in seconds, shortest first (default 1, 3 and 7 days)."""
+    probabilities: list[float] = field(default_factory=list)
+    """Share of impressions assigned to each window (empty = uniform)."""
+    now_s: int = 0
+    """NOW, in the time column's seconds (0 = one second after the training input's last impression)."""
+    key_columns: list[str] = field(default_factory=list)
+    """Integer columns whose values sign an impression (empty = the time column and the first two sparse
+    features)."""
+    salt: int = 0
+    """Salt of the window hash (another salt, another assignment)."""
+    valid_window_s: float = 0.0
+    """The window that labels ``valid/`` (0 = the longest of ``windows_s``); give every variant compared on
+    the same validation rows the same value (e.g. 7 days for a 1-day-only baseline)."""
+    window_column: str = "zipper_window"
+    """Column written with each row's window (``data.features.window`` of the job that trains on it)."""
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Where the examples come from and what they contain."""
 
@@ -215,3 +273,5 @@ class DataConfig:
     """Reader settings."""
     convert: ConvertConfig = field(default_factory=ConvertConfig)
     """Converter settings (``recscale data convert``)."""
+    zipper: ZipperConfig = field(default_factory=ZipperConfig)
+    """Delayed-label dataset builder settings (``recscale data zipper``)."""

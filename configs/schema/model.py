@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recscale.configs.schema.lattice import LatticeConfig
-from recscale.configs.schema.tasks import TaskConfig
+from recscale.configs.schema.tasks import TaskConfig, TeacherConfig
 
 
 @dataclass(kw_only=True)
@@ -364,6 +364,8 @@ class ModelConfig:
     tasks: list[TaskConfig] = field(default_factory=list)
     """What the model predicts: name, label column, loss, weight, domains of each task (one logit each).
     Empty = one ``bce`` task of weight 1 per column of ``data.features.labels``, named like the column."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """Learning from a teacher's stored logits (soft labels, input features); needs ``data.features.teacher``."""
     task_normalization: Literal["batch", "rows"] = "batch"
     """How a task that applies to some rows only (``domains``, ``given``) averages its loss: over the whole
     batch (``batch``: its rows' sum / B, the same on any number of ranks, so its gradient follows its share

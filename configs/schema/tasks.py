@@ -30,3 +30,26 @@ class TaskConfig:
     given: str = ""
     """Name of a ``bce`` task whose label must be 1 for this task to apply (a conversion observed only
     after a click: ``given: click``); empty = every row."""
+    windows: int = 1
+    """Zipper attribution windows (delayed labels): the task gets this many heads; head w trains on the rows
+    whose ``data.features.window`` is w (labels observed within window w, ``recscale data zipper``), and
+    metrics and serving read the last head (the longest window). 1 = one head, no window column."""
+
+
+@dataclass(kw_only=True)
+class TeacherConfig:
+    """What the model learns from a teacher's stored predictions (``data.features.teacher``).
+
+    A large teacher scores the traffic asynchronously and its logits are joined to the rows; a row the
+    teacher did not score (a cache miss) falls back to its own labels. Off without the column.
+    """
+
+    loss_weight: float = 1.0
+    """Weight of the soft-label loss: binary cross-entropy of each ``bce`` task's prediction against the
+    smoothed teacher probability, on the rows the teacher scored and the task applies to (0 = none)."""
+    smoothing: float = 0.05
+    """The teacher probability p becomes ``(1 - smoothing) p + smoothing / 2`` as a soft label."""
+    as_feature: bool = True
+    """Also feed the teacher's logits (clipped) and a hit flag to the dense arch as extra dense inputs."""
+    clip: float = 8.0
+    """Teacher logits fed as features are clipped to ``[-clip, clip]``."""

@@ -89,3 +89,24 @@ def test_regression_labels_are_read_as_values_and_checked_for_finiteness(tmp_pat
     not_binary = pa.table({"click": [0, 2], "watch": [1.0, 2.0], "item": [1, 2]})
     with pytest.raises(DataError, match="click.*not 0 or 1"):
         decode(not_binary, spec, RowLocation("f.parquet", 0, 0), BadRowCounter())
+
+
+def test_a_teacher_column_reads_nulls_as_misses_and_refuses_a_wrong_arity():
+    from recscale.data.decode import BadRowCounter, DecodeSpec, RowLocation, decode
+    from recscale.data.errors import DataError
+
+    cfg = config_from_dict(
+        {
+            "model": {"tasks": [{"name": "click"}, {"name": "buy"}]},
+            "data": {"features": {"sparse": [{"name": "item", "table": "t"}], "teacher": "z"}},
+            "embeddings": {"tables": [{"name": "t", "num_embeddings": 10}]},
+        }
+    )
+    spec = DecodeSpec(features=cfg.data.features, rows={"t": 10}, skip_bad_rows=False, with_oracle=False)
+    z = pa.array([[0.5, -1.0], None, [2.0, 3.0]], type=pa.list_(pa.float32()))
+    table = pa.table({"click": [0, 1, 1], "buy": [0, 0, 1], "item": [1, 2, 3], "z": z})
+    got = decode(table, spec, RowLocation("f.parquet", 0, 0), BadRowCounter()).teacher
+    assert np.array_equal(got, np.array([[0.5, -1.0], [np.nan, np.nan], [2.0, 3.0]], dtype=np.float32), equal_nan=True)
+    short = table.set_column(3, "z", pa.array([[0.5], None, [2.0, 3.0]], type=pa.list_(pa.float32())))
+    with pytest.raises(DataError, match=r"'z'.*teacher logits for 2 tasks expected|z.*2 tasks"):
+        decode(short, spec, RowLocation("f.parquet", 0, 0), BadRowCounter())

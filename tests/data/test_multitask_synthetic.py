@@ -48,8 +48,9 @@ def test_conversion_delays_follow_the_exponential_law(generated):
     values = delay.drop_null().to_numpy()
     mean = cfg.data.synthetic.conversion_delay_mean_s
     assert stats.kstest(values, "expon", args=(0, mean)).pvalue > 0.01
-    times = t.column("impression_time").to_numpy()
-    assert times[0] == START_TIME and np.all(np.diff(times) == cfg.data.synthetic.seconds_per_row)
+    times = t.column("impression_time").to_numpy()  # valid/ continues the timeline after train/
+    s = cfg.data.synthetic
+    assert times[0] == START_TIME + s.num_train * s.seconds_per_row and np.all(np.diff(times) == s.seconds_per_row)
 
 
 def test_claims_give_each_task_and_domain_its_oracle_auc(generated):

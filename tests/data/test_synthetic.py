@@ -10,7 +10,7 @@ import pytest
 
 from recscale.configs import config_from_dict, load_config
 from recscale.data import ParquetBatchReader, generate_synthetic, prepare_data
-from recscale.data.planted import zipf_ranks
+from recscale.data.planted_math import zipf_ranks
 from recscale.data.prepare import synthetic_key
 from recscale.data.synthetic import auc
 

@@ -35,7 +35,7 @@ PRESET = {
     "gca_seq": "gca_two_domain",
 }
 CONFIGS = {
-    # archs without a preset yet (a preset also needs trainer/profile_groups.py rows): a small job built here
+    # lattice with event sequences (its preset, lattice_multitask, has none): a small job built here
     "lattice": lambda: seq_config("lattice", model={"lattice": {"dim": 8, "fmb_mlp": [16], "task_mlp": [8]}}),
 }
 

@@ -99,3 +99,44 @@ def test_the_rows_of_a_masked_task_carry_its_whole_gradient():
     outside = TaskLoss(TASKS).masks(labels, domain)[:, 1] == 0
     assert torch.all(logits.grad[outside, 1] == 0)
     assert torch.any(logits.grad[~outside, 1] != 0)
+
+
+def test_the_teacher_adds_a_smoothed_soft_label_term_on_the_rows_it_scored():
+    logits, labels, weights, domain = _batch()
+    g = torch.Generator().manual_seed(9)
+    teacher = torch.randn(len(labels), 3, generator=g)
+    teacher[::3] = float("nan")  # cache misses
+    plain = TaskLoss(TASKS)(logits, labels, weights, domain)
+    got = TaskLoss(TASKS, teacher_weight=0.7, smoothing=0.1)(logits, labels, weights, domain, None, teacher)
+    masks = TaskLoss(TASKS).masks(labels, domain)
+    total_weight = sum(t.weight for t in TASKS)
+    kd = 0.0
+    for t, task in enumerate(TASKS):
+        if task.loss != "bce":
+            continue  # no soft label for a regression task
+        term = 0.0
+        for b in range(len(labels)):
+            if torch.isnan(teacher[b, t]) or masks[b, t] == 0:
+                continue
+            soft = 0.9 * torch.sigmoid(teacher[b, t]) + 0.05
+            term += float(weights[b]) * float(F.binary_cross_entropy_with_logits(logits[b, t], soft))
+        kd += task.weight / total_weight * term / len(labels)
+    assert float(got) == pytest.approx(float(plain) + 0.7 * kd, rel=1e-6)
+
+
+def test_a_teacher_that_scored_nothing_changes_nothing():
+    logits, labels, weights, domain = _batch()
+    logits.requires_grad_(True)
+    missing = torch.full((len(labels), 3), float("nan"))
+    loss = TaskLoss(TASKS, teacher_weight=1.0)(logits, labels, weights, domain, None, missing)
+    assert float(loss.detach()) == float(TaskLoss(TASKS)(logits, labels, weights, domain).detach())
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()  # the NaN of a miss never reaches a gradient
+
+
+def test_teacher_inputs_are_clipped_logits_and_a_hit_flag():
+    from recscale.modules.model import teacher_inputs
+
+    teacher = torch.tensor([[0.5, -20.0], [float("nan"), float("nan")], [30.0, 1.0]])
+    got = teacher_inputs(teacher, clip=8.0)
+    assert torch.equal(got, torch.tensor([[0.5, -8.0, 1.0], [0.0, 0.0, 0.0], [8.0, 1.0, 1.0]]))

@@ -52,12 +52,13 @@ def _reference(logits: torch.Tensor, labels: torch.Tensor, oracle: torch.Tensor)
         out[f"logloss{suffix}"] = logloss(probs[:, t], labels[:, t])
         out[f"ne{suffix}"] = normalized_entropy(probs[:, t], labels[:, t])
         out[f"oracle_auc{suffix}"] = auc(oracle[:, t], labels[:, t])
+        out[f"calibration{suffix}"] = float(probs[:, t].mean() / labels[:, t].double().mean())
         out[f"oracle_logloss{suffix}"] = logloss(oracle[:, t], labels[:, t])
         out[f"auc_gap{suffix}"] = out[f"oracle_auc{suffix}"] - out[f"auc{suffix}"]
         if num_tasks > 1:
             out[f"num_examples{suffix}"] = float(labels.shape[0])
     if num_tasks > 1:  # equal weights: the headline is the plain mean over tasks
-        for key in ("auc", "logloss", "ne", "oracle_auc", "oracle_logloss", "auc_gap"):
+        for key in ("auc", "logloss", "ne", "calibration", "oracle_auc", "oracle_logloss", "auc_gap"):
             out[key] = sum(out[f"{key}/task{t}"] for t in range(num_tasks)) / num_tasks
     return out
 

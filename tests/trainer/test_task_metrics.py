@@ -60,6 +60,7 @@ def _sklearn(logits, labels, oracle, domain) -> dict[str, float]:
             out[f"auc{suffix}"] = roc_auc_score(y[r, t], z[r, t])
             out[f"logloss{suffix}"] = log_loss(y[r, t], p[r, t], labels=[0, 1])
             out[f"oracle_auc{suffix}"] = roc_auc_score(y[r, t], o[r, t])
+            out[f"calibration{suffix}"] = p[r, t].mean() / y[r, t].mean()
             rate = y[r, t].mean()
             out[f"ne{suffix}"] = out[f"logloss{suffix}"] / -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
     return out

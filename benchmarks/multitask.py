@@ -1,0 +1,193 @@
+"""Multi-task architectures and teacher knowledge on the multi-task, multi-domain planted-truth generator.
+
+    .venv/bin/python benchmarks/multitask.py --part architectures   # 4 models x 3 seeds on 2 CPU ranks
+    .venv/bin/python benchmarks/multitask.py --part teacher         # baseline + 3 teacher hit rates x 3 seeds
+
+Data: the ``multitask_synthetic`` preset (click on every impression, purchase after a click, three domains
+whose truth and item distribution differ, each task with its own signal), so every task's oracle AUC is
+known and reported beside each model's.
+
+``architectures``: DCN-V2 as the shared bottom of shared-bottom, MMoE and PLE (the preset's sizes), and a
+Lattice network sized to no more training FLOPs per example than PLE, once with its fusion-block MLP untied
+over the three domains (it then reads the domain, which the others do not) and once tied (the same inputs
+as the others). Verdicts (Student-t intervals over seeds, paired by seed): MMoE and PLE each beat
+shared-bottom on the mean task AUC; Lattice beats PLE by >= 0.1 % (relative) at no more FLOPs.
+
+``teacher`` (KTAP: a teacher's stored logits as soft labels and input features): the stand-in teacher is the
+true logit plus N(0, 0.3^2) noise, present on a share h of the rows. Verdicts: at h = 1 the mean task AUC
+gains >= 0.005 over the same model without a teacher; the gain grows with h; at h = 0 it is within 0.001.
+
+Each part writes its key of ``benchmarks/results/multitask.json`` (other keys are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from cli_runs import ROOT, quiet, train
+from results_io import write_results
+from verdicts import at_least, at_most, t_interval
+from zipper import _cpu
+
+LATTICE = [
+    "model.arch=lattice",
+    "model.multitask.structure=none",
+    "model.lattice.dim=16",
+    "model.lattice.num_layers=2",
+    "model.lattice.num_fmb_tokens=6",
+    "model.lattice.num_lcb_tokens=4",
+    "model.lattice.fm_rank=8",
+    "model.lattice.fmb_mlp=[40]",
+    "model.lattice.task_mlp=[32]",
+    "model.lattice.ecs_map=tokens",
+    "model.lattice.dense_tokens=2",
+    "model.lattice.untie_domains=3",
+]
+ARCHITECTURES = {
+    "shared_bottom": ["model.multitask.structure=shared_bottom"],
+    "mmoe": ["model.multitask.structure=mmoe"],
+    "ple": ["model.multitask.structure=ple"],
+    "lattice": LATTICE,
+    "lattice_tied": [*LATTICE, "model.lattice.untie_domains=0", "model.lattice.fmb_mlp=[120]"],
+}
+"""``lattice`` reads the domain (its untied fusion MLP), which the DCN-V2-based models never see;
+``lattice_tied`` (one fusion MLP, widened to the same FLOPs) sees what they see: the fair comparison."""
+TEACHER = ["data.features.teacher=teacher_logit", "data.synthetic.teacher_noise=0.3"]
+TEACHER_ARMS = {
+    "no_teacher": [],
+    "h0": [*TEACHER, "data.synthetic.teacher_hit_rate=0.0"],
+    "h0.5": [*TEACHER, "data.synthetic.teacher_hit_rate=0.5"],
+    "h1": [*TEACHER, "data.synthetic.teacher_hit_rate=1.0"],
+}
+TASKS = ("click", "purchase")
+
+
+def run(work: Path, overrides: list[str], seed: int, common: list[str]) -> dict[str, Any]:
+    """One training run; the final per-task metrics, the mean task AUC and the FLOPs per example."""
+    run_dir, summary = train("multitask_synthetic", [*common, f"seed={seed}", *overrides, *quiet(work / "runs")])
+    final = summary["final_eval"]
+    out: dict[str, Any] = {"mean_auc": final["auc"], "train_flops_per_example": summary["flops_per_example"]["train"]}
+    for task in TASKS:
+        out[task] = {k: final.get(f"{k}/{task}") for k in ("auc", "oracle_auc", "auc_gap", "ne", "calibration")}
+    out["run_dir"] = str(run_dir)
+    return out
+
+
+def _paired(runs: dict[str, dict[str, Any]], a: str, b: str, seeds: list[int], relative: bool = False) -> list[float]:
+    values = []
+    for s in seeds:
+        x, y = runs[a][str(s)]["mean_auc"], runs[b][str(s)]["mean_auc"]
+        values.append((x - y) / y if relative else x - y)
+    return values
+
+
+def architecture_verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """MMoE / PLE over shared-bottom, Lattice over PLE (relative), and the FLOPs condition."""
+    out: dict[str, Any] = {}
+    for arm in ("mmoe", "ple"):
+        diff = _paired(runs, arm, "shared_bottom", seeds)
+        interval = t_interval(diff)
+        out[f"{arm}_minus_shared_bottom"] = {"per_seed": diff, "interval": interval, "verdict": at_least(interval, 0)}
+    flops = {arm: runs[arm][str(seeds[0])]["train_flops_per_example"] for arm in runs}
+    for arm in ("lattice", "lattice_tied"):
+        if arm not in runs:
+            continue
+        rel = _paired(runs, arm, "ple", seeds, relative=True)
+        interval = t_interval(rel)
+        out[f"{arm}_over_ple_relative"] = {
+            "per_seed": rel,
+            "interval": interval,
+            "verdict": at_least(interval, 0.001),
+            "flops_le_ple": flops[arm] <= flops["ple"],
+        }
+    out["train_flops_per_example"] = flops
+    out["mean"] = {
+        arm: {
+            "mean_auc": statistics.mean(runs[arm][str(s)]["mean_auc"] for s in seeds),
+            **{
+                f"{task}_gap_to_oracle": statistics.mean(runs[arm][str(s)][task]["auc_gap"] for s in seeds)
+                for task in TASKS
+            },
+        }
+        for arm in runs
+    }
+    return out
+
+
+def teacher_verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Gain at h = 1 >= 0.005, monotone in h, and h = 0 within 0.001 of no teacher."""
+    gains = {arm: _paired(runs, arm, "no_teacher", seeds) for arm in ("h0", "h0.5", "h1")}
+    means = {arm: statistics.mean(v) for arm, v in gains.items()}
+    full = t_interval(gains["h1"])
+    empty = t_interval([abs(g) for g in gains["h0"]])
+    return {
+        "gain_h1": {"per_seed": gains["h1"], "interval": full, "verdict": at_least(full, 0.005)},
+        "gain_h0.5": {"per_seed": gains["h0.5"], "interval": t_interval(gains["h0.5"])},
+        "gain_h0": {"per_seed": gains["h0"], "interval": t_interval(gains["h0"]), "abs_verdict": at_most(empty, 0.001)},
+        "monotone_in_hit_rate": means["h0"] <= means["h0.5"] <= means["h1"],
+        "per_seed_monotone": [gains["h0"][i] <= gains["h0.5"][i] <= gains["h1"][i] for i in range(len(seeds))],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["architectures", "teacher"], required=True)
+    parser.add_argument("--work", default=str(Path.home() / "recscale-data" / "benchmarks" / "multitask"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--train-rows", type=int, default=200_000)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/multitask.json"))
+    parser.add_argument(
+        "--arms", default="", help="run only these arms (comma-separated); the others' runs are read from --out"
+    )
+    args = parser.parse_args()
+    work = Path(args.work).expanduser()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    common = [
+        f"data.cache_dir={work / 'cache'}",
+        f"data.synthetic.num_train={args.train_rows}",
+        "trainer.epochs=2",
+        "trainer.eval_every=0",
+        "checkpoint.every_steps=0",
+        "checkpoint.at_end=false",
+    ]
+    arms = ARCHITECTURES if args.part == "architectures" else TEACHER_ARMS
+    started = time.perf_counter()
+    path = Path(args.out)
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    chosen = args.arms.split(",") if args.arms else list(arms)
+    runs: dict[str, dict[str, Any]] = {arm: {} for arm in arms}
+    if args.arms:
+        runs.update({arm: r for arm, r in merged[args.part]["runs"].items() if arm not in chosen})
+    for seed in seeds:
+        for arm in chosen:
+            overrides = arms[arm]
+            seeded = [*overrides, f"data.synthetic.seed={seed}"]
+            runs[arm][str(seed)] = run(work, seeded, seed, common)
+            print(f"seed {seed} {arm}: mean AUC {runs[arm][str(seed)]['mean_auc']:.5f}", flush=True)
+    judge = architecture_verdicts if args.part == "architectures" else teacher_verdicts
+    result = {
+        "what": __doc__.split("\n\n")[0],
+        "machine": f"{_cpu()}, 2 ranks (gloo, CPU)",
+        "preset": "multitask_synthetic",
+        "train_rows": args.train_rows,
+        "epochs": 2,
+        "seeds": seeds,
+        "arms": {arm: overrides for arm, overrides in arms.items()},
+        "runs": runs,
+        "verdicts": judge(runs, seeds),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged[args.part] = result
+    write_results(path, merged)
+    print(json.dumps(result["verdicts"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Zipper against one head on matured labels, at equal freshness, on a drifting delayed-conversion stream.
+
+    .venv/bin/python benchmarks/zipper.py            # 3 seeds x (drift, no drift) x 3 arms on 2 CPU ranks
+
+The ``zipper_synthetic`` preset, shrunk to 300,000 training rows over its 60 days: impressions whose
+truth drifts daily (``data.synthetic.drift_per_day``, 0.3 here), a purchase after a click with an
+Exp(2 days) delay never seen after 7 days; validation is the impressions after NOW against their final
+7-day labels. Three datasets are cut at
+the same NOW (``recscale data zipper``) and trained the same way:
+
+- ``matured`` (A): one 7-day window: only impressions older than 7 days, with complete labels;
+- ``fresh`` (B): one 1-day window: impressions older than 1 day, with the conversions seen within a day;
+- ``zipper`` (C): windows of 1, 3 and 7 days, each impression in one (a hash), one head each, the 7-day
+  head served.
+
+Per seed: the purchase task's AUC, NE and calibration (mean prediction / mean label) on the clicked
+validation rows. Verdicts (Student-t intervals over seeds, paired by seed): with drift, AUC(C) - AUC(A) >=
+0.002 and NE(C) < NE(A) in every seed, C calibrated within 5 % and B under-predicting by more than 10 %;
+without drift (the control) |AUC(C) - AUC(A)| < 0.002. Writes the ``zipper`` key of
+``benchmarks/results/multitask.json`` (other keys are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from cli_runs import ROOT, quiet, recscale, train
+from results_io import write_results
+from verdicts import at_least, at_most, t_interval
+
+DAY = 86_400
+ARMS = {
+    "matured": ([7 * DAY], 1),
+    "fresh": ([DAY], 1),
+    "zipper": ([DAY, 3 * DAY, 7 * DAY], 3),
+}
+"""Arm -> (attribution windows in seconds, heads of the purchase task)."""
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def run_arm(work: Path, arm: str, seed: int, drift: float, common: list[str]) -> dict[str, float]:
+    """Build the arm's dataset at NOW and train on it; the purchase task's final metrics."""
+    windows, heads = ARMS[arm]
+    data = work / f"data-s{seed}-d{drift}-{arm}"
+    generator = [f"data.synthetic.seed={seed}", f"data.synthetic.drift_per_day={drift}"]
+    if not (data / "zipper.json").is_file():
+        spec = "[" + ", ".join(str(w) for w in windows) + "]"
+        args = ["data", "zipper", "zipper_synthetic", "--synthetic", "--out", str(data)]
+        zipper = [f"data.zipper.windows_s={spec}", f"data.zipper.valid_window_s={7 * DAY}"]  # the same labels
+        recscale(*args, *[x for s in [*common, *generator, *zipper] for x in ("--set", s)])
+    arm_set = [] if heads > 1 else ["model.tasks.1.windows=1", "data.features.window="]
+    run_dir, _ = train(
+        "zipper_synthetic",
+        [
+            *common,
+            *generator,
+            *arm_set,
+            f"seed={seed}",
+            f"data.train_path={data / 'train'}",
+            f"data.valid_path={data / 'valid'}",
+            *quiet(work / "runs"),
+        ],
+    )
+    evals = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = [e for e in evals if e["kind"] == "eval"][-1]
+    keys = ("auc", "ne", "calibration", "oracle_auc", "logloss")
+    out = {k: final[f"{k}/purchase"] for k in keys}
+    out["train_rows"] = sum(v["rows"] for v in json.loads((data / "zipper.json").read_text())["train"].values())
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default=str(Path.home() / "recscale-data" / "benchmarks" / "zipper"))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--drift", type=float, default=0.3, help="data.synthetic.drift_per_day of the main arms")
+    parser.add_argument("--train-rows", type=int, default=300_000)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/multitask.json"))
+    args = parser.parse_args()
+    work = Path(args.work).expanduser()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    common = [
+        f"data.cache_dir={work / 'cache'}",
+        f"data.synthetic.num_train={args.train_rows}",
+        f"data.synthetic.seconds_per_row={60 * DAY / args.train_rows}",
+    ]
+    started = time.perf_counter()
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for drift in (args.drift, 0.0):
+        label = "drift" if drift else "no_drift"
+        runs[label] = {arm: {} for arm in ARMS}
+        for seed in seeds:
+            for arm in ARMS:
+                result = run_arm(work, arm, seed, drift, common)
+                runs[label][arm][str(seed)] = result
+                print(f"{label} seed {seed} {arm}: {result}", flush=True)
+    result = {
+        "what": __doc__.split("\n\n")[0],
+        "machine": f"{_cpu()}, 2 ranks (gloo, CPU)",
+        "preset": "zipper_synthetic",
+        "drift_per_day": args.drift,
+        "train_rows": args.train_rows,
+        "seeds": seeds,
+        "runs": runs,
+        "verdicts": verdicts(runs, seeds),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    path = Path(args.out)
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged["zipper"] = result
+    write_results(path, merged)
+    print(json.dumps(result["verdicts"], indent=2))
+    return 0
+
+
+def verdicts(runs: dict[str, dict[str, dict[str, Any]]], seeds: list[int]) -> dict[str, Any]:
+    """The acceptance checks of the module docstring, each with its per-seed values and interval."""
+    drift, still = runs["drift"], runs["no_drift"]
+
+    def paired(group: dict[str, dict[str, Any]], a: str, b: str, key: str) -> list[float]:
+        return [group[a][str(s)][key] - group[b][str(s)][key] for s in seeds]
+
+    gain = paired(drift, "zipper", "matured", "auc")
+    ne_gain = paired(drift, "matured", "zipper", "ne")
+    control = paired(still, "zipper", "matured", "auc")
+    zipper_cal = [drift["zipper"][str(s)]["calibration"] for s in seeds]
+    fresh_cal = [drift["fresh"][str(s)]["calibration"] for s in seeds]
+    gain_interval = t_interval(gain)
+    return {
+        "auc_zipper_minus_matured": {
+            "per_seed": gain,
+            "interval": gain_interval,
+            "every_seed_at_least_0.002": all(g >= 0.002 for g in gain),
+            "verdict": at_least(gain_interval, 0.002),
+        },
+        "ne_matured_minus_zipper": {"per_seed": ne_gain, "every_seed_positive": all(g > 0 for g in ne_gain)},
+        "zipper_calibration": {
+            "per_seed": zipper_cal,
+            "within_5_percent": all(abs(c - 1) < 0.05 for c in zipper_cal),
+        },
+        "fresh_calibration": {"per_seed": fresh_cal, "under_by_more_than_10_percent": all(c < 0.9 for c in fresh_cal)},
+        "control_no_drift_auc_zipper_minus_matured": {
+            "per_seed": control,
+            "interval": t_interval(control),
+            "every_seed_within_0.002": all(abs(c) < 0.002 for c in control),
+            "verdict_abs_below_0.002": at_most(t_interval([abs(c) for c in control]), 0.002),
+        },
+        "mean_auc": {
+            group: {arm: statistics.mean(runs[group][arm][str(s)]["auc"] for s in seeds) for arm in ARMS}
+            for group in runs
+        },
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""``recscale features select``: Lattice's Filter on a trained run (docs/feature_selection.md).
+
+    recscale features select RUN_DIR [--checkpoint latest|best|N] [--budget T] [--repeats 3] [--seed 0]
+                             [--batch-size B] [--max-batches K] [--weights click=0.5,purchase=0.5]
+                             [--out selected.yaml] [--json out.json]
+
+The run's checkpoint is loaded once in this process (one rank: gloo on CPU, or one GPU) and evaluated on
+the run's validation data ``1 + features x repeats`` times, each time with one feature permuted
+(``recscale.trainer.feature_filter``). The command prints each task's importance ranking, the Pareto
+fronts, the features the Filter keeps and those the weighted-sum baseline keeps, and writes the run's
+config with the Filter's dropped features (and the tables only they read) removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recscale.configs import JobConfig, config_from_dict, config_to_dict
+from recscale.configs.tasks import resolve_tasks
+
+log = logging.getLogger("recscale")
+
+DEFAULT_OUT = "selected_features.yaml"
+"""Where the selected config goes by default, inside the run directory."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``features select`` to a ``recscale`` argument parser."""
+    group = subparsers.add_parser("features", help="feature selection on a trained run (docs/feature_selection.md)")
+    sub = group.add_subparsers(dest="features_command", required=True, metavar="FEATURES_COMMAND")
+    p = sub.add_parser(
+        "select",
+        help="Lattice's Filter: Pareto-optimal features across tasks by permutation importance",
+        description=(
+            "Permute each sparse feature and dense column of the run's validation data in turn, measure how much "
+            "each task's NE rises, keep the features of the successive Pareto fronts up to --budget, and write "
+            "the run's config without the others. Runs in this process on one rank (gloo on CPU, or one GPU)."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the trained run's directory")
+    p.add_argument("--checkpoint", default="latest", help="latest (default), best or a step number")
+    p.add_argument("--budget", type=int, default=None, help="features to keep (default: half the candidates)")
+    p.add_argument("--repeats", type=int, default=3, help="permutations per feature, averaged (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations and of the Filter's random fill")
+    p.add_argument(
+        "--floor",
+        type=float,
+        default=0.01,
+        help="count an importance below this fraction of its task's largest one as 0 (default 0.01; 0 = only "
+        "clip at 0)",
+    )
+    p.add_argument("--batch-size", type=int, default=0, help="evaluation batch size (default: trainer.batch_size)")
+    p.add_argument("--max-batches", type=int, default=0, help="evaluate this many batches only (default: all)")
+    p.add_argument(
+        "--weights",
+        default="",
+        metavar="TASK=W,...",
+        help="task weights of the weighted-sum baseline (default: model.tasks[*].weight)",
+    )
+    p.add_argument("--out", default="", help=f"selected config YAML (default: RUN_DIR/{DEFAULT_OUT})")
+    p.add_argument("--json", default="", help="also write the importances, fronts and selections as JSON here")
+    p.set_defaults(func=select)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def parse_weights(text: str, tasks: list[str], defaults: list[float]) -> list[float]:
+    """``click=0.5,purchase=0.5`` -> one weight per task, in task order; every task must be named."""
+    if not text:
+        return defaults
+    given: dict[str, float] = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip()
+        if not sep or name not in tasks:
+            raise ValueError(f"--weights {text!r}: expected TASK=WEIGHT pairs for the tasks {', '.join(tasks)}")
+        try:
+            given[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--weights {text!r}: {value!r} is not a number") from None
+        if not math.isfinite(given[name]) or given[name] < 0:
+            raise ValueError(f"--weights {text!r}: expected weights >= 0, got {value}")
+    missing = [t for t in tasks if t not in given]
+    if missing:
+        raise ValueError(f"--weights {text!r}: no weight for {', '.join(missing)}")
+    return [given[t] for t in tasks]
+
+
+def run_config(run_dir: Path) -> JobConfig:
+    """The run's own config (``RUN_DIR/config.yaml``); a missing run directory is one line."""
+    from recscale.trainer.run_dir import CONFIG
+
+    if not run_dir.exists():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    if not (run_dir / CONFIG).is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no {CONFIG})")
+    return config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
+
+
+# ------------------------------------------------------------------------------------------ the config
+
+
+def selected_config(cfg: JobConfig, keep: set[str], data_paths: tuple[str, str] | None = None) -> JobConfig:
+    """``cfg`` with the sparse and dense features outside ``keep`` removed, with the tables no feature reads.
+
+    Table entries in ``sharding.constraints`` / ``sharding.manual`` and the Wukong per-feature options of
+    removed features go too; ``checkpoint.init_from`` is cleared (the tables changed). ``data_paths``
+    (train, valid) turns a synthetic source into Parquet at those paths: the generator draws a different
+    data set for a different feature list, so a retrained selection must read the rows the run read.
+    """
+    out = copy.deepcopy(cfg)
+    f = out.data.features
+    f.sparse = [s for s in f.sparse if s.name in keep]
+    f.dense = [d for d in f.dense if d in keep]
+    used = {s.table for s in f.sparse} | {q.table for q in f.sequences}
+    out.embeddings.tables = [t for t in out.embeddings.tables if t.name in used]
+    sharding = out.sharding
+    sharding.constraints = {k: v for k, v in sharding.constraints.items() if k == "*" or k in used}
+    sharding.manual = {k: v for k, v in sharding.manual.items() if k in used}
+    wukong = out.model.wukong
+    wukong.tokens_per_feature = {k: v for k, v in wukong.tokens_per_feature.items() if k in keep}
+    wukong.grouped_features = [n for n in wukong.grouped_features if n in keep]
+    out.checkpoint.init_from = ""
+    if data_paths is not None and out.data.source == "synthetic":
+        out.data.source = "parquet"
+        out.data.train_path, out.data.valid_path = data_paths
+    return out
+
+
+def write_config(cfg: JobConfig, path: Path) -> None:
+    """Write ``cfg`` as YAML atomically (a temporary name in the same folder, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def compute_importance(
+    run_dir: Path, checkpoint: str, repeats: int, seed: int, batch_size: int, max_batches: int
+) -> tuple[JobConfig, Any, tuple[str, str]]:
+    """Load the checkpoint once, evaluate it intact and with each feature permuted (a collective on every rank).
+
+    Returns:
+        The run's config, the ``Importance`` and the (train, valid) data paths the run read.
+    """
+    from recscale.data.prepare import prepare_data
+    from recscale.launch.eval_entrypoint import fit_manual_ranks
+    from recscale.modules.build import build_model
+    from recscale.serving.export import resolve_checkpoint
+    from recscale.sharding.apply import parallelize
+    from recscale.sharding.process_group import init_distributed
+    from recscale.trainer.checkpoint import CheckpointManager
+    from recscale.trainer.data import make_eval_batches
+    from recscale.trainer.evaluate import evaluate
+    from recscale.trainer.feature_filter import candidates, permutation_importance
+
+    cfg = run_config(run_dir)
+    path = resolve_checkpoint(run_dir, checkpoint)
+    info = init_distributed(cfg.trainer.device, cfg.sharding.plan_timeout_s)
+    per_rank = (batch_size or cfg.trainer.batch_size) // info.world_size or 1
+    sharding = fit_manual_ranks(cfg.sharding, info.world_size)
+    if info.world_size % sharding.ep_size:
+        sharding = dataclasses.replace(sharding, ep_size=math.gcd(sharding.ep_size, info.world_size))
+    parallel = parallelize(
+        build_model(cfg, dense_device=info.device),
+        sharding,
+        cfg.optimizer,
+        info=info,
+        batch_size_per_rank=per_rank,
+        total_steps=1,
+        precision=cfg.trainer.precision,
+        aux_loss_weight=cfg.trainer.aux_loss_weight,
+    )
+    manager = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
+    problems = manager.check(path)
+    if problems:
+        raise ValueError(f"{path}: damaged checkpoint: " + "\n  ".join(problems))
+    step = manager.load_weights(path, parallel)
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    batches = []
+    for batch in make_eval_batches(cfg, info, str(paths.valid), per_rank):
+        if max_batches and len(batches) >= max_batches:
+            break
+        batches.append(batch)
+    if not batches:
+        raise ValueError(f"{paths.valid}: no validation batches to evaluate")
+    features = candidates(cfg.data.features)
+    log.info(
+        "checkpoint step %d: %d features x %d repeats on %d validation batches (%d evaluations)",
+        step,
+        len(features),
+        repeats,
+        len(batches),
+        1 + len(features) * repeats,
+    )
+    names = cfg.data.features.domain_names
+
+    def run(bs: Any) -> dict[str, float]:
+        return evaluate(parallel.model, bs, info.device, domain_names=names)
+
+    importance = permutation_importance(run, batches, features, resolve_tasks(cfg), repeats, seed)
+    return cfg, importance, (str(paths.train.resolve()), str(paths.valid.resolve()))
+
+
+def select(args: argparse.Namespace) -> int:
+    """``recscale features select`` (module docstring)."""
+    from recscale.trainer.feature_filter import candidates, summary
+
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    cfg = run_config(run_dir)
+    tasks = resolve_tasks(cfg)
+    weights = parse_weights(args.weights, [t.name for t in tasks], [t.weight for t in tasks])
+    num = len(candidates(cfg.data.features))
+    budget = math.ceil(num / 2) if args.budget is None else args.budget
+    if not 0 < budget <= num:
+        raise ValueError(f"--budget {args.budget}: expected 1..{num} (the run has {num} candidate features)")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats {args.repeats}: expected at least 1")
+    if not 0 <= args.floor < 1:
+        raise ValueError(f"--floor {args.floor}: expected a fraction in [0, 1)")
+    if args.max_batches < 0 or args.batch_size < 0:
+        raise ValueError("--max-batches / --batch-size: expected >= 0")
+    from recscale.sharding.process_group import shutdown_distributed
+
+    cfg, importance, data_paths = compute_importance(
+        run_dir, args.checkpoint, args.repeats, args.seed, args.batch_size, args.max_batches
+    )
+    result = summary(importance, budget, weights, args.seed, args.floor)
+    out = Path(args.out).expanduser() if args.out else run_dir / DEFAULT_OUT
+    selected = selected_config(cfg, set(result["filter"]["kept"]), data_paths)
+    write_config(selected, out)
+    result["config"] = str(out)
+    if args.json:
+        from recscale.trainer.run_dir import write_json
+
+        write_json(Path(args.json).expanduser(), result)
+    print(format_result(result))
+    from recscale.configs import collect_problems
+
+    problems = collect_problems(selected)
+    if problems:
+        log.warning("the selected config needs an edit before training: %s", problems[0])
+    shutdown_distributed()
+    return 0
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The console report: the importance table, the fronts, both selections."""
+    tasks: list[str] = result["tasks"]
+    imp: dict[str, dict[str, dict[str, float]]] = result["importance"]
+    front_of = {n: k for k, front in enumerate(result["fronts"]) for n in front}
+    ranks = {t: {n: r for r, n in enumerate(sorted(imp, key=lambda n: -imp[n][t]["value"]), 1)} for t in tasks}
+    metric = "NE" if all(m.startswith("ne") for m in result["metrics"]) else "NE (MSE: relative)"
+    floor = f", entries under {result['floor']:g} x the task's largest set to 0" if result["floor"] else ""
+    lines = [
+        f"importance: rise of each task's {metric} with the feature permuted, mean of {result['repeats']} "
+        f"permutations clipped at 0{floor} (+- std over them; rank per task)",
+    ]
+    width = max(12, *(len(n) for n in imp))
+    lines.append(f"{'feature':<{width}}  " + "  ".join(f"{t:>24}" for t in tasks) + "  front  filter  weighted")
+    kept, base = set(result["filter"]["kept"]), set(result["weighted_sum"]["kept"])
+    for name in sorted(imp, key=lambda n: (front_of[n], list(imp).index(n))):
+        cells = []
+        for t in tasks:
+            v = imp[name][t]
+            cells.append(f"{v['value']:>9.5f} +-{v['std']:.5f} ({ranks[t][name]:>2})")
+        mark = f"{front_of[name] + 1:>5}  {'keep' if name in kept else '-':>6}  {'keep' if name in base else '-':>8}"
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{c:>24}" for c in cells) + f"  {mark}")
+    lines.append("fronts: " + " | ".join(f"{k + 1}: {', '.join(f)}" for k, f in enumerate(result["fronts"])))
+    n, budget = len(imp), result["budget"]
+    lines.append(f"filter keeps {len(kept)} of {n} (budget {budget}): {', '.join(result['filter']['kept'])}")
+    shown = ", ".join(f"{t}={w:g}" for t, w in result["weights"].items())
+    lines.append(f"weighted sum ({shown}) keeps: {', '.join(result['weighted_sum']['kept'])}")
+    only_filter, only_base = sorted(kept - base), sorted(base - kept)
+    if only_filter or only_base:
+        lines.append(
+            f"they differ: filter only {', '.join(only_filter) or '-'}; weighted sum only {', '.join(only_base) or '-'}"
+        )
+    lines.append(f"selected config (the filter's features): {result['config']}")
+    return "\n".join(lines)
