@@ -11,7 +11,8 @@ the same NOW (``recscale data zipper``) and trained the same way:
 - ``matured`` (A): one 7-day window: only impressions older than 7 days, with complete labels;
 - ``fresh`` (B): one 1-day window: impressions older than 1 day, with the conversions seen within a day;
 - ``zipper`` (C): windows of 1, 3 and 7 days, each impression in one (a hash), one head each, the 7-day
-  head served.
+  head served; ``zipper_offset``: the same data and heads that share one logit, each shifted by a learned
+  offset per window.
 
 Per seed: the purchase task's AUC, NE and calibration (mean prediction / mean label) on the clicked
 validation rows. Verdicts (Student-t intervals over seeds, paired by seed): with drift, AUC(C) - AUC(A) >=
@@ -39,8 +40,11 @@ ARMS = {
     "matured": ([7 * DAY], 1),
     "fresh": ([DAY], 1),
     "zipper": ([DAY, 3 * DAY, 7 * DAY], 3),
+    "zipper_offset": ([DAY, 3 * DAY, 7 * DAY], 3),
 }
-"""Arm -> (attribution windows in seconds, heads of the purchase task)."""
+"""Arm -> (attribution windows in seconds, heads of the purchase task). ``zipper_offset`` trains on the
+``zipper`` dataset with ``window_heads: offset`` (one shared logit, a learned shift per window)."""
+DATA_OF = {"zipper_offset": "zipper"}
 
 
 def _cpu() -> str:
@@ -53,7 +57,7 @@ def _cpu() -> str:
 def run_arm(work: Path, arm: str, seed: int, drift: float, common: list[str]) -> dict[str, float]:
     """Build the arm's dataset at NOW and train on it; the purchase task's final metrics."""
     windows, heads = ARMS[arm]
-    data = work / f"data-s{seed}-d{drift}-{arm}"
+    data = work / f"data-s{seed}-d{drift}-{DATA_OF.get(arm, arm)}"
     generator = [f"data.synthetic.seed={seed}", f"data.synthetic.drift_per_day={drift}"]
     if not (data / "zipper.json").is_file():
         spec = "[" + ", ".join(str(w) for w in windows) + "]"
@@ -61,6 +65,8 @@ def run_arm(work: Path, arm: str, seed: int, drift: float, common: list[str]) ->
         zipper = [f"data.zipper.windows_s={spec}", f"data.zipper.valid_window_s={7 * DAY}"]  # the same labels
         recscale(*args, *[x for s in [*common, *generator, *zipper] for x in ("--set", s)])
     arm_set = [] if heads > 1 else ["model.tasks.1.windows=1", "data.features.window="]
+    if arm == "zipper_offset":
+        arm_set = ["model.tasks.1.window_heads=offset"]
     run_dir, _ = train(
         "zipper_synthetic",
         [
@@ -88,6 +94,7 @@ def main() -> int:
     parser.add_argument("--drift", type=float, default=0.3, help="data.synthetic.drift_per_day of the main arms")
     parser.add_argument("--train-rows", type=int, default=300_000)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/multitask.json"))
+    parser.add_argument("--arms", default="", help="run only these arms; the others' runs are read from --out")
     args = parser.parse_args()
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -97,12 +104,16 @@ def main() -> int:
         f"data.synthetic.seconds_per_row={60 * DAY / args.train_rows}",
     ]
     started = time.perf_counter()
+    path = Path(args.out)
+    chosen = args.arms.split(",") if args.arms else list(ARMS)
+    earlier = json.loads(path.read_text()).get("zipper", {}).get("runs", {}) if path.is_file() else {}
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for drift in (args.drift, 0.0):
         label = "drift" if drift else "no_drift"
-        runs[label] = {arm: {} for arm in ARMS}
+        runs[label] = {arm: dict(earlier.get(label, {}).get(arm, {})) for arm in ARMS if arm not in chosen}
+        runs[label].update({arm: {} for arm in chosen})
         for seed in seeds:
-            for arm in ARMS:
+            for arm in chosen:
                 result = run_arm(work, arm, seed, drift, common)
                 runs[label][arm][str(seed)] = result
                 print(f"{label} seed {seed} {arm}: {result}", flush=True)
@@ -117,7 +128,6 @@ def main() -> int:
         "verdicts": verdicts(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    path = Path(args.out)
     merged = json.loads(path.read_text()) if path.is_file() else {}
     merged["zipper"] = result
     write_results(path, merged)
@@ -132,6 +142,14 @@ def verdicts(runs: dict[str, dict[str, dict[str, Any]]], seeds: list[int]) -> di
     def paired(group: dict[str, dict[str, Any]], a: str, b: str, key: str) -> list[float]:
         return [group[a][str(s)][key] - group[b][str(s)][key] for s in seeds]
 
+    offset = {}
+    if "zipper_offset" in drift and drift["zipper_offset"]:
+        diff = paired(drift, "zipper_offset", "matured", "auc")
+        offset = {"auc_zipper_offset_minus_matured": {"per_seed": diff, "interval": t_interval(diff)}}
+        offset["auc_zipper_offset_minus_matured"]["verdict"] = at_least(t_interval(diff), 0.002)
+        if "zipper_offset" in still and still["zipper_offset"]:
+            control = paired(still, "zipper_offset", "matured", "auc")
+            offset["control_no_drift_auc_zipper_offset_minus_matured"] = {"per_seed": control}
     gain = paired(drift, "zipper", "matured", "auc")
     ne_gain = paired(drift, "matured", "zipper", "ne")
     control = paired(still, "zipper", "matured", "auc")
@@ -157,8 +175,9 @@ def verdicts(runs: dict[str, dict[str, dict[str, Any]]], seeds: list[int]) -> di
             "every_seed_within_0.002": all(abs(c) < 0.002 for c in control),
             "verdict_abs_below_0.002": at_most(t_interval([abs(c) for c in control]), 0.002),
         },
+        **offset,
         "mean_auc": {
-            group: {arm: statistics.mean(runs[group][arm][str(s)]["auc"] for s in seeds) for arm in ARMS}
+            group: {arm: statistics.mean(r[str(s)]["auc"] for s in seeds) for arm, r in runs[group].items() if r}
             for group in runs
         },
     }

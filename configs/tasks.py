@@ -29,6 +29,7 @@ def resolve_tasks(cfg: JobConfig) -> list[TaskConfig]:
             domains=t.domains,
             given=t.given,
             windows=t.windows,
+            window_heads=t.window_heads,
         )
         for t in cfg.model.tasks
     ]
@@ -128,8 +129,8 @@ def _window_problems(cfg: JobConfig, where: str, t: TaskConfig) -> list[str]:
 
 
 def heads(cfg: JobConfig) -> int:
-    """Logits of the model: one per task, ``windows`` for a Zipper task."""
-    return sum(t.windows for t in resolve_tasks(cfg))
+    """Outputs of the dense arch: one per task, ``windows`` for a Zipper task with ``linear`` heads."""
+    return sum(1 if t.window_heads == "offset" else t.windows for t in resolve_tasks(cfg))
 
 
 def synthetic_task_problems(cfg: JobConfig) -> list[str]:

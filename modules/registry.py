@@ -26,6 +26,7 @@ from recscale.modules.kunlun.spec import build_kunlun, check_kunlun
 from recscale.modules.lattice.spec import build_lattice, check_lattice
 from recscale.modules.layout import PooledLayout
 from recscale.modules.multitask.dense import check_multitask, wrap_multitask
+from recscale.modules.window_heads import wrap_window_heads
 from recscale.modules.wukong.spec import build_wukong, check_wukong
 
 
@@ -203,8 +204,12 @@ def get_spec(arch: str) -> ModelSpec:
 
 
 def build_dense(spec: ModelSpec, m: ModelConfig, inputs: ModelInputs) -> nn.Module:
-    """``spec``'s dense arch, under per-task layers when ``model.multitask`` asks for them."""
-    return wrap_multitask(spec.build(m, inputs), m.multitask, inputs.num_tasks, m.activation, m.dropout)
+    """``spec``'s dense arch with its per-task layers (``model.multitask``) and offset window heads.
+
+    The offset heads wrap it when a delayed task asks for them (``model.tasks[*].window_heads``).
+    """
+    dense = wrap_multitask(spec.build(m, inputs), m.multitask, inputs.num_tasks, m.activation, m.dropout)
+    return wrap_window_heads(dense, [t.windows for t in m.tasks], [t.window_heads == "offset" for t in m.tasks])
 
 
 def check_model(cfg: JobConfig) -> list[str]:

@@ -112,9 +112,10 @@ class ResolvedGroup:
 
 
 def _unwrap(dense: nn.Module) -> tuple[nn.Module, str]:
-    """``MoEDense(inner)`` -> (inner, ``"inner."``); other arches -> (arch, "")."""
-    if type(dense).__name__ == "MoEDense" and hasattr(dense, "inner"):
-        return dense.inner, "inner."
+    """``MoEDense(inner)`` / ``WindowOffsets(inner)`` -> (inner, ``"inner."``); other arches -> (arch, "")."""
+    if type(dense).__name__ in ("MoEDense", "WindowOffsets") and hasattr(dense, "inner"):
+        inner, prefix = _unwrap(dense.inner)
+        return inner, "inner." + prefix
     return dense, ""
 
 

@@ -34,6 +34,9 @@ class TaskConfig:
     """Zipper attribution windows (delayed labels): the task gets this many heads; head w trains on the rows
     whose ``data.features.window`` is w (labels observed within window w, ``recscale data zipper``), and
     metrics and serving read the last head (the longest window). 1 = one head, no window column."""
+    window_heads: Literal["linear", "offset"] = "linear"
+    """The window heads: ``linear`` (the arch's last layer has one output per window) or ``offset`` (one
+    output, each window adding a learned shift: every row trains the shared logit)."""
 
 
 @dataclass(kw_only=True)

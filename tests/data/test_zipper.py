@@ -199,3 +199,24 @@ def test_variants_compared_on_one_validation_set_label_it_by_the_same_window(tmp
     assert np.array_equal(valid.column("buy").to_numpy(), ((buy == 1) & (delay <= 7 * DAY)).astype(np.int8))
     train = pq.read_table(tmp_path / "z" / "train")
     assert train.column("buy").to_numpy().sum() < valid.column("buy").to_numpy().sum()  # a 1-day label misses some
+
+
+def test_offset_window_heads_share_one_logit_and_shift_it_per_window():
+    from recscale.configs.tasks import heads
+    from recscale.modules.build import build_model, flops_per_example
+    from recscale.modules.window_heads import WindowOffsets
+    from tests.batches import random_batch
+
+    cfg = load_config("zipper_synthetic", ["model.tasks.1.window_heads=offset"])
+    assert heads(cfg) == 2  # the arch emits click and one purchase logit
+    built = build_model(cfg, sparse_device="cpu")
+    assert isinstance(built.dense, WindowOffsets) and built.task_loss.num_heads == 4
+    batch = random_batch(cfg, 8, seed=0)
+    inner, _, _ = built.dense.inner(batch.dense, built.sparse(batch.sparse))
+    with torch.no_grad():
+        built.dense.offsets.copy_(torch.tensor([-1.0, -0.5, 0.0]))
+    out, _, _ = built.dense(batch.dense, built.sparse(batch.sparse))
+    assert torch.equal(out[:, 0], inner[:, 0])
+    assert torch.equal(out[:, 1:], inner[:, 1:2] + torch.tensor([-1.0, -0.5, 0.0]))
+    plain = load_config("zipper_synthetic", ["model.tasks.1.windows=1", "data.features.window="])
+    assert flops_per_example(cfg) == flops_per_example(plain)  # the offsets are adds: no FLOPs
