@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from recscale.configs import config_from_dict
+from recscale.configs import JobConfig, config_from_dict
 from recscale.launch.entrypoint import quiet_known_warnings, setup_logging
 from recscale.launch.failures import one_line, report_failure
 from recscale.trainer.progress import PROGRESS_LINES
@@ -98,18 +98,33 @@ def progress_lines(batches: Iterable[Any], total: int, every_s: float = 1.0) -> 
             logging.getLogger("recscale").info("batch %d/%d | %s examples/s", k, total, f"{rate:,.0f}")
 
 
-def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[str, object] | None:
-    """Metrics of ``checkpoint`` on ``data`` (default: the run's validation data); None on ranks > 0."""
-    from recscale.data.prepare import prepare_data
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    """A run's checkpoint loaded for evaluation on this process group (``load_for_evaluation``)."""
+
+    cfg: JobConfig
+    info: Any
+    """This rank's ``DistInfo``."""
+    parallel: Any
+    """The ``ParallelModel`` with the checkpoint's weights."""
+    step: int
+    per_rank: int
+    """Evaluation batch size per rank."""
+
+
+def load_for_evaluation(run_dir: Path, path: Path, batch_size: int) -> LoadedCheckpoint:
+    """The weights of checkpoint ``path`` of ``run_dir`` in the run's model, on however many ranks run this.
+
+    Expert parallelism is narrowed to what the world size allows and a hand-built plan's pinned ranks are
+    folded onto the ranks there are; the files are verified first (every rank hashes its share). Weights
+    only: evaluation needs no optimizer state, whose layout can be the writer's (e.g. one row-wise Adagrad
+    momentum per column shard).
+    """
     from recscale.modules.build import build_model
     from recscale.sharding.apply import parallelize
     from recscale.sharding.process_group import init_distributed
-    from recscale.trainer.checkpoint import CheckpointManager, checkpoint_run_dir
-    from recscale.trainer.data import make_eval_batches
-    from recscale.trainer.evaluate import evaluate
+    from recscale.trainer.checkpoint import CheckpointManager
 
-    path = resolve_checkpoint(checkpoint)
-    run_dir = checkpoint_run_dir(path)
     cfg = config_from_dict(yaml.safe_load((run_dir / CONFIG).read_text()))
     info = init_distributed(cfg.trainer.device, cfg.sharding.plan_timeout_s)
     per_rank = (batch_size or cfg.trainer.batch_size) // info.world_size or 1
@@ -139,9 +154,19 @@ def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[st
     problems = manager.check(path)  # every rank hashes its share of the files
     if problems:  # the first on the console, all of them in the log
         raise ValueError(f"{path}: damaged checkpoint: " + "\n  ".join(problems))
-    # weights only: evaluation needs no optimizer state (whose layout can be the writer's, e.g. one
-    # row-wise Adagrad momentum per column shard)
-    step = manager.load_weights(path, parallel)
+    return LoadedCheckpoint(cfg, info, parallel, manager.load_weights(path, parallel), per_rank)
+
+
+def evaluate_checkpoint(checkpoint: Path, data: str, batch_size: int) -> dict[str, object] | None:
+    """Metrics of ``checkpoint`` on ``data`` (default: the run's validation data); None on ranks > 0."""
+    from recscale.data.prepare import prepare_data
+    from recscale.trainer.checkpoint import checkpoint_run_dir
+    from recscale.trainer.data import make_eval_batches
+    from recscale.trainer.evaluate import evaluate
+
+    path = resolve_checkpoint(checkpoint)
+    loaded = load_for_evaluation(checkpoint_run_dir(path), path, batch_size)
+    cfg, info, parallel, step, per_rank = loaded.cfg, loaded.info, loaded.parallel, loaded.step, loaded.per_rank
     target = data or str(prepare_data(cfg.data, cfg.embeddings).valid)
     batches: Iterable[Any] = make_eval_batches(cfg, info, target, per_rank)
     if info.is_main and os.environ.get(PROGRESS_LINES) == "1":  # `recscale eval` draws a bar on its terminal

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import logging
 import math
 import os
@@ -157,38 +156,15 @@ def compute_importance(
         The run's config, the ``Importance`` and the (train, valid) data paths the run read.
     """
     from recscale.data.prepare import prepare_data
-    from recscale.launch.eval_entrypoint import fit_manual_ranks
-    from recscale.modules.build import build_model
+    from recscale.launch.eval_entrypoint import load_for_evaluation
     from recscale.serving.export import resolve_checkpoint
-    from recscale.sharding.apply import parallelize
-    from recscale.sharding.process_group import init_distributed
-    from recscale.trainer.checkpoint import CheckpointManager
     from recscale.trainer.data import make_eval_batches
     from recscale.trainer.evaluate import evaluate
     from recscale.trainer.feature_filter import candidates, permutation_importance
 
-    cfg = run_config(run_dir)
-    path = resolve_checkpoint(run_dir, checkpoint)
-    info = init_distributed(cfg.trainer.device, cfg.sharding.plan_timeout_s)
-    per_rank = (batch_size or cfg.trainer.batch_size) // info.world_size or 1
-    sharding = fit_manual_ranks(cfg.sharding, info.world_size)
-    if info.world_size % sharding.ep_size:
-        sharding = dataclasses.replace(sharding, ep_size=math.gcd(sharding.ep_size, info.world_size))
-    parallel = parallelize(
-        build_model(cfg, dense_device=info.device),
-        sharding,
-        cfg.optimizer,
-        info=info,
-        batch_size_per_rank=per_rank,
-        total_steps=1,
-        precision=cfg.trainer.precision,
-        aux_loss_weight=cfg.trainer.aux_loss_weight,
-    )
-    manager = CheckpointManager(run_dir, cfg.checkpoint, info.rank, info.world_size)
-    problems = manager.check(path)
-    if problems:
-        raise ValueError(f"{path}: damaged checkpoint: " + "\n  ".join(problems))
-    step = manager.load_weights(path, parallel)
+    run_config(run_dir)  # a clear error for a directory that is not a run
+    loaded = load_for_evaluation(run_dir, resolve_checkpoint(run_dir, checkpoint), batch_size)
+    cfg, info, parallel, step, per_rank = loaded.cfg, loaded.info, loaded.parallel, loaded.step, loaded.per_rank
     paths = prepare_data(cfg.data, cfg.embeddings)
     batches = []
     for batch in make_eval_batches(cfg, info, str(paths.valid), per_rank):
