@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 from cli_runs import ROOT, quiet, recscale, train
-from results_io import write_results
+from results_io import cpu_model, write_result_key
 from verdicts import at_least, t_interval
 
 from recscale.configs import load_config
@@ -94,13 +93,6 @@ def planted_config(seed: int, train_rows: int, valid_rows: int, work: Path) -> d
         "trainer": {"batch_size": 512, "epochs": 2, "eval_every": 0, "log_every": 50, "device": "cpu"},
         "checkpoint": {"every_steps": 0, "keep_last": 1},
     }
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def selections(result: dict[str, Any], floor: float, budget: int, seed: int) -> dict[str, list[str]]:
@@ -232,8 +224,7 @@ def main() -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     out_path = Path(args.out)
-    existing = json.loads(out_path.read_text()) if out_path.exists() else {}  # read just before writing
-    write_results(out_path, {**existing, "filter": block})
+    write_result_key(out_path, "filter", block)
     for key, value in summary_block.items():
         if "/" in key:
             print(f"{key}: met in {value['seeds_met']}/{len(per_seed)} seeds")

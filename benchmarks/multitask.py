@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from cli_runs import ROOT, quiet, train
-from results_io import write_results
+from results_io import cpu_model, write_result_key
 from verdicts import at_least, at_most, t_interval
-from zipper import _cpu
 
 LATTICE = [
     "model.arch=lattice",
@@ -172,7 +171,7 @@ def main() -> int:
     judge = architecture_verdicts if args.part == "architectures" else teacher_verdicts
     result = {
         "what": __doc__.split("\n\n")[0],
-        "machine": f"{_cpu()}, 2 ranks (gloo, CPU)",
+        "machine": f"{cpu_model()}, 2 ranks (gloo, CPU)",
         "preset": "multitask_synthetic",
         "train_rows": args.train_rows,
         "epochs": 2,
@@ -182,9 +181,7 @@ def main() -> int:
         "verdicts": judge(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    merged = json.loads(path.read_text()) if path.is_file() else {}
-    merged[args.part] = result
-    write_results(path, merged)
+    write_result_key(path, args.part, result)
     print(json.dumps(result["verdicts"], indent=2))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -19,3 +20,21 @@ def write_results(path: Path | str, data: Any) -> Path:
     partial.write_text(json.dumps(data, indent=2) + "\n")
     partial.replace(path)
     return path
+
+
+def write_result_key(path: Path | str, key: str, data: Any) -> Path:
+    """Set ``key`` of the JSON results file ``path`` to ``data``, keeping its other keys (several benchmarks
+    share one file); the file is read just before the atomic rewrite."""
+    path = Path(path)
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged[key] = data
+    return write_results(path, merged)
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name (``/proc/cpuinfo``), for naming where a benchmark ran."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"

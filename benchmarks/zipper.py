@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from cli_runs import ROOT, quiet, recscale, train
-from results_io import write_results
+from results_io import cpu_model, write_result_key
 from verdicts import at_least, at_most, t_interval
 
 DAY = 86_400
@@ -45,13 +44,6 @@ ARMS = {
 """Arm -> (attribution windows in seconds, heads of the purchase task). ``zipper_offset`` trains on the
 ``zipper`` dataset with ``window_heads: offset`` (one shared logit, a learned shift per window)."""
 DATA_OF = {"zipper_offset": "zipper"}
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def run_arm(work: Path, arm: str, seed: int, drift: float, common: list[str]) -> dict[str, float]:
@@ -119,7 +111,7 @@ def main() -> int:
                 print(f"{label} seed {seed} {arm}: {result}", flush=True)
     result = {
         "what": __doc__.split("\n\n")[0],
-        "machine": f"{_cpu()}, 2 ranks (gloo, CPU)",
+        "machine": f"{cpu_model()}, 2 ranks (gloo, CPU)",
         "preset": "zipper_synthetic",
         "drift_per_day": args.drift,
         "train_rows": args.train_rows,
@@ -128,9 +120,7 @@ def main() -> int:
         "verdicts": verdicts(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    merged = json.loads(path.read_text()) if path.is_file() else {}
-    merged["zipper"] = result
-    write_results(path, merged)
+    write_result_key(path, "zipper", result)
     print(json.dumps(result["verdicts"], indent=2))
     return 0
 
