@@ -8,6 +8,7 @@ the world. Every message starts with the key path and says what was expected.
 from __future__ import annotations
 
 from recscale.configs.loader import ConfigError
+from recscale.configs.remap import remap_problems
 from recscale.configs.schema import DataConfig, JobConfig
 from recscale.configs.tasks import synthetic_task_problems, task_problems
 
@@ -191,6 +192,7 @@ def _check_data(cfg: JobConfig) -> list[str]:
         out.append("data.convert: row_group_size and rows_per_file must be positive")
     if not c.sequence_separator:
         out.append("data.convert.sequence_separator: expected a non-empty separator")
+    out.extend(remap_problems(d))
     r = d.reader
     if r.shuffle_buffer_rows <= 0:
         out.append(f"data.reader.shuffle_buffer_rows: expected a positive integer, got {r.shuffle_buffer_rows}")

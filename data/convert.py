@@ -28,10 +28,12 @@ from recscale.configs.schema import DataConfig, EmbeddingsConfig
 from recscale.data.columns import table_rows
 from recscale.data.errors import BadRowCounter, DataError
 from recscale.data.files import atomic_dir, write_json
+from recscale.data.graphhash import EdgeCounter
 from recscale.data.hashing import uniform01
 from recscale.data.prepare import CONVERT_STATS
 from recscale.data.ragged import Ragged
 from recscale.data.raw import RawRows
+from recscale.data.remap import REMAP_DIR, FieldRemaps
 from recscale.data.vocab import MISSING_ROW, OOV_ROW, Vocab, VocabCounter, hash_rows
 
 Split = Literal["train", "valid", "test", "auto"]
@@ -101,13 +103,20 @@ class ParquetSink:
 class Encoder:
     """Raw keys -> rows for every sparse feature and sequence (see ``recscale.data.vocab``)."""
 
-    def __init__(self, data: DataConfig, embeddings: EmbeddingsConfig, vocabs: dict[str, Vocab]) -> None:
+    def __init__(
+        self,
+        data: DataConfig,
+        embeddings: EmbeddingsConfig,
+        vocabs: dict[str, Vocab],
+        remaps: FieldRemaps | None = None,
+    ) -> None:
         self.mode = data.convert.categorical
+        self.remaps = remaps or FieldRemaps(data, embeddings)
         rows = table_rows(embeddings)
         self.rows = {s.name: rows[s.table] for s in data.features.sparse}
         self.rows.update({q.ids: rows[q.table] for q in data.features.sequences})
         for name, num_rows in self.rows.items():
-            if self.mode != "integer" and num_rows < 3:
+            if self.mode != "integer" and num_rows < 3 and name not in self.remaps.kinds:
                 raise DataError(f"column {name!r}: its table has {num_rows} rows; hash and vocab need at least 3")
         self.vocabs = vocabs
         self.missing: Counter[str] = Counter()
@@ -124,7 +133,9 @@ class Encoder:
         num_rows = self.rows[name]
         if missing is not None:
             self.missing[name] += int(missing.sum())
-        if self.mode == "integer":
+        if name in self.remaps.kinds:  # data.convert.fields: modulo, GraphHash or its hash feature
+            out = self.remaps.encode(name, keys, missing)
+        elif self.mode == "integer":
             out = keys.astype(np.int64)
             bad = (out < 0) | (out >= num_rows)
             if missing is not None:
@@ -153,7 +164,7 @@ class Encoder:
             out = self.vocabs[name].lookup(keys)
             known = out != OOV_ROW
             self.oov[name] += int((~known if missing is None else ~known & ~missing).sum())
-        if missing is not None and self.mode != "integer":
+        if missing is not None and self.mode != "integer" and name not in self.remaps.kinds:
             out = np.where(missing, MISSING_ROW, out)
         if len(out):
             self.max_row[name] = max(self.max_row.get(name, 0), int(out.max()))
@@ -204,8 +215,18 @@ def _progress(inputs: list[InputFile], desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None if enabled else True)
 
 
-def count_vocabs(data: DataConfig, inputs: list[InputFile], parse: Parser, progress: bool) -> dict[str, VocabCounter]:
-    """Pass 1 of ``vocab`` mode: count the keys of the training rows."""
+def count_vocabs(
+    data: DataConfig,
+    inputs: list[InputFile],
+    parse: Parser,
+    progress: bool,
+    remaps: FieldRemaps | None = None,
+    edges: EdgeCounter | None = None,
+) -> dict[str, VocabCounter]:
+    """Pass 1 of ``vocab`` mode and of GraphHash: count the keys of the training rows.
+
+    With ``edges``, also count the positive user-item pairs of the training rows (``remaps.add_rows``).
+    """
     names = [s.name for s in data.features.sparse] + [q.ids for q in data.features.sequences]
     counters = {name: VocabCounter() for name in names}
     train_inputs = [i for i in inputs if i.split not in ("valid", "test")]
@@ -215,6 +236,8 @@ def count_vocabs(data: DataConfig, inputs: list[InputFile], parse: Parser, progr
             consumed = 0
             for raw, position in parse(item, BadRowCounter()):
                 train = ~_split_mask(item, raw, data.convert.valid_fraction, data.convert.split_seed) & ~raw.checks.bad
+                if remaps is not None and edges is not None:
+                    remaps.add_rows(edges, raw, train)
                 for s, keys, missing in zip(data.features.sparse, raw.keys, raw.missing):
                     counters[s.name].add(keys[train & ~missing])
                 for q, seq in zip(data.features.sequences, raw.sequences):
@@ -241,15 +264,23 @@ def convert(
         raise FileExistsError(f"{out_dir} already exists and is not empty (choose another --out or remove it)")
     c = data.convert
     vocabs: dict[str, Vocab] = {}
-    if c.categorical == "vocab":
-        names = [s.name for s in data.features.sparse] + [q.ids for q in data.features.sequences]
-        if vocab_dir is not None:
+    remaps = FieldRemaps(data, embeddings)
+    counters: dict[str, VocabCounter] = {}
+    names = [s.name for s in data.features.sparse] + [q.ids for q in data.features.sequences]
+    if vocab_dir is not None:
+        if c.categorical == "vocab":
             vocabs = {name: _load_vocab(vocab_dir, name) for name in names}
-        else:
-            counters = count_vocabs(data, inputs, parse, progress)
-            rows = Encoder(data, embeddings, {}).rows
+        if remaps.needs_graph:
+            remaps.load(vocab_dir.parent / REMAP_DIR)
+    elif c.categorical == "vocab" or remaps.kinds:
+        edges = EdgeCounter() if remaps.needs_graph else None
+        counters = count_vocabs(data, inputs, parse, progress, remaps, edges)
+        if c.categorical == "vocab":
+            rows = Encoder(data, embeddings, {}, remaps).rows
             vocabs = {name: counters[name].build(c.min_count, rows[name]) for name in names}
-    encoder = Encoder(data, embeddings, vocabs)
+        if edges is not None:
+            remaps.build(edges)
+    encoder = Encoder(data, embeddings, vocabs, remaps)
     counter = BadRowCounter()
     dense_missing: Counter[str] = Counter()
     splits = ("train", "valid", "test") if any(i.split == "test" for i in inputs) else ("train", "valid")
@@ -281,10 +312,25 @@ def convert(
             (tmp / "vocab").mkdir()
             for name, vocab in vocabs.items():
                 vocab.save(tmp / "vocab" / f"{name}.npz")
+        remaps.save(tmp / REMAP_DIR)
         stats = _stats(data, embeddings, inputs, sinks, label_sums, counter, dense_missing, encoder, vocabs, info)
+        if remaps.kinds:
+            stats |= _remap_stats(remaps, counters, stats)
         stats["seconds"] = round(time.perf_counter() - started, 3)
         write_json(tmp / CONVERT_STATS, stats)
     return stats
+
+
+def _remap_stats(remaps: FieldRemaps, counters: dict[str, VocabCounter], stats: dict[str, object]) -> dict[str, object]:
+    """``remap`` (per remapped feature: rows used against a full table) and ``graphhash`` (the clustering)."""
+    features = stats["features"]
+    assert isinstance(features, dict)
+    remap = {}
+    for name in remaps.kinds:
+        counted = counters.get(name)
+        remap[name] = remaps.describe(name, len(counted.keys) if counted is not None else None)
+        features[name] |= remap[name]
+    return {"remap": remap, "remap_spec": remaps.spec(), "graphhash": remaps.graph}
 
 
 def _load_vocab(vocab_dir: Path, name: str) -> Vocab:

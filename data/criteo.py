@@ -27,6 +27,7 @@ from recscale.configs.schema import DataConfig
 from recscale.data.convert import InputFile, Parser
 from recscale.data.errors import BadRowCounter, DataError, RowLocation
 from recscale.data.raw import RawRows, RowChecks, parse_hex, parse_integers, parse_labels, transform_dense
+from recscale.data.remap import hash_sources, source_column
 from recscale.data.text_source import TextBlocks
 
 LABEL = "label"
@@ -42,7 +43,12 @@ def check_criteo_features(data: DataConfig) -> None:
     f = data.features
     wrong = [(f"data.features.labels[{i}]", n) for i, n in enumerate(f.labels) if n != LABEL]
     wrong += [(f"data.features.dense[{i}]", n) for i, n in enumerate(f.dense) if n not in INTEGERS]
-    wrong += [(f"data.features.sparse[{i}].name", s.name) for i, s in enumerate(f.sparse) if s.name not in CATEGORICALS]
+    derived = hash_sources(data)  # double_graphhash features filled from another column
+    wrong += [
+        (f"data.features.sparse[{i}].name", s.name)
+        for i, s in enumerate(f.sparse)
+        if s.name not in CATEGORICALS and s.name not in derived
+    ]
     if wrong:
         key, name = wrong[0]
         raise DataError(
@@ -57,7 +63,7 @@ def criteo_parser(data: DataConfig, block_mb: int = BLOCK_MB) -> Parser:
     check_criteo_features(data)
     f, c = data.features, data.convert
     skip = c.on_bad_row == "skip"
-    include = [LABEL, *f.dense, *(s.name for s in f.sparse)]
+    include = [LABEL, *f.dense, *dict.fromkeys(source_column(data, s.name) for s in f.sparse)]
 
     def parse(item: InputFile, counter: BadRowCounter) -> Iterator[tuple[RawRows, int]]:
         blocks = TextBlocks(item.path, COLUMNS, "\t", include, block_mb, skip, counter)
@@ -77,7 +83,8 @@ def criteo_parser(data: DataConfig, block_mb: int = BLOCK_MB) -> Parser:
                 dense_missing[name] = int(missing.sum())
             keys, missing_ids = [], []
             for s in f.sparse:
-                k, m = parse_hex(block.column(s.name), s.name, checks)
+                column = source_column(data, s.name)
+                k, m = parse_hex(block.column(column), column, checks)
                 keys.append(k)
                 missing_ids.append(m)
             raw = RawRows(

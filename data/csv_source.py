@@ -22,6 +22,7 @@ from recscale.data.errors import BadRowCounter, DataError, RowLocation
 from recscale.data.hashing import hash_strings
 from recscale.data.ragged import Ragged
 from recscale.data.raw import RawRows, RowChecks, parse_floats, parse_integers, parse_labels, transform_dense
+from recscale.data.remap import source_column
 from recscale.data.text_source import TextBlocks, read_header
 
 BLOCK_MB = 16
@@ -82,7 +83,7 @@ def csv_parser(data: DataConfig, block_mb: int = BLOCK_MB, delimiter: str = ",")
     f, c = data.features, data.convert
     skip = c.on_bad_row == "skip"
     integer = c.categorical == "integer"
-    needed = [spec.name for spec in column_specs(f, with_oracle=False)]
+    needed = list(dict.fromkeys(source_column(data, spec.name) for spec in column_specs(f, with_oracle=False)))
 
     def parse(item: InputFile, counter: BadRowCounter) -> Iterator[tuple[RawRows, int]]:
         header = read_header(item.path, delimiter)
@@ -114,7 +115,8 @@ def csv_parser(data: DataConfig, block_mb: int = BLOCK_MB, delimiter: str = ",")
                 dense_missing[name] = int(missing.sum())
             keys, missing_ids = [], []
             for s in f.sparse:
-                k, m = _categorical(block.column(s.name), s.name, integer, checks)
+                column = source_column(data, s.name)  # a double_graphhash feature reads its field's column
+                k, m = _categorical(block.column(column), column, integer, checks)
                 keys.append(k)
                 missing_ids.append(m)
             sequences = [

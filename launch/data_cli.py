@@ -161,7 +161,8 @@ def _convert_overrides(args: argparse.Namespace) -> list[str]:
 
 def _report(stats: dict[str, object], out: Path) -> None:
     print(f"wrote {out}", file=sys.stderr)
-    _print({k: stats[k] for k in ("rows", "label_rate", "skipped_rows", "skipped_by_reason", "seconds") if k in stats})
+    shown = ("rows", "label_rate", "skipped_rows", "skipped_by_reason", "remap", "graphhash", "seconds")
+    _print({k: stats[k] for k in shown if k in stats})
 
 
 def convert_criteo(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import yaml
 
 from recscale.reports import plots
+from recscale.reports.conversion import remap_section
 from recscale.reports.render import Report, fmt, percent
 from recscale.reports.rundata import RunData
 from recscale.reports.scaling import SHORT_NAMES, shown_categories, step_breakdown
@@ -48,6 +49,7 @@ def run_section(report: Report, run: RunData) -> None:
         note=True,
     )
     tasks_section(report, final)
+    remap_section(report, run)
     stages_section(report, s.get("stages"))
     curves_section(report, [run])
     report.heading("Where the time goes")

@@ -17,6 +17,8 @@ from typing import Any
 from recscale.configs import JobConfig
 
 CONVERT_STATS = "schema.json"
+REMAP_DIR = "graphhash"
+"""The conversion's GraphHash community maps (``recscale.data.remap.REMAP_DIR``), copied into the artifact."""
 """The converter's record (``recscale.data.prepare.CONVERT_STATS``; the serving side does not import data/)."""
 FORMATS = ("criteo_tsv", "csv")
 
@@ -52,10 +54,17 @@ def raw_spec(cfg: JobConfig) -> tuple[dict[str, Any] | None, Path | None]:
         "dense_transform": convert["dense_transform"],
         "dense_missing": float(convert["dense_missing"]),
         "table_rows": table_rows,
+        "remap": {name: rule for name, rule in stats.get("remap_spec", {}).items() if name in table_rows},
         "converted": str(out),
     }
     vocab = out / "vocab" if convert["categorical"] == "vocab" else None
     return spec, vocab
 
 
-__all__ = ["conversion_dir", "raw_spec"]
+def graphhash_dir(cfg: JobConfig) -> Path | None:
+    """The conversion's ``graphhash/`` folder (``data.convert.fields`` with GraphHash), when there is one."""
+    out = conversion_dir(cfg)
+    return out / REMAP_DIR if out is not None and (out / REMAP_DIR).is_dir() else None
+
+
+__all__ = ["conversion_dir", "graphhash_dir", "raw_spec"]

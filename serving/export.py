@@ -22,7 +22,7 @@ import yaml
 from recscale.configs import JobConfig, config_from_dict
 from recscale.configs.tasks import resolve_tasks
 from recscale.serving import runtime
-from recscale.serving.conversion import raw_spec
+from recscale.serving.conversion import graphhash_dir, raw_spec
 from recscale.serving.graph import FeatureLookup, InferenceModel, export_graph
 from recscale.serving.tables import QUANTIZE, InferenceTable
 from recscale.sharding.checkpoint import read_manifest, verify
@@ -221,6 +221,9 @@ def export_run(run_dir: Path, checkpoint: str, out: Path, quantize: str) -> dict
         (tmp / "vocab").mkdir()
         for spec in cfg.data.features.sparse:
             shutil.copyfile(vocab / f"{spec.name}.npz", tmp / "vocab" / f"{spec.name}.npz")
+    graphs = graphhash_dir(cfg)
+    if graphs is not None:  # GraphHash's community maps (data.convert.fields): raw ids -> community rows
+        shutil.copytree(graphs, tmp / graphs.name)
     shutil.copyfile(runtime.__file__, tmp / "serve.py")
     manifest = {
         "format": runtime.ARTIFACT_FORMAT,

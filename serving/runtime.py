@@ -298,6 +298,24 @@ def _rows(keys: np.ndarray, missing: np.ndarray, mode: str, rows: int, vocab: An
     return np.where(missing, 0, out)
 
 
+def _remapped(keys: np.ndarray, missing: np.ndarray, rule: dict[str, Any], found: Any) -> np.ndarray:
+    """Rows of a ``data.convert.fields`` rule: modulo, a hash feature, or a GraphHash community map.
+
+    ``found`` = (sorted keys, their rows, communities, cold rows); other keys go to the cold block, and an
+    empty value is key 0.
+    """
+    keys = np.where(missing, np.uint64(0), keys)
+    if rule["remap"] in ("modulo", "hash"):
+        mixed = keys if rule["remap"] == "modulo" else _mix64(keys)
+        return (mixed % np.uint64(rule["rows"])).astype(np.int64)
+    sorted_keys, key_rows, communities, cold = found
+    out = communities + (_mix64(keys) % np.uint64(cold)).astype(np.int64)
+    if len(sorted_keys):
+        at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+        out = np.where(sorted_keys[at] == keys, key_rows[at], out)
+    return out
+
+
 def raw_batches(path: Path, artifact: Path, features: dict[str, Any], block_mb: int = 16) -> Any:
     """Blocks of a raw input file as ``(columns, first line)``: dense float32 and sparse row ids, per name."""
     import pyarrow as pa
@@ -310,10 +328,17 @@ def raw_batches(path: Path, artifact: Path, features: dict[str, Any], block_mb: 
             "'raw' section), so there is no recipe for raw rows; score Parquet with the training columns"
         )
     dense, sparse = list(features["dense"]), [s["name"] for s in features["sparse"]]
-    names, header, delimiter = _layout(path, raw, dense + sparse)
-    vocabs = {}
-    if raw["categorical"] == "vocab":
-        for name in sparse:
+    remap = raw.get("remap") or {}
+    sources = {name: remap.get(name, {}).get("source", name) for name in sparse}
+    columns_read = list(dict.fromkeys(sources.values()))
+    names, header, delimiter = _layout(path, raw, dense + columns_read)
+    vocabs: dict[str, Any] = {}
+    for name in sparse:
+        kind = remap.get(name, {}).get("remap")
+        if kind == "graphhash":
+            with np.load(artifact / "graphhash" / f"{name}.npz") as data:
+                vocabs[name] = (data["keys"], data["rows"], *(int(v) for v in data["meta"]))
+        elif raw["categorical"] == "vocab" and kind is None:
             with np.load(artifact / "vocab" / f"{name}.npz") as data:
                 vocabs[name] = (data["keys"], data["rows"])
     stream: Any = pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
@@ -330,7 +355,7 @@ def raw_batches(path: Path, artifact: Path, features: dict[str, Any], block_mb: 
             ),
             convert_options=pa_csv.ConvertOptions(
                 column_types={n: pa.string() for n in names},
-                include_columns=dense + sparse,
+                include_columns=dense + columns_read,
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
                 null_values=[""],
@@ -346,7 +371,11 @@ def raw_batches(path: Path, artifact: Path, features: dict[str, Any], block_mb: 
                     values = np.log1p(np.maximum(values, 0.0))
                 columns[name] = np.where(missing, raw["dense_missing"], values).astype(np.float32)
             for name in sparse:
-                keys, missing = _keys(block.column(name), raw["format"], raw["categorical"], where, name, line)
+                column = sources[name]
+                keys, missing = _keys(block.column(column), raw["format"], raw["categorical"], where, column, line)
+                if name in remap:
+                    columns[name] = _remapped(keys, missing, remap[name], vocabs.get(name))
+                    continue
                 rows = int(raw["table_rows"][name])
                 columns[name] = _rows(keys, missing, raw["categorical"], rows, vocabs.get(name), where, name)
             yield columns, line

@@ -186,6 +186,53 @@ class ReaderConfig:
     """Bad values (label not 0/1, NaN dense value, out-of-range id): raise, or skip and count."""
 
 
+Remap = Literal["none", "modulo", "graphhash", "double_graphhash"]
+
+
+@dataclass(kw_only=True)
+class FieldRemapConfig:
+    """How the converter maps one categorical field's values to table rows when not by ``categorical``."""
+
+    remap: Remap = "none"
+    """``none``: the ``categorical`` encoding. ``modulo``: the value's key mod the table's rows (the key is
+    the integer itself in ``integer`` mode, else the 64-bit hash of the text: a random, stateless sharing).
+    ``graphhash``: the row of the value's community in the user-item graph (``data.convert.graphhash``;
+    the field must be its ``user`` or ``item``). ``double_graphhash``: the same, plus a hashed row of the
+    value in a second table (``hash_feature``)."""
+    hash_feature: str = ""
+    """``double_graphhash``: the sparse feature (in ``data.features.sparse``, on its own table) that gets the
+    second row, SplitMix64(key) mod that table's rows; the converter fills it from this field's column, so
+    the raw input needs no such column. Give its table the same rows as this field's to match the paper."""
+
+
+@dataclass(kw_only=True)
+class GraphHashConfig:
+    """GraphHash: rows shared by communities of the training user-item graph (``remap: graphhash``).
+
+    The graph has an edge between a user and an item for every positive training row (weights = how many
+    such rows), and is split into communities by Louvain on Barber's bipartite modularity (scikit-network).
+    A value reads its community's row; values without a positive training row (unseen, or only in
+    negative rows) read a row of a hashed cold block after the communities.
+    """
+
+    user: str = ""
+    """The user-side field (a sparse feature name; its raw column holds the user id)."""
+    item: str = ""
+    """The item-side field."""
+    resolution: float = 5.0
+    """Modularity resolution: larger gives more, smaller communities (the paper uses 5 for CTR data)."""
+    seed: int = 0
+    """Seed of Louvain's node order (our choice: nodes are shuffled, so seeds give different partitions)."""
+    binarize: bool = False
+    """Every user-item pair with a positive row weighs 1, however many positive rows it has."""
+    label: str = ""
+    """The label whose value 1 makes a row positive ("" = the first of ``data.features.labels``)."""
+    cold_fraction: float = 0.01
+    """Cold block rows = max(``min_cold_rows``, ceil(``cold_fraction`` x the field's community rows))."""
+    min_cold_rows: int = 8
+    """Smallest cold block."""
+
+
 @dataclass(kw_only=True)
 class ConvertConfig:
     """How raw files become Parquet (``recscale data convert``); output columns follow ``data.features``."""
@@ -214,6 +261,11 @@ class ConvertConfig:
     """Rows per output Parquet file (rounded up to whole row groups)."""
     on_bad_row: Literal["error", "skip"] = "error"
     """A malformed line or bad value: raise naming file, line and column, or skip it and count it."""
+    fields: dict[str, FieldRemapConfig] = field(default_factory=dict)
+    """Sparse feature name -> a row mapping other than ``categorical`` (``modulo``, ``graphhash``,
+    ``double_graphhash``); unlisted features use ``categorical``."""
+    graphhash: GraphHashConfig = field(default_factory=GraphHashConfig)
+    """The user-item graph and its clustering (fields with ``remap: graphhash`` / ``double_graphhash``)."""
 
 
 @dataclass(kw_only=True)
