@@ -58,4 +58,9 @@ def capability_problems(cfg: JobConfig, archs: Mapping[str, ModelCapabilities]) 
             f"data.features.sequences: model.arch {arch} reads no event sequences (remove them, or use a sequence "
             f"model: {_having(archs, 'sequences')})"
         )
+    if cfg.model.perturbation.kind != "none" and caps.sequences and cfg.data.features.sequences:
+        out.append(
+            f"model.perturbation.kind: {cfg.model.perturbation.kind} is not available for a sequence model "
+            f"({arch} with data.features.sequences): its sequence inputs are not doubled; expected none"
+        )
     return out

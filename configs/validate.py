@@ -8,6 +8,7 @@ the world. Every message starts with the key path and says what was expected.
 from __future__ import annotations
 
 from recscale.configs.loader import ConfigError
+from recscale.configs.perturbation import perturbation_problems
 from recscale.configs.remap import remap_problems
 from recscale.configs.schema import DataConfig, JobConfig
 from recscale.configs.tasks import synthetic_task_problems, task_problems
@@ -40,6 +41,7 @@ def collect_problems(cfg: JobConfig, world_size: int | None = None, device: str 
     out += synthetic_task_problems(cfg)
     out += _check_data(cfg)
     out += _check_model(cfg)
+    out += perturbation_problems(cfg)
     out += _check_training(cfg)
     out += _check_stages(cfg)
     out += _check_sharding(cfg, world_size)

@@ -253,6 +253,9 @@ def flops(args: argparse.Namespace) -> int:
         print(f"{name:<32} {count.forward:>14,} {count.backward:>14,} {count.train:>14,} {share:>6.1f}%")
     print(f"{'total':<32} {whole.forward:>14,} {whole.backward:>14,} {whole.train:>14,} {100.0:>6.1f}%")
     print(f"= {whole.train / 1e6:.3f} MFLOP per training example ({whole.forward / 1e6:.3f} MFLOP forward)")
+    if cfg.model.perturbation.kind != "none":  # the dense arch also runs on the perturbed rows
+        kind = cfg.model.perturbation.kind
+        print(f"  x2 with model.perturbation ({kind}): {2 * whole.train / 1e6:.3f} MFLOP per training example")
     return 0
 
 

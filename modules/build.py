@@ -12,6 +12,7 @@ from recscale.configs.tasks import heads, resolve_tasks
 from recscale.modules.embeddings import SparseArch, pooled_layout, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
 from recscale.modules.model import RecModel
+from recscale.modules.perturbation import Perturbation
 from recscale.modules.registry import ModelInputs, build_dense, get_spec
 from recscale.modules.tasks import TaskLoss, tasks_from_config
 
@@ -36,6 +37,8 @@ class BuiltModel:
     """The tasks' loss (``model.tasks``); None = equal-weight BCE per logit."""
     teacher_clip: float = 0.0
     """> 0: the teacher's logits are dense inputs, clipped to this (``RecModel``)."""
+    perturbation: Perturbation | None = None
+    """``model.perturbation`` (LSPR / SCR) on the dense device; None = off."""
 
     def rec_model(self, **kwargs: object) -> RecModel:
         """The unsharded whole model (a reference for tests, evaluation on one process)."""
@@ -47,6 +50,7 @@ class BuiltModel:
             uses_domain=self.uses_domain,
             task_loss=self.task_loss,
             teacher_clip=self.teacher_clip,
+            perturbation=self.perturbation,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -100,6 +104,7 @@ def build_model(
         uses_domain=spec.supports.domains and bool(cfg.data.features.domain),
         task_loss=task_loss(cfg, dense_device),
         teacher_clip=cfg.model.teacher.clip if teacher_features(cfg) else 0.0,
+        perturbation=perturbation(cfg, inputs, dense_device),
     )
 
 
@@ -108,6 +113,13 @@ def task_loss(cfg: JobConfig, device: torch.device | str = "cpu") -> TaskLoss:
     teacher = cfg.model.teacher.loss_weight if cfg.data.features.teacher else 0.0
     tasks = tasks_from_config(resolve_tasks(cfg))
     return TaskLoss(tasks, cfg.model.task_normalization, teacher, cfg.model.teacher.smoothing).to(device)
+
+
+def perturbation(cfg: JobConfig, inputs: ModelInputs, device: torch.device | str = "cpu") -> Perturbation | None:
+    """``model.perturbation`` for the pooled layout ``inputs.pooled``, on ``device``; None when ``kind: none``."""
+    if cfg.model.perturbation.kind == "none":
+        return None
+    return Perturbation(cfg.model.perturbation, inputs.pooled.feature_dims).to(device)
 
 
 def teacher_features(cfg: JobConfig) -> int:

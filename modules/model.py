@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.modules.outputs import DenseOutput
+from recscale.modules.perturbation import Perturbation
 from recscale.modules.tasks import TaskLoss
 
 StepOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
@@ -70,6 +71,8 @@ class RecModel(nn.Module):
             task of equal weight on every row (``weighted_bce``).
         teacher_clip: > 0: the batch's teacher logits (``batch.teacher [B, T]``, NaN = no prediction) join
             the dense features as ``[clip(z^T, ±teacher_clip) · hit, hit]`` (T + 1 columns); 0 = not fed.
+        perturbation: ``model.perturbation`` (LSPR / SCR, ``modules/perturbation.py``): in training the dense
+            arch runs once on ``[clean; perturbed]`` rows; None = off. Not with ``uses_sequences``.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class RecModel(nn.Module):
         uses_domain: bool = False,
         task_loss: TaskLoss | None = None,
         teacher_clip: float = 0.0,
+        perturbation: Perturbation | None = None,
     ) -> None:
         super().__init__()
         self.sparse = sparse
@@ -98,6 +102,9 @@ class RecModel(nn.Module):
         self.uses_domain = uses_domain
         self.task_loss = task_loss
         self.teacher_clip = teacher_clip
+        if perturbation is not None and uses_sequences:
+            raise ValueError("model.perturbation.kind: not available for a sequence model (expected none)")
+        self.perturbation = perturbation
 
     def forward(self, batch: Any) -> ModelOutput:
         """``batch`` is a ``recscale.data.Batch``; returns the loss and what evaluation needs."""
@@ -107,13 +114,41 @@ class RecModel(nn.Module):
             logits, aux, diagnostics = self._dense(batch, out[0], (out[1], out[2], out[3], batch.domain))
         else:
             pooled = self.sparse(batch.sparse)
+            if self.perturbation is not None and self.training:
+                return self._perturbed_forward(batch, pooled)
             domain = {"domain": batch.domain} if self.uses_domain else {}
             logits, aux, diagnostics = self._dense(batch, pooled, **domain)
+        loss, logits = self._task_loss(logits, batch, batch.weights)
+        if self.aux_loss_weight:
+            loss = loss + self.aux_loss_weight * aux.float()
+        return loss, (loss.detach(), logits.detach().float(), batch.labels, batch.weights, diagnostics)
+
+    def _task_loss(self, logits: torch.Tensor, batch: Any, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tasks' loss of ``[B, H]`` logits with example weights ``weights [B]``, and the ``[B, T]`` predictions."""
         if self.task_loss is None:
-            loss = weighted_bce(logits, batch.labels, batch.weights)
+            return weighted_bce(logits, batch.labels, weights), logits
+        loss = self.task_loss(logits, batch.labels, weights, batch.domain, batch.window, batch.teacher)
+        return loss, self.task_loss.predictions(logits)  # [B, T]: the serving head of a Zipper task
+
+    def _perturbed_forward(self, batch: Any, pooled: torch.Tensor) -> ModelOutput:
+        """Training with ``model.perturbation``: the dense arch once on ``[clean; perturbed]`` (2B rows).
+
+        One call, not two: a DDP module called twice before one backward breaks its reducer. The loss
+        is LSPR's or SCR's (``modules/perturbation.py``); evaluation reads the clean half's predictions.
+        """
+        p = self.perturbation
+        assert p is not None
+        doubled = p.doubled_inputs(batch, pooled, teacher=self.teacher_clip > 0, domain=self.uses_domain)
+        domain = {"domain": doubled.domain} if self.uses_domain else {}
+        logits_2B, aux, diagnostics = self._dense(doubled, doubled.pooled, **domain)
+        halves = logits_2B.chunk(2)
+        loss, logits = self._task_loss(halves[0], batch, batch.weights)
+        row_weights = p.row_weights(batch.weights, batch.domain)
+        if p.kind == "lspr":
+            loss = p.balanced(loss, self._task_loss(halves[1], batch, row_weights)[0])
         else:
-            loss = self.task_loss(logits, batch.labels, batch.weights, batch.domain, batch.window, batch.teacher)
-            logits = self.task_loss.predictions(logits)  # [B, T]: the serving head of a Zipper task
+            perturbed = self.task_loss.predictions(halves[1]) if self.task_loss is not None else halves[1]
+            loss = loss + p.consistency(logits, perturbed, row_weights, batch.labels, batch.domain, self.task_loss)
         if self.aux_loss_weight:
             loss = loss + self.aux_loss_weight * aux.float()
         return loss, (loss.detach(), logits.detach().float(), batch.labels, batch.weights, diagnostics)

@@ -190,6 +190,7 @@ def parallelize(
         uses_domain=built.uses_domain,
         teacher_clip=built.teacher_clip,
         task_loss=built.task_loss.to(info.device) if built.task_loss is not None else None,
+        perturbation=built.perturbation.to(info.device) if built.perturbation is not None else None,
     )
     updater = Updater(backend, dmp.fused_optimizer, unfused_table_optimizer(dmp, optimizer.sparse))
     return ParallelModel(model=model, sparse=dmp, dense=backend, plan=described, sharding_plan=plan, updater=updater)

@@ -16,6 +16,7 @@ from torch import nn
 
 from recscale.configs import JobConfig
 from recscale.modules.flops import FlopCount, Lengths, flop_counter, sequence_flop_counter, total
+from recscale.modules.perturbation import dense_passes
 from recscale.modules.registry import get_spec
 from recscale.sharding.process_group import host_group
 
@@ -38,12 +39,17 @@ class BatchFlops:
     which weights train), one evaluation per log window instead of one per step; call ``enter_stage``
     when a stage changes what trains (it flushes, and keeps per-stage sums from then on).
 
+    With ``model.perturbation`` (LSPR / SCR) a training step runs the dense arch on every example twice
+    (clean and perturbed rows): ``passes`` = 2 multiplies every count, the profiled breakdown included.
+
     Args:
         dense: the dense arch (its ``flops(seq_lengths)`` takes ``Lengths`` when ``max_lengths`` is given).
         max_lengths: ``max_length`` per event type for a sequence model, or None.
+        passes: dense forward + backward passes per example and step (``perturbation.dense_passes``).
     """
 
-    def __init__(self, dense: nn.Module, max_lengths: dict[str, int] | None = None) -> None:
+    def __init__(self, dense: nn.Module, max_lengths: dict[str, int] | None = None, passes: int = 1) -> None:
+        self.passes = passes
         self.dense = flop_counter(dense)
         self.sequence_dense = sequence_flop_counter(dense) if max_lengths is not None else None
         self.max_lengths = max_lengths
@@ -60,9 +66,10 @@ class BatchFlops:
     @classmethod
     def for_job(cls, cfg: JobConfig, dense: nn.Module) -> BatchFlops:
         """Real-length counting for the sequence models, a constant count for the others."""
+        passes = dense_passes(cfg.model.perturbation)
         if not (get_spec(cfg.model.arch).uses_sequences and cfg.data.features.sequences):
-            return cls(dense)
-        return cls(dense, {q.name: q.max_length for q in cfg.data.features.sequences})
+            return cls(dense, passes=passes)
+        return cls(dense, {q.name: q.max_length for q in cfg.data.features.sequences}, passes)
 
     def wrap(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         """Pass ``batches`` through, noting each one's size and real sequence lengths."""
@@ -100,17 +107,25 @@ class BatchFlops:
         steps, self._profiled = self._profiled, []
         lengths = [x for _, x in steps if x is not None]
         if self.max_lengths is None or self.sequence_dense is None or not steps or len(lengths) < len(steps):
-            return self.dense.flops()
+            return self.breakdown()
         examples = sum(n for n, _ in steps)
         lengths_EB = torch.cat(lengths, dim=1)
         per_batch = self.sequence_dense.flops({name: Lengths(lengths_EB[e]) for e, name in enumerate(self.max_lengths)})
-        return {k: FlopCount(round(v.forward / examples), round(v.backward / examples)) for k, v in per_batch.items()}
+        passes = self.passes
+        return {
+            k: FlopCount(round(v.forward * passes / examples), round(v.backward * passes / examples))
+            for k, v in per_batch.items()
+        }
+
+    def breakdown(self) -> dict[str, FlopCount]:
+        """Per-module FLOPs per trained example (padded lengths), ``passes`` times the dense arch's own count."""
+        return {k: v.scaled(self.passes) for k, v in self.dense.flops().items()}
 
     def flush(self) -> None:
         """Count the trained steps not counted yet, with the dense arch as it is now."""
         if not self._pending:
             return
-        padded = total(self.dense.flops())
+        padded = total(self.breakdown())
         for steady in (False, True):
             part = [(n, lengths) for n, lengths, s in self._pending if s == steady]
             if not part:
@@ -122,7 +137,7 @@ class BatchFlops:
                 lengths_EB = torch.cat(known, dim=1)
                 real = total(
                     self.sequence_dense.flops({name: Lengths(lengths_EB[e]) for e, name in enumerate(self.max_lengths)})
-                )
+                ).scaled(self.passes)
                 sums.real_forward, sums.real_train = real.forward, real.train
                 sums.tokens = int(lengths_EB.sum())
                 sums.slots = examples * sum(self.max_lengths.values())

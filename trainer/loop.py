@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from recscale.configs import JobConfig
 from recscale.modules.build import build_model
-from recscale.modules.flops import flop_counter, total
+from recscale.modules.flops import total
 from recscale.sharding.apply import ParallelModel, parallelize
 from recscale.sharding.process_group import DistInfo, init_distributed
 from recscale.trainer import faults
@@ -336,7 +336,7 @@ class StepLoop:
             self.evals.plateau.new_stage()  # a stage starts at its own rates, without an earlier stage's decay
         self._apply_lr()
         # the stage decides what runs (experts off, frozen weights): count what it runs
-        flops = total(flop_counter(self.parallel.dense.inner).flops())
+        flops = total(self.meter.batch_flops.breakdown())  # x2 with model.perturbation
         first = self.schedule.starts[index] + 1
         record = {"stage": stage.name, "index": index, "train": stage.train, "first_step": first}
         record |= {"last_step": first + stage.steps - 1, "resumed_inside": resumed and not fresh}

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from recscale.configs import JobConfig, config_hash
-from recscale.modules.flops import flop_counter
 from recscale.sharding.apply import ParallelModel
 from recscale.sharding.process_group import DistInfo
 from recscale.trainer.peaks import above_peak_warning, device_description
@@ -77,7 +76,7 @@ def run_summary(
     run = meter.batch_flops.run.summed_over_ranks()
     per_example, per_example_padded = run.per_example(), run.per_example(padded=True)
     dense = parallel.dense.inner
-    breakdown = flop_counter(dense).flops()
+    breakdown = meter.batch_flops.breakdown()  # per trained example (x2 with model.perturbation)
     world = info.world_size
     steps = meter.steady_steps
     emb = meter.traffic.run_mean()

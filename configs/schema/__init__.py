@@ -47,6 +47,7 @@ from recscale.configs.schema.model import (
     TableConfig,
     WukongConfig,
 )
+from recscale.configs.schema.perturbation import PerturbationConfig
 from recscale.configs.schema.sharding import (
     ComputeKernel,
     ManualShardConfig,
@@ -97,6 +98,7 @@ __all__ = [
     "ModelConfig",
     "MultiTaskConfig",
     "OptimizerConfig",
+    "PerturbationConfig",
     "ReaderConfig",
     "SequenceFeatureConfig",
     "ShardingConfig",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recscale.configs.schema.lattice import LatticeConfig
+from recscale.configs.schema.perturbation import PerturbationConfig
 from recscale.configs.schema.tasks import TaskConfig, TeacherConfig
 
 
@@ -366,6 +367,8 @@ class ModelConfig:
     Empty = one ``bce`` task of weight 1 per column of ``data.features.labels``, named like the column."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     """Learning from a teacher's stored logits (soft labels, input features); needs ``data.features.teacher``."""
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
+    """Training on perturbed embeddings too: LSPR or the SCR baseline (``docs/regularisation.md``); off by default."""
     task_normalization: Literal["batch", "rows"] = "batch"
     """How a task that applies to some rows only (``domains``, ``given``) averages its loss: over the whole
     batch (``batch``: its rows' sum / B, the same on any number of ranks, so its gradient follows its share
