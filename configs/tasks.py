@@ -103,6 +103,7 @@ def task_problems(cfg: JobConfig) -> list[str]:
         out.append(f"model.teacher.smoothing: expected a value in [0, 1), got {teacher.smoothing}")
     if teacher.clip <= 0:
         out.append(f"model.teacher.clip: expected a positive number, got {teacher.clip}")
+    out += _distillation_problems(cfg)
     metric = cfg.trainer.early_stopping.metric
     has_bce = any(t.loss == "bce" and t.weight > 0 for t in tasks)
     if metric == "mse" and not any(t.loss == "regression" and t.weight > 0 for t in tasks):
@@ -166,4 +167,33 @@ def synthetic_task_problems(cfg: JobConfig) -> list[str]:
         out.append(f"data.synthetic.teacher_hit_rate: expected a fraction in [0, 1], got {s.teacher_hit_rate}")
     if s.seconds_per_row <= 0:
         out.append(f"data.synthetic.seconds_per_row: expected a positive number, got {s.seconds_per_row}")
+    return out
+
+
+DISTILLING_ARCHES = ("dlrm", "dcnv2")
+"""Arches whose dense module has ``represent`` and ``head`` (``modules/distillation.py``)."""
+
+
+def _distillation_problems(cfg: JobConfig) -> list[str]:
+    """``model.teacher.head`` / ``label_scale`` / ``grad_scale`` / ``adapter``."""
+    t = cfg.model.teacher
+    out = []
+    if t.label_scale <= 0:
+        out.append(f"model.teacher.label_scale: expected a positive factor, got {t.label_scale}")
+    if t.grad_scale < 0:
+        out.append(f"model.teacher.grad_scale: expected >= 0, got {t.grad_scale}")
+    if t.adapter_hidden < 1:
+        out.append(f"model.teacher.adapter_hidden: expected a positive width, got {t.adapter_hidden}")
+    if t.adapter and t.head != "auxiliary":
+        out.append("model.teacher.adapter: the adapter's second head needs model.teacher.head: auxiliary")
+    if t.head == "auxiliary" and cfg.data.features.teacher:
+        if cfg.model.arch not in DISTILLING_ARCHES:
+            out.append(
+                f"model.teacher.head: auxiliary needs an arch with a representation before its head "
+                f"({', '.join(DISTILLING_ARCHES)}); got model.arch {cfg.model.arch!r}"
+            )
+        if cfg.model.multitask.structure != "none":
+            out.append("model.teacher.head: auxiliary does not go with model.multitask (per-task towers)")
+        if cfg.model.perturbation.kind != "none":
+            out.append("model.teacher.head: auxiliary does not go with model.perturbation (expected kind: none)")
     return out

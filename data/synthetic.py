@@ -98,6 +98,7 @@ def _write_split(
     prob_sums = np.zeros(model.num_tasks)
     kept_labels, kept_probs, kept_domains = [], [], []
     writer: pq.ParquetWriter | None = None
+    days = DayWriter(out, groups_per_file)
     for chunk, first in enumerate(range(0, num_rows, s.row_group_size)):
         n = min(s.row_group_size, num_rows - first)
         rng = np.random.default_rng(seed_words(s.seed, split_id, chunk))
@@ -117,6 +118,9 @@ def _write_split(
             kept_domains.append(inputs.domain if inputs.domain is not None else np.zeros(n, dtype=np.int64))
         extra = {**_time_columns(s, timeline, delay), **_teacher_column(data, rng, probs)}
         table = chunk_table(data, inputs, labels, probs, extra)
+        if s.partition_by_day:
+            days.write(table, inputs.day)
+            continue
         if chunk % groups_per_file == 0:
             if writer is not None:
                 writer.close()
@@ -125,6 +129,7 @@ def _write_split(
         writer.write_table(table, row_group_size=n)
     if writer is not None:
         writer.close()
+    days.close()
     result: dict[str, object] = {
         "rows": num_rows,
         "click_rate": (label_sums / max(num_rows, 1)).tolist(),
@@ -135,6 +140,47 @@ def _write_split(
         result["probs"] = np.concatenate(kept_probs)
         result["domains"] = np.concatenate(kept_domains)
     return result
+
+
+class DayWriter:
+    """Writes time-ordered chunks as ``out/day=DDDDD/part-*.parquet``: one subdirectory per day.
+
+    A chunk that spans a day boundary is cut there; each piece is a row group of its day's current file,
+    and a day's file holds at most ``groups_per_file`` row groups.
+    """
+
+    def __init__(self, out: Path, groups_per_file: int) -> None:
+        self.out = out
+        self.groups_per_file = groups_per_file
+        self.day = -1
+        self.groups = 0
+        self.writer: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table, day: np.ndarray) -> None:
+        """Append ``table`` (rows in time order; ``day [n]`` non-decreasing), cut at day boundaries."""
+        cuts = np.flatnonzero(np.diff(day)) + 1
+        for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(day)]):
+            self._append(table.slice(int(start), int(stop - start)), int(day[start]))
+
+    def _append(self, piece: pa.Table, day: int) -> None:
+        if day != self.day:
+            self.close()
+            self.day, self.groups = day, 0
+        if self.groups % self.groups_per_file == 0:
+            self.close()
+            folder = self.out / f"day={day:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"part-{self.groups // self.groups_per_file:05d}.parquet"
+            self.writer = pq.ParquetWriter(folder / name, piece.schema)
+        assert self.writer is not None
+        self.writer.write_table(piece, row_group_size=max(piece.num_rows, 1))
+        self.groups += 1
+
+    def close(self) -> None:
+        """Close the current file."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def _conversion_delays(

@@ -6,6 +6,7 @@
     recscale data convert csv INPUT... --config CONFIG [--out DIR] [--valid FILE ...] [--test FILE ...] [--vocab DIR]
     recscale data inspect PATH [--json]
     recscale data zipper CONFIG --out DIR [--synthetic] [--set k=v ...]
+    recscale data attach-teacher DATA --predictions RUN_DIR --out DIR [--column NAME] [--domain-column C --domain D]
 
 ``register(subparsers)`` adds the group to the ``recscale`` parser; each command is
 ``args.func(args) -> exit code`` and raises ``ValueError`` (or a subclass) for a user error.
@@ -84,6 +85,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--synthetic", action="store_true", help="read the planted-truth generator's data (data.synthetic)")
     p.set_defaults(func=zipper)
 
+    p = group.add_parser(
+        "attach-teacher", help="add a streaming teacher run's per-period predictions to a dataset as a teacher column"
+    )
+    p.add_argument("data", help="dataset root (train/, valid/ of period subdirectories) or one split")
+    p.add_argument("--predictions", required=True, help="the teacher's run directory (or its predictions/ folder)")
+    p.add_argument("--out", required=True, help="output dataset root (must not exist)")
+    p.add_argument("--column", default="teacher", help="name of the new column (default: teacher)")
+    p.add_argument("--domain-column", default="domain", help="the domain column (with --domain; default: domain)")
+    p.add_argument("--domain", type=int, default=None, help="keep only this domain's rows after the join")
+    p.set_defaults(func=attach_teacher)
+
     p = group.add_parser("inspect", help="schema, rows, row groups and stats of a Parquet file or directory")
     p.add_argument("path", help="Parquet file, directory, or a converter / generator output directory")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -133,6 +145,20 @@ def zipper(args: argparse.Namespace) -> int:
     record = build_zipper(cfg.data, paths.train, paths.valid, out)
     print(f"wrote {out}: train with data.features.window={record['window_column']}", file=sys.stderr)
     _print(record)
+    return 0
+
+
+def attach_teacher(args: argparse.Namespace) -> int:
+    """``recscale data attach-teacher``: the dataset with a teacher column, in ``--out``."""
+    from recscale.data.teacher_join import attach_teacher as join
+
+    predictions = Path(args.predictions).expanduser()
+    if (predictions / "predictions").is_dir():
+        predictions = predictions / "predictions"
+    out = Path(args.out).expanduser()
+    result = join(Path(args.data).expanduser(), predictions, out, args.column, args.domain_column, args.domain)
+    print(f"wrote {out}: train with data.features.teacher={args.column}", file=sys.stderr)
+    _print({"rows": result.rows, "rows_with_a_teacher_score": result.scored})
     return 0
 
 

@@ -9,12 +9,13 @@ from torch import nn
 
 from recscale.configs.schema import JobConfig
 from recscale.configs.tasks import heads, resolve_tasks
+from recscale.modules.distillation import DistilledDense
 from recscale.modules.embeddings import SparseArch, pooled_layout, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
 from recscale.modules.model import RecModel
 from recscale.modules.perturbation import Perturbation
 from recscale.modules.registry import ModelInputs, build_dense, get_spec
-from recscale.modules.tasks import TaskLoss, tasks_from_config
+from recscale.modules.tasks import Distillation, TaskLoss, tasks_from_config
 
 
 @dataclass
@@ -39,6 +40,8 @@ class BuiltModel:
     """> 0: the teacher's logits are dense inputs, clipped to this (``RecModel``)."""
     perturbation: Perturbation | None = None
     """``model.perturbation`` (LSPR / SCR) on the dense device; None = off."""
+    distills: bool = False
+    """The dense arch carries distillation heads (``model.teacher.head: auxiliary``) and reads the teacher."""
 
     def rec_model(self, **kwargs: object) -> RecModel:
         """The unsharded whole model (a reference for tests, evaluation on one process)."""
@@ -51,6 +54,7 @@ class BuiltModel:
             task_loss=self.task_loss,
             teacher_clip=self.teacher_clip,
             perturbation=self.perturbation,
+            distills=self.distills,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -95,6 +99,10 @@ def build_model(
     )
     with torch.device(dense_device):
         dense = build_dense(spec, cfg.model, inputs)
+        if distills(cfg):
+            t = cfg.model.teacher
+            hidden = t.adapter_hidden if t.adapter else 0
+            dense = DistilledDense(dense, len(cfg.data.features.labels), t.grad_scale, hidden)
     return BuiltModel(
         sparse=sparse,
         dense=dense,
@@ -105,14 +113,18 @@ def build_model(
         task_loss=task_loss(cfg, dense_device),
         teacher_clip=cfg.model.teacher.clip if teacher_features(cfg) else 0.0,
         perturbation=perturbation(cfg, inputs, dense_device),
+        distills=distills(cfg),
     )
 
 
 def task_loss(cfg: JobConfig, device: torch.device | str = "cpu") -> TaskLoss:
     """The loss of ``model.tasks`` (one ``bce`` task per label when it is empty), on ``device``."""
-    teacher = cfg.model.teacher.loss_weight if cfg.data.features.teacher else 0.0
+    t = cfg.model.teacher
+    weight = t.loss_weight if cfg.data.features.teacher else 0.0
     tasks = tasks_from_config(resolve_tasks(cfg))
-    return TaskLoss(tasks, cfg.model.task_normalization, teacher, cfg.model.teacher.smoothing).to(device)
+    head = t.head if cfg.data.features.teacher else "serving"
+    distill = Distillation(head, t.label_scale, head == "auxiliary" and t.adapter)
+    return TaskLoss(tasks, cfg.model.task_normalization, weight, t.smoothing, distill).to(device)
 
 
 def perturbation(cfg: JobConfig, inputs: ModelInputs, device: torch.device | str = "cpu") -> Perturbation | None:
@@ -120,6 +132,11 @@ def perturbation(cfg: JobConfig, inputs: ModelInputs, device: torch.device | str
     if cfg.model.perturbation.kind == "none":
         return None
     return Perturbation(cfg.model.perturbation, inputs.pooled.feature_dims).to(device)
+
+
+def distills(cfg: JobConfig) -> bool:
+    """Whether the student has auxiliary distillation heads (a teacher column and ``head: auxiliary``)."""
+    return bool(cfg.data.features.teacher) and cfg.model.teacher.head == "auxiliary"
 
 
 def teacher_features(cfg: JobConfig) -> int:

@@ -73,6 +73,8 @@ class RecModel(nn.Module):
             the dense features as ``[clip(z^T, ±teacher_clip) · hit, hit]`` (T + 1 columns); 0 = not fed.
         perturbation: ``model.perturbation`` (LSPR / SCR, ``modules/perturbation.py``): in training the dense
             arch runs once on ``[clean; perturbed]`` rows; None = off. Not with ``uses_sequences``.
+        distills: the dense arch has distillation heads (``modules/distillation.py``): it is also given
+            ``teacher=batch.teacher``.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class RecModel(nn.Module):
         task_loss: TaskLoss | None = None,
         teacher_clip: float = 0.0,
         perturbation: Perturbation | None = None,
+        distills: bool = False,
     ) -> None:
         super().__init__()
         self.sparse = sparse
@@ -102,6 +105,7 @@ class RecModel(nn.Module):
         self.uses_domain = uses_domain
         self.task_loss = task_loss
         self.teacher_clip = teacher_clip
+        self.distills = distills
         if perturbation is not None and uses_sequences:
             raise ValueError("model.perturbation.kind: not available for a sequence model (expected none)")
         self.perturbation = perturbation
@@ -164,6 +168,8 @@ class RecModel(nn.Module):
         dense = batch.dense
         if self.teacher_clip > 0:
             dense = torch.cat([dense, teacher_inputs(batch.teacher, self.teacher_clip)], dim=1)
+        if self.distills:  # the auxiliary distillation heads and the adapter read the teacher's logits
+            kwargs["teacher"] = batch.teacher
         dense = dense.to(self.compute_dtype)
         pooled = pooled.to(self.compute_dtype)
         if self.autocast:

@@ -51,6 +51,18 @@ class Task:
     """Zipper heads (attribution windows); 1 = a plain task."""
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """How the teacher's soft labels are learned (``model.teacher``; ``modules/distillation.py``)."""
+
+    head: Literal["serving", "auxiliary"] = "serving"
+    """``serving``: the served logit learns them; ``auxiliary``: a distillation head after the served ones."""
+    label_scale: float = 1.0
+    """``auxiliary``: the soft label is ``min(1, label_scale x p)``."""
+    adapter: bool = False
+    """``auxiliary``: a second head learns the adapter's probability, and the adapter learns the labels."""
+
+
 def tasks_from_config(tasks: Sequence[TaskConfig]) -> list[Task]:
     """``resolve_tasks(cfg)`` -> ``Task`` list (``given`` as an index)."""
     index = {t.name: i for i, t in enumerate(tasks)}
@@ -67,6 +79,8 @@ class TaskLoss(nn.Module):
         normalization: ``batch`` or ``rows`` (module docstring).
         teacher_weight: λ of the soft-label term (0 = none).
         smoothing: ε of the soft labels.
+        distillation: which head learns the soft labels; with ``auxiliary`` the logits carry, after the H
+            served ones, T distillation logits (and, with the adapter, T second-head and T adapter logits).
     """
 
     def __init__(
@@ -75,6 +89,7 @@ class TaskLoss(nn.Module):
         normalization: Literal["batch", "rows"] = "batch",
         teacher_weight: float = 0.0,
         smoothing: float = 0.05,
+        distillation: Distillation | None = None,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -83,6 +98,7 @@ class TaskLoss(nn.Module):
         self.normalization = normalization
         self.teacher_weight = teacher_weight
         self.smoothing = smoothing
+        self.distillation = distillation or Distillation()
         total = sum(t.weight for t in tasks)
         self.register_buffer("weights", torch.tensor([t.weight / total for t in tasks]), persistent=False)
         self.register_buffer("is_bce", torch.tensor([t.loss == "bce" for t in tasks]), persistent=False)
@@ -112,6 +128,8 @@ class TaskLoss(nn.Module):
 
     def predictions(self, logits_BH: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` each task's prediction logit: its only head, or its longest window's (Zipper)."""
+        if self.distillation.head == "auxiliary":
+            logits_BH = logits_BH[:, : self.num_heads]  # the distillation heads come after the served ones
         return logits_BH[:, self.serving] if self.windowed else logits_BH
 
     def training_logits(self, logits_BH: torch.Tensor, window_B: torch.Tensor | None) -> torch.Tensor:
@@ -149,20 +167,41 @@ class TaskLoss(nn.Module):
         teacher_BT: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The scalar training loss of the model's ``[B, H]`` logits."""
-        logits_BT = self.training_logits(logits_BH, window_B)
+        logits_BT = self.training_logits(logits_BH[:, : self.num_heads], window_B)
         rows = weights_B.unsqueeze(1).expand_as(logits_BT)
         if self.masked:
             rows = rows * self.masks(labels_BT, domain_B)
         loss = self._reduce(self.per_element(logits_BT, labels_BT) * rows, rows)
         if teacher_BT is not None and self.teacher_weight > 0:
-            hit = torch.isfinite(teacher_BT) & self.is_bce
-            soft = torch.sigmoid(torch.nan_to_num(teacher_BT.float(), nan=0.0)) * (1 - self.smoothing)
-            kd = F.binary_cross_entropy_with_logits(
-                self.predictions(logits_BH).float(), soft + self.smoothing / 2, reduction="none"
-            )
-            kd_rows = rows * hit.to(rows.dtype)
-            loss = loss + self.teacher_weight * self._reduce(kd * kd_rows, kd_rows)
+            loss = loss + self._distillation_loss(logits_BH, labels_BT, rows, teacher_BT)
         return loss
+
+    def _distillation_loss(
+        self, logits_BH: torch.Tensor, labels_BT: torch.Tensor, rows_BT: torch.Tensor, teacher_BT: torch.Tensor
+    ) -> torch.Tensor:
+        """The teacher's terms on the rows it scored (module docstring; ``modules/distillation.py``)."""
+        d = self.distillation
+        hit = torch.isfinite(teacher_BT) & self.is_bce
+        kd_rows = rows_BT * hit.to(rows_BT.dtype)
+        p_teacher = torch.sigmoid(torch.nan_to_num(teacher_BT.float(), nan=0.0))
+        if d.head == "serving":
+            return self.teacher_weight * self._soft_bce(self.predictions(logits_BH), p_teacher, kd_rows)
+        T, H = len(self.tasks), self.num_heads
+        target = (p_teacher * d.label_scale).clamp(max=1.0)
+        loss = self.teacher_weight * self._soft_bce(logits_BH[:, H : H + T], target, kd_rows)
+        if d.adapter:
+            adapter_BT = logits_BH[:, H + 2 * T : H + 3 * T]
+            fresh = F.binary_cross_entropy_with_logits(adapter_BT.float(), labels_BT, reduction="none")
+            loss = loss + self._reduce(fresh * kd_rows, kd_rows)
+            recalibrated = torch.sigmoid(adapter_BT.detach().float())
+            loss = loss + self.teacher_weight * self._soft_bce(logits_BH[:, H + T : H + 2 * T], recalibrated, kd_rows)
+        return loss
+
+    def _soft_bce(self, logits_BT: torch.Tensor, p_BT: torch.Tensor, rows_BT: torch.Tensor) -> torch.Tensor:
+        """BCE against smoothed soft labels ``(1 - ε) p + ε / 2`` on ``rows``, reduced like the task loss."""
+        soft = p_BT * (1 - self.smoothing) + self.smoothing / 2
+        per = F.binary_cross_entropy_with_logits(logits_BT.float(), soft, reduction="none")
+        return self._reduce(per * rows_BT, rows_BT)
 
     def _reduce(self, per_BT: torch.Tensor, rows_BT: torch.Tensor) -> torch.Tensor:
         """Task-weighted sum of per-task means: over the batch (``batch``) or the task's rows (``rows``)."""

@@ -13,6 +13,7 @@ from recscale.reports.conversion import remap_section
 from recscale.reports.render import Report, fmt, percent
 from recscale.reports.rundata import RunData
 from recscale.reports.scaling import SHORT_NAMES, shown_categories, step_breakdown
+from recscale.reports.streaming import streaming_section
 
 
 def run_section(report: Report, run: RunData) -> None:
@@ -49,6 +50,7 @@ def run_section(report: Report, run: RunData) -> None:
         note=True,
     )
     tasks_section(report, final)
+    streaming_section(report, run)
     remap_section(report, run)
     stages_section(report, s.get("stages"))
     curves_section(report, [run])

@@ -189,6 +189,7 @@ def parallelize(
         uses_timestamps=built.uses_timestamps,
         uses_domain=built.uses_domain,
         teacher_clip=built.teacher_clip,
+        distills=built.distills,
         task_loss=built.task_loss.to(info.device) if built.task_loss is not None else None,
         perturbation=built.perturbation.to(info.device) if built.perturbation is not None else None,
     )

@@ -106,8 +106,13 @@ def train_reader(
 def make_train_data(cfg: JobConfig, info: DistInfo, per_rank_batch: int) -> TrainData:
     """This rank's training data (generated first when the source is synthetic and not cached yet)."""
     paths = prepare_data(cfg.data, cfg.embeddings)
+    pin = pins_host_batches(info.device)
+    if cfg.trainer.streaming.enabled:
+        from recscale.trainer.streaming import make_streaming_data
+
+        return make_streaming_data(cfg, paths.train, str(paths.valid), info.rank, info.world_size, per_rank_batch, pin)
     reader = train_reader(cfg, paths.train, per_rank_batch, info.rank, info.world_size)
-    return TrainData(reader, str(paths.valid), pin_memory=pins_host_batches(info.device))
+    return TrainData(reader, str(paths.valid), pin_memory=pin)
 
 
 def run_steps(cfg: JobConfig, steps_per_epoch: int) -> int:
@@ -115,13 +120,21 @@ def run_steps(cfg: JobConfig, steps_per_epoch: int) -> int:
     t = cfg.trainer
     if t.stages:
         return sum(stage.steps for stage in t.stages)
+    if t.streaming.enabled:  # every period, ``passes`` times each; the stream ends there
+        return min(t.max_steps or steps_per_epoch, steps_per_epoch)
     return t.max_steps or steps_per_epoch * t.epochs
 
 
 def planned_steps(cfg: JobConfig, world_size: int) -> int:
     """``run_steps`` of ``cfg`` on ``world_size`` ranks, from the training data's Parquet metadata."""
     paths = prepare_data(cfg.data, cfg.embeddings)
-    reader = train_reader(cfg, paths.train, cfg.trainer.batch_size // world_size, world_size=world_size)
+    per_rank = cfg.trainer.batch_size // world_size
+    if cfg.trainer.streaming.enabled:
+        from recscale.trainer.streaming import make_streaming_data
+
+        stream = make_streaming_data(cfg, paths.train, str(paths.valid), 0, world_size, per_rank, False)
+        return run_steps(cfg, stream.steps_per_epoch)
+    reader = train_reader(cfg, paths.train, per_rank, world_size=world_size)
     if reader.num_batches() == 0:
         raise ValueError(too_few_rows(reader))
     return run_steps(cfg, reader.num_batches())

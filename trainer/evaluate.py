@@ -19,6 +19,7 @@ def evaluate(
     device: torch.device,
     max_batches: int = 0,
     domain_names: Sequence[str] = (),
+    keep_logits: list[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Per-task (and per-domain) AUC / logloss / NE or MSE / MAE, and the oracle's when known, over every rank.
 
@@ -27,6 +28,9 @@ def evaluate(
     all-to-alls are collective). The predictions stay on the device until the pass ends and are
     then copied to the host once; no rank ever holds another rank's predictions
     (``eval_metrics.distributed_auc``).
+
+    ``keep_logits``, when given, receives this rank's logits ``[n, T]`` (serving heads, padding removed,
+    on the host, in the order read): a streaming run's progressive scores.
 
     Returns:
         The metrics of ``task_metrics`` plus the mean of each scalar diagnostic the model reports.
@@ -61,6 +65,8 @@ def evaluate(
     labels = torch.cat(label_parts).cpu()[keep] if label_parts else torch.zeros(0, 1)
     oracle = torch.cat(oracle_parts).cpu()[keep] if oracle_parts else None
     domain = torch.cat(domain_parts).cpu()[keep] if domain_parts else None
+    if keep_logits is not None:
+        keep_logits.append(logits)
     tasks = model.task_loss or TaskLoss(default_tasks(labels.shape[1]))
     masks = tasks.masks(labels, domain)
     out = task_metrics(logits, labels, masks, tasks.tasks, oracle, domain, domain_names)

@@ -22,6 +22,13 @@ from recscale.trainer.evaluate import evaluate
 from recscale.trainer.metrics import MetricsLog
 from recscale.trainer.plateau import Plateau
 from recscale.trainer.progress import Progress
+from recscale.trainer.streaming import (
+    StreamingTrainData,
+    progressive_record,
+    task_names,
+    write_predictions,
+    write_predictions_index,
+)
 from recscale.trainer.task_metrics import format_metrics
 
 log = logging.getLogger("recscale")
@@ -148,6 +155,27 @@ class Evaluations:
             return
         self.checkpoints.load(self.best_dir, self.parallel)
         self.metrics.write("restore_best", step, {"best_step": self.plateau.state.best_step, "when": when})
+
+    def progressive(self, step: int, stream: StreamingTrainData, period: int, run_dir: Path) -> dict[str, Any]:
+        """Score all of ``period`` before training on it (``trainer.streaming``); a ``progressive`` record.
+
+        With ``trainer.streaming.predictions`` each rank also keeps its logits of the period.
+        """
+        name = stream.names[period]
+        batches = pinned(make_eval_batches(self.cfg, self.info, str(stream.readers[period].path)), self.info.device)
+        kept: list[Any] = []
+        model = self.model_for_eval()
+        result = evaluate(model, batches, self.info.device, 0, self.cfg.data.features.domain_names, keep_logits=kept)
+        record = progressive_record(name, period, result)
+        self.metrics.write("progressive", step, record)
+        if self.cfg.trainer.streaming.predictions:
+            columns = task_names(model, kept[0].shape[1])
+            write_predictions(run_dir, name, self.info.rank, kept[0], columns)
+            if self.info.is_main:
+                write_predictions_index(run_dir, stream.names[1 : period + 1], self.info.world_size, columns)
+        if self.info.is_main:
+            self.progress.message(f"period {name} (before training on it){format_metrics(result)}")
+        return record
 
     def run(self, step: int, max_batches: int, final: bool = False) -> dict[str, float]:
         """One evaluation (``max_batches`` 0: the whole set), recorded and shown."""

@@ -35,6 +35,7 @@ from recscale.trainer.progress import Progress
 from recscale.trainer.run_dir import PLAN
 from recscale.trainer.run_meter import WARMUP_STEPS, RunMeter
 from recscale.trainer.stages import StageSchedule, enter_stage
+from recscale.trainer.streaming import StreamingTrainData, streaming_summary
 from recscale.trainer.summary import RunSpan, run_summary
 
 log = logging.getLogger("recscale")
@@ -173,6 +174,7 @@ class StepLoop:
             trainer_state=self._trainer_state,
         )
         self.profiler: StepProfiler | None = None
+        self.stream = data if isinstance(data, StreamingTrainData) else None
         self.dense_lr_scales = [1.0] * len(parallel.dense.param_groups())  # set by training stages
         self.sparse_lr_scale = 1.0
 
@@ -231,6 +233,10 @@ class StepLoop:
                 self.meter.set_aside_moe_time()  # evaluation runs the MoE all-to-alls too
                 self.evals.scheduled(step, self.total_steps)
                 self.meter.drop_moe_time()
+            if self._scores_next_period(step):
+                self.meter.set_aside_moe_time()
+                self.evals.progressive(step, self.stream, self.stream.boundary_period(step) + 1, self.run_dir)
+                self.meter.drop_moe_time()
             if self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0:
                 self._checkpoint(step)
             if self.schedule is not None and self.schedule.is_boundary(step):
@@ -250,9 +256,9 @@ class StepLoop:
         wall_s = time.time() - started
         stop_reason = self.evals.stop_reason() if self.evals.plateau.state.stopped else ""
         span = RunSpan(start_step, self.total_steps, stop_reason)
-        summary = run_summary(
-            self.cfg, self.run_dir, self.info, self.parallel, self.meter, self.schedule, step, final, wall_s, span
-        )
+        extra = streaming_summary(self.run_dir, self.stream.names) if self.stream and self.info.is_main else None
+        parts = (self.cfg, self.run_dir, self.info, self.parallel, self.meter, self.schedule)
+        summary = run_summary(*parts, step, final, wall_s, span, extra)
         self.metrics.close()
         if dist.is_initialized():
             dist.barrier()
@@ -273,7 +279,15 @@ class StepLoop:
             or self.evals.due(step, self.total_steps)
             or bool(self.cfg.checkpoint.every_steps and step % self.cfg.checkpoint.every_steps == 0)
             or (self.schedule is not None and self.schedule.is_boundary(step))
+            or self._scores_next_period(step)
         )
+
+    def _scores_next_period(self, step: int) -> bool:
+        """Streaming: ``step`` ends a period that another follows, which is scored before it trains."""
+        if self.stream is None:
+            return False
+        period = self.stream.boundary_period(step)
+        return 0 <= period < len(self.stream.names) - 1
 
     # ------------------------------------------------------------------------------- pieces
 

@@ -64,6 +64,7 @@ def run_summary(
     final: dict[str, float],
     wall_s: float,
     span: RunSpan,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run's summary (the same on every rank; a collective); rank 0 writes ``summary.json``.
 
@@ -71,6 +72,7 @@ def run_summary(
     FLOPs per example over every trained example of every rank, at real and at padded sequence lengths:
     the steps this process trained. ``sections`` lists every part of the run, one per process that
     trained it (a resumed or extended run keeps the earlier summary's sections before its own).
+    ``extra`` adds keys (a streaming run's per-period scores, known on rank 0).
     """
     real, padded = meter.steady_rates()
     run = meter.batch_flops.run.summed_over_ranks()
@@ -143,6 +145,7 @@ def run_summary(
         "wall_time_s": wall_s,
     }
     summary["sections"] = [*_earlier_sections(run_dir, span.start_step), section]
+    summary.update(extra or {})
     if info.is_main:
         write_json(run_dir / SUMMARY, summary)
         warning = above_peak_warning(summary["mfu"], meter.peak, meter.peak_source)

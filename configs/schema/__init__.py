@@ -66,6 +66,7 @@ from recscale.configs.schema.training import (
     OptimizerConfig,
     SparseOptimizerConfig,
     StageConfig,
+    StreamingConfig,
     TrainerConfig,
 )
 
@@ -107,6 +108,7 @@ __all__ = [
     "SparseFeatureConfig",
     "SparseOptimizerConfig",
     "StageConfig",
+    "StreamingConfig",
     "SyntheticConfig",
     "TableConfig",
     "TaskConfig",

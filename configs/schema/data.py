@@ -156,6 +156,10 @@ class SyntheticConfig:
     rows of ``valid/`` after those of ``train/``); empty = not written."""
     seconds_per_row: float = 10.0
     """Impression time between consecutive rows (``time_column``)."""
+    partition_by_day: bool = False
+    """Write each split as one subdirectory per day of the impression timeline (``day=00000/``, ...,
+    by ``seconds_per_row``), the layout ``trainer.streaming`` trains on day by day. Rows and their values
+    are the same as without it."""
     delay_column: str = ""
     """Column for the conversion delay in seconds (float, null without a conversion); needs
     ``conversion_delay_mean_s > 0``."""

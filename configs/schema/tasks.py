@@ -56,3 +56,21 @@ class TeacherConfig:
     """Also feed the teacher's logits (clipped) and a hit flag to the dense arch as extra dense inputs."""
     clip: float = 8.0
     """Teacher logits fed as features are clipped to ``[-clip, clip]``."""
+    head: Literal["serving", "auxiliary"] = "serving"
+    """Which head learns from the teacher: ``serving`` (the served prediction itself: plain single-head
+    distillation) or ``auxiliary`` (a separate distillation head on the same representation; the served head
+    learns from labels only, so a biased teacher does not move what is served). ``auxiliary`` needs an arch
+    with a representation before its head (``dlrm``, ``dcnv2``)."""
+    label_scale: float = 1.0
+    """``auxiliary``: the distillation head's soft label is ``min(1, label_scale x p)`` of the teacher
+    probability p (before smoothing); > 1 lifts a teacher whose probabilities crowd near 0."""
+    grad_scale: float = 1.0
+    """``auxiliary``: the distillation heads' gradient into the shared representation is multiplied by this
+    (the forward pass is unchanged); their own weights get the plain gradient."""
+    adapter: bool = False
+    """``auxiliary``: add a student adapter, a small MLP per task from the teacher's logit alone to a
+    recalibrated logit, trained on this data's labels (it sees fresh labels, the teacher may be stale), and a
+    second distillation head learning the adapter's probability (stop-gradient: the head does not train the
+    adapter)."""
+    adapter_hidden: int = 8
+    """Hidden width of the adapter MLP (1 -> adapter_hidden -> 1, ReLU)."""

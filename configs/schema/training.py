@@ -121,6 +121,27 @@ class EarlyStoppingConfig:
 
 
 @dataclass(kw_only=True)
+class StreamingConfig:
+    """Training period by period over a time-partitioned dataset, with progressive validation.
+
+    ``data.train_path`` holds one subdirectory per period (``day=2026-01-01/``, ... in name order). The
+    model, optimizer state and learning rate carry over from period to period; before the run trains on a
+    period it scores it (the model has only seen earlier periods), and those scores give the per-period
+    metrics (NE, AUC, logloss) a production model is judged by.
+    """
+
+    enabled: bool = False
+    """Train period by period (``trainer.epochs`` and the epoch-end evaluations do not apply)."""
+    passes: int = 1
+    """Passes over each period before the next one (1 = single pass, as data arrives in production)."""
+    predictions: bool = False
+    """Keep each period's progressive scores (logits, one column per task) as
+    ``<run_dir>/predictions/<period>/rank<R>.parquet``: the predictions of a model that has seen only
+    earlier periods, in the period's row order; ``recscale data attach-teacher`` joins them to data as a
+    teacher column."""
+
+
+@dataclass(kw_only=True)
 class TrainerConfig:
     """The loop."""
 
@@ -152,6 +173,8 @@ class TrainerConfig:
     """Ask torch for deterministic algorithms (bit-exact resume on CPU)."""
     aux_loss_weight: float = 0.01
     """Weight of the model's auxiliary losses (MoE load balance etc.) in the training loss."""
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    """Period-by-period training with progressive validation (off by default)."""
     stages: list[StageConfig] = field(default_factory=list)
     """Staged training (HiLoMoE's three stages), run in order; empty = one stage training all."""
     collective_timeout_s: float = 600.0

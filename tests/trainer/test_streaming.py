@@ -1,0 +1,187 @@
+"""Streaming training: periods in order, each scored before it is trained on; exact resume inside a period on
+2 ranks; the progressive scores kept as predictions and joined to data as a teacher column."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from recscale.configs import load_config, validate
+from recscale.configs.loader import ConfigError
+from recscale.data.errors import DataError
+from recscale.data.prepare import prepare_data
+from recscale.data.teacher_join import attach_teacher
+from recscale.reports.report import write_report
+from recscale.trainer.streaming import PREDICTIONS
+from tests.distributed import run_distributed
+from tests.trainer.runs import losses, new_run, small_job, train_worker
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+STREAM = [
+    "data.synthetic.partition_by_day=true",
+    "data.synthetic.seconds_per_row=100",  # 864 rows a day: days 0..3 of 3,072 rows
+    "trainer.streaming.enabled=true",
+    "trainer.streaming.predictions=true",
+    "trainer.epochs=1",
+]
+
+
+COLUMN = "label"
+"""The kept scores' column: the task's name (quickstart's one task is named after its label)."""
+
+
+def _records(run_dir, kind):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if f'"kind": "{kind}"' in x]
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("streaming")
+    cfg = small_job(root / "cache", *STREAM, "checkpoint.every_steps=3")
+    run_dir = new_run(root, "full", cfg)
+    # 192 rows per rank and step, the tail dropped: 432 rows per rank a day -> 2 steps; the last day 1
+    assert run_distributed(train_worker, 2, cfg, run_dir, False) == [7, 7]
+    return cfg, run_dir, root
+
+
+def test_each_period_is_scored_by_the_model_of_the_earlier_ones(streamed):
+    cfg, run_dir, _ = streamed
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    days = sorted(p.name for p in paths.train.iterdir())
+    assert days == ["day=00000", "day=00001", "day=00002", "day=00003"]
+    rows = [sum(pq.read_metadata(f).num_rows for f in (paths.train / d).glob("*.parquet")) for d in days]
+    assert rows == [864, 864, 864, 480]
+    progressive = _records(run_dir, "progressive")
+    assert [r["period"] for r in progressive] == days[1:]
+    assert [r["step"] for r in progressive] == [2, 4, 6]  # each scored right after the period before it
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["streaming"]["periods"] == days
+    assert summary["streaming"]["mean_ne"] == pytest.approx(np.mean([r["ne"] for r in progressive]))
+    html = write_report([run_dir]).read_text()
+    assert "Progressive validation by period" in html and all(d in html for d in days[1:])
+    # the kept scores are the scores the metrics came from, in the period's row order
+    for record in progressive:
+        parts = sorted((run_dir / PREDICTIONS / record["period"]).glob("rank*.parquet"))
+        assert len(parts) == 2
+        logits = pa.concat_tables([pq.read_table(p) for p in parts])[COLUMN].to_numpy()
+        labels = pq.read_table(paths.train / record["period"])["label"].to_numpy()
+        assert len(logits) == len(labels) == record["num_examples"]
+        assert roc_auc_score(labels, logits) == pytest.approx(record["auc"], abs=1e-9)
+
+
+def test_a_resumed_streaming_run_continues_inside_a_period_bit_exactly(streamed):
+    cfg, full, root = streamed
+    resumed = new_run(root, "resumed", cfg)
+    steps = sorted(p.name for p in (full / "checkpoints").iterdir() if p.name.startswith("step_"))
+    first = steps[0]  # step 3: inside the second period (steps 3-4)
+    shutil.copytree(full / "checkpoints" / first, resumed / "checkpoints" / first)
+    run_distributed(train_worker, 2, cfg, resumed, True)
+    expected, got = losses(full), losses(resumed)
+    start = int(first.split("_")[1]) + 1
+    assert sorted(got) == list(range(start, 8))
+    assert [got[s] for s in got] == [expected[s] for s in got]
+    scored = {r["period"]: r["ne"] for r in _records(resumed, "progressive")}
+    assert sorted(scored) == ["day=00002", "day=00003"]  # the periods after the resume point
+    assert scored == {r["period"]: r["ne"] for r in _records(full, "progressive") if r["period"] in scored}
+
+
+def test_attach_teacher_joins_the_scores_row_by_row_and_keeps_one_domain(streamed, tmp_path):
+    cfg, run_dir, _ = streamed
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    out = tmp_path / "joined"
+    result = attach_teacher(paths.train.parent, run_dir / PREDICTIONS, out)
+    assert result.rows["train"] == 3072 and result.scored["train"] == 3072 - 864  # day 0 has no scores
+    for day in ("day=00000", "day=00002"):
+        joined = pq.read_table(out / "train" / day)
+        source = pq.read_table(paths.train / day)
+        assert joined["label"].to_pylist() == source["label"].to_pylist()
+        if day == "day=00000":
+            assert joined["teacher"].null_count == joined.num_rows
+        else:
+            kept = pa.concat_tables([pq.read_table(p) for p in sorted((run_dir / PREDICTIONS / day).glob("*"))])
+            np.testing.assert_array_equal(joined["teacher"].to_numpy(), kept[COLUMN].to_numpy())
+    assert pq.read_table(out / "valid")["teacher"].null_count == result.rows["valid"]
+    with pytest.raises(DataError, match="already exists"):
+        attach_teacher(paths.train.parent, run_dir / PREDICTIONS, out)
+    # a domain column added by hand: only its rows stay
+    day = tmp_path / "one" / "train" / "day=00001"
+    day.mkdir(parents=True)
+    table = pq.read_table(paths.train / "day=00001")
+    table = table.append_column("domain", pa.array(np.arange(table.num_rows) % 3))
+    pq.write_table(table, day / "part-00000.parquet")
+    kept = attach_teacher(
+        tmp_path / "one", run_dir / PREDICTIONS, tmp_path / "one_d1", domain_column="domain", domain=1
+    )
+    assert kept.rows["train"] == 288
+    joined = pq.read_table(tmp_path / "one_d1" / "train")
+    full_scores = pa.concat_tables([pq.read_table(p) for p in sorted((run_dir / PREDICTIONS / "day=00001").glob("*"))])
+    np.testing.assert_array_equal(joined["teacher"].to_numpy(), full_scores[COLUMN].to_numpy()[1::3])
+    # a recscale predict output over train/ (probabilities, rows in file order) joins as logits
+    logits = np.linspace(-3, 3, 3072)
+    pq.write_table(pa.table({"p_label": 1 / (1 + np.exp(-logits))}), tmp_path / "scored.parquet")
+    flat = attach_teacher(paths.train.parent, tmp_path / "scored.parquet", tmp_path / "from_predict")
+    assert flat.scored["train"] == 3072
+    joined = pq.read_table(tmp_path / "from_predict" / "train" / "day=00003")["teacher"].to_numpy()
+    np.testing.assert_allclose(joined, logits[-480:], atol=1e-5)
+    short = tmp_path / "short" / "train" / "day=00001"
+    short.mkdir(parents=True)
+    pq.write_table(table.slice(0, 100), short / "part-00000.parquet")
+    with pytest.raises(DataError, match="864 rows of period day=00001"):
+        attach_teacher(tmp_path / "short", run_dir / PREDICTIONS, tmp_path / "short_out")
+
+
+def test_streaming_settings_that_cannot_work_are_refused_by_key(tmp_path):
+    base = [f"data.cache_dir={tmp_path}", "trainer.streaming.enabled=true"]
+    with pytest.raises(ConfigError, match="data.synthetic.partition_by_day"):
+        validate(load_config("quickstart", base))
+    with pytest.raises(ConfigError, match="trainer.streaming.passes"):
+        validate(
+            load_config("quickstart", [*base, "data.synthetic.partition_by_day=true", "trainer.streaming.passes=0"])
+        )
+    stages = "trainer.stages=[{name: a, steps: 2}]"
+    with pytest.raises(ConfigError, match="trainer.stages"):
+        validate(load_config("quickstart", [*base, STREAM[0], stages]))
+
+
+def test_partitioned_generation_writes_the_same_rows_one_folder_per_day(tmp_path):
+    flat = small_job(tmp_path / "a", "data.synthetic.seconds_per_row=100")
+    daily = small_job(tmp_path / "b", *STREAM[:2])
+    a = pq.read_table(prepare_data(flat.data, flat.embeddings).train)
+    b = pq.read_table(prepare_data(daily.data, daily.embeddings).train).drop_columns(["day"])
+    assert b.num_rows == a.num_rows == 3072
+    assert b.select(a.column_names).equals(a)
+
+
+def test_a_student_streams_with_an_auxiliary_head_and_adapter_on_the_joined_scores(streamed, tmp_path):
+    cfg, run_dir, root = streamed
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    data = tmp_path / "student_data"
+    attach_teacher(paths.train.parent, run_dir / PREDICTIONS, data)
+    student = small_job(
+        root / "cache",
+        *STREAM[:4],
+        "trainer.epochs=1",
+        "data.source=parquet",
+        f"data.train_path={data / 'train'}",
+        f"data.valid_path={data / 'valid'}",
+        "data.features.teacher=teacher",
+        "model.teacher.as_feature=false",
+        "model.teacher.head=auxiliary",
+        "model.teacher.adapter=true",
+        "model.teacher.grad_scale=2.0",
+        "checkpoint.at_end=false",
+    )
+    out = new_run(tmp_path, "student", student)
+    assert run_distributed(train_worker, 1, student, out, False) == [7]
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"distill_heads", "adapter"} <= set(summary["flops_breakdown"])
+    assert [r["period"] for r in summary["streaming"]["progressive"]] == ["day=00001", "day=00002", "day=00003"]
+    assert all(math.isfinite(x) for x in losses(out).values())
