@@ -12,6 +12,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.launch.helpers import in_process
+
 ROOT = Path(__file__).resolve().parents[2]
 RECSCALE = [sys.executable, "-m", "recscale.launch.cli"]
 
@@ -81,9 +83,11 @@ def test_metrics_lines_carry_throughput_mfu_and_time_split(trained):
     assert summary["world_size"] == 2 and summary["versions"]["torchrec"] == "1.8.0"
 
 
-def test_eval_of_a_checkpoint_matches_the_runs_final_evaluation(trained):
+def test_eval_of_a_checkpoint_matches_the_runs_final_evaluation(trained, capfd):
     run_dir, _ = trained
-    result = json.loads(recscale("eval", str(run_dir / "checkpoints" / "step_00000016"), "--nproc", "1").stdout)
+    proc = in_process(capfd, "eval", str(run_dir / "checkpoints" / "step_00000016"), "--nproc", "1")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
     final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
     assert result["step"] == 16 and result["num_examples"] == 2048
     assert result["auc"] == pytest.approx(final["auc"], abs=1e-6)
@@ -91,7 +95,7 @@ def test_eval_of_a_checkpoint_matches_the_runs_final_evaluation(trained):
     assert "oracle_auc" in result
 
 
-def test_eval_of_a_damaged_checkpoint_or_wrong_columns_is_one_line(trained, tmp_path):
+def test_eval_of_a_damaged_checkpoint_or_wrong_columns_is_one_line(trained, tmp_path, capfd):
     from tests.launch.test_one_line_errors import assert_one_error_line, traceback_log
 
     run_dir, _ = trained
@@ -101,18 +105,19 @@ def test_eval_of_a_damaged_checkpoint_or_wrong_columns_is_one_line(trained, tmp_
     with open(shard, "r+b") as f:
         f.seek(100)
         f.write(b"xxxx")
-    line = assert_one_error_line(recscale("eval", str(damaged), check=False), "eval", str(shard), "checksum mismatch")
+    line = assert_one_error_line(in_process(capfd, "eval", str(damaged)), "eval", str(shard), "checksum mismatch")
     assert "Traceback" in traceback_log(line) and str(damaged / "logs" / "eval-") in line
 
     table = pq.read_table(next((run_dir.parent.parent / "cache").rglob("valid")))
     pq.write_table(table.drop(["item"]), tmp_path / "no_item.parquet")
-    proc = recscale("eval", str(run_dir), "--data", str(tmp_path / "no_item.parquet"), check=False)
+    proc = in_process(capfd, "eval", str(run_dir), "--data", str(tmp_path / "no_item.parquet"))
     assert_one_error_line(proc, "eval", str(tmp_path / "no_item.parquet"), "column 'item' (sparse) is missing")
 
 
-def test_plan_for_a_big_cluster_prints_the_plan_without_gpus(tmp_path):
+def test_plan_for_a_big_cluster_prints_the_plan_without_gpus(tmp_path, capfd):
     out = tmp_path / "plan.json"
-    proc = recscale(
+    proc = in_process(
+        capfd,
         "plan",
         "dlrm_criteo",
         "--world-size",
@@ -126,13 +131,15 @@ def test_plan_for_a_big_cluster_prints_the_plan_without_gpus(tmp_path):
         "--out",
         str(out),
     )
+    assert proc.returncode == 0, proc.stderr
     assert "Embedding plan (planner) for 64 x cuda" in proc.stdout
     assert "t_C3" in proc.stdout and "estimated embedding step time" in proc.stdout
     assert json.loads(out.read_text())["world_size"] == 64
 
 
-def test_plan_that_cannot_fit_fails_with_the_planners_reason():
-    proc = recscale(
+def test_plan_that_cannot_fit_fails_with_the_planners_reason(capfd):
+    proc = in_process(
+        capfd,
         "plan",
         "dlrm_criteo",
         "--world-size",
@@ -143,15 +150,15 @@ def test_plan_that_cannot_fit_fails_with_the_planners_reason():
         "0.001",
         "--ddr-gb",
         "0.001",
-        check=False,
     )
     assert proc.returncode == 2
     assert "could not place the tables on 2 x cuda" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_bad_config_fails_fast_with_one_line_and_starts_nothing(tmp_path):
-    proc = recscale(
+def test_bad_config_fails_fast_with_one_line_and_starts_nothing(tmp_path, capfd):
+    proc = in_process(
+        capfd,
         "train",
         "quickstart",
         "--nproc",
@@ -160,7 +167,6 @@ def test_bad_config_fails_fast_with_one_line_and_starts_nothing(tmp_path):
         "trainer.batch_size=1000",
         "--set",
         f"launch.run_root={tmp_path}",
-        check=False,
     )
     assert proc.returncode == 2
     assert "trainer.batch_size: 1000 is not divisible by the world size 3" in proc.stderr
@@ -168,14 +174,16 @@ def test_bad_config_fails_fast_with_one_line_and_starts_nothing(tmp_path):
     assert not list(tmp_path.iterdir())  # no run directory, no process started
 
 
-def test_unknown_override_key_is_reported():
-    proc = recscale("config", "quickstart", "--set", "trainer.bach_size=4", check=False)
+def test_unknown_override_key_is_reported(capfd):
+    proc = in_process(capfd, "config", "quickstart", "--set", "trainer.bach_size=4")
     assert proc.returncode == 2
     assert "trainer.bach_size: unknown key; did you mean 'batch_size'?" in proc.stderr
 
 
-def test_flops_table_sums_to_the_total():
-    rows = json.loads(recscale("flops", "dcnv2_criteo", "--json").stdout)
+def test_flops_table_sums_to_the_total(capfd):
+    proc = in_process(capfd, "flops", "dcnv2_criteo", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
     total = rows.pop("total")
     assert sum(r["train"] for r in rows.values()) == total["train"] > 0
 

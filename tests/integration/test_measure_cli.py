@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from recscale.launch import cli
+from tests.launch.helpers import in_process
 
 from .test_cli import recscale, with_sets
 
@@ -38,8 +39,10 @@ def _sets(root: Path, *extra: str) -> list[str]:
     return with_sets([*TINY, f"data.cache_dir={root / 'cache'}", f"launch.run_root={root / 'runs'}", *extra])
 
 
-def test_train_with_profile_writes_trace_module_table_and_report(root):
-    proc = recscale("train", "quickstart", "--nproc", "1", "--profile", *_sets(root, "metrics.profile_wait_steps=3"))
+def test_train_with_profile_writes_trace_module_table_and_report(root, capfd):
+    args = ["train", "quickstart", "--nproc", "1", "--profile", *_sets(root, "metrics.profile_wait_steps=3")]
+    proc = in_process(capfd, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     report = Path(proc.stdout.strip().splitlines()[-1].removeprefix("report: "))
     run_dir = report.parent
     assert report.name == "report.html" and (run_dir / "report.md").is_file()
@@ -63,9 +66,10 @@ def test_train_with_profile_writes_trace_module_table_and_report(root):
     }
 
 
-def test_sweep_trains_each_world_size_and_reports_efficiency_and_projection(root):
+def test_sweep_trains_each_world_size_and_reports_efficiency_and_projection(root, capfd):
     out = root / "sweep"
-    proc = recscale(
+    proc = in_process(
+        capfd,
         "sweep",
         "quickstart",
         "--world-sizes",
@@ -82,6 +86,7 @@ def test_sweep_trains_each_world_size_and_reports_efficiency_and_projection(root
         "cpu",
         *_sets(root),
     )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
     index = json.loads((out / "sweep.json").read_text())
     assert index["mode"] == "weak" and index["batch_size_per_rank"] == 512
@@ -119,9 +124,10 @@ def test_sweep_through_torchx_local_cwd(root):
     assert json.loads((out / "runs" / "ws1" / "summary.json").read_text())["steps"] == 4
 
 
-def test_scaling_law_fits_a_family_of_sizes(root):
+def test_scaling_law_fits_a_family_of_sizes(root, capfd):
     out = root / "law"
-    proc = recscale(
+    proc = in_process(
+        capfd,
         "scaling-law",
         "quickstart",
         "--size",
@@ -137,6 +143,7 @@ def test_scaling_law_fits_a_family_of_sizes(root):
         str(out),
         *_sets(root),
     )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
     index = json.loads((out / "scaling_law.json").read_text())
     assert [p["label"] for p in index["points"]] == ["narrow", "wide"]

@@ -12,6 +12,7 @@ import pytest
 
 from recscale.launch.resume import nothing_to_do, resume_config
 from tests.integration.test_cli import recscale, with_sets
+from tests.launch.helpers import in_process
 
 pytestmark = pytest.mark.integration
 
@@ -40,10 +41,11 @@ def finished(tmp_path_factory):
     return _run_dir(recscale("train", "quickstart", "--nproc", "2", *with_sets(sets)).stdout), sets, root
 
 
-def test_resuming_a_finished_run_does_nothing_and_changes_nothing(finished):
+def test_resuming_a_finished_run_does_nothing_and_changes_nothing(finished, capfd):
     run_dir, _, _ = finished
     before = {name: (run_dir / name).read_bytes() for name in ("summary.json", "report.html", "metrics.jsonl")}
-    proc = recscale("train", "--resume", str(run_dir))
+    proc = in_process(capfd, "train", "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == (
         f"recscale train: {run_dir} finished at step 4; nothing to do (to train longer, resume it with "
         "--set trainer.epochs=N or --set trainer.max_steps=N)"
@@ -51,9 +53,9 @@ def test_resuming_a_finished_run_does_nothing_and_changes_nothing(finished):
     assert {name: (run_dir / name).read_bytes() for name in before} == before
 
 
-def test_a_resume_whose_config_differs_is_refused_naming_the_keys(finished):
+def test_a_resume_whose_config_differs_is_refused_naming_the_keys(finished, capfd):
     run_dir, sets, _ = finished
-    proc = recscale("train", "--resume", str(run_dir), "--set", "optimizer.dense.lr=0.5", check=False)
+    proc = in_process(capfd, "train", "--resume", str(run_dir), "--set", "optimizer.dense.lr=0.5")
     assert proc.returncode != 0
     (line,) = proc.stderr.strip().splitlines()
     assert "the config differs from the run's (optimizer.dense.lr: 0.002 in the run, 0.5 asked)" in line
@@ -68,11 +70,12 @@ def test_a_resume_whose_config_differs_is_refused_naming_the_keys(finished):
         resume_config(run_dir / "checkpoints", None, [])
 
 
-def test_a_longer_run_extends_a_finished_one_as_a_new_section(finished, tmp_path):
+def test_a_longer_run_extends_a_finished_one_as_a_new_section(finished, tmp_path, capfd):
     run_dir, _, _ = finished
     extended = tmp_path / run_dir.name
     shutil.copytree(run_dir, extended)
-    recscale("train", "--resume", str(extended), "--set", "trainer.max_steps=8")
+    proc = in_process(capfd, "train", "--resume", str(extended), "--set", "trainer.max_steps=8")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((extended / "summary.json").read_text())
     assert (summary["steps"], summary["planned_steps"], summary["ended"]) == (8, 8, "completed")
     assert [(s["first_step"], s["last_step"]) for s in summary["sections"]] == [(1, 4), (5, 8)]
@@ -83,10 +86,11 @@ def test_a_longer_run_extends_a_finished_one_as_a_new_section(finished, tmp_path
     assert "max_steps: 8" in (extended / "config.yaml").read_text()
 
 
-def test_init_from_starts_a_new_run_from_the_weights_and_refuses_other_table_sizes(finished, tmp_path):
+def test_init_from_starts_a_new_run_from_the_weights_and_refuses_other_table_sizes(finished, tmp_path, capfd):
     run_dir, sets, root = finished
     frozen = [*sets, f"launch.run_root={tmp_path / 'runs'}", "optimizer.dense.lr=0", "optimizer.sparse.lr=0"]
-    proc = recscale("train", "quickstart", "--nproc", "1", "--init-from", str(run_dir), *with_sets(frozen))
+    proc = in_process(capfd, "train", "quickstart", "--nproc", "1", "--init-from", str(run_dir), *with_sets(frozen))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     new_run = _run_dir(proc.stdout)
     checkpoint = run_dir / "checkpoints" / "step_00000004"
     assert f"init_from: {checkpoint}" in (new_run / "config.yaml").read_text()
@@ -95,20 +99,16 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_other_table_siz
     got = json.loads((new_run / "summary.json").read_text())["final_eval"]
     assert got["auc"] == pytest.approx(source["auc"], abs=1e-6)
     assert got["logloss"] == pytest.approx(source["logloss"], abs=1e-6)
-    wider = recscale(
-        "train",
-        "quickstart",
-        "--init-from",
-        str(run_dir),
-        *with_sets([*sets, "embeddings.tables.0.dim=8"]),
-        check=False,
+    wider = in_process(  # refused before any rank starts
+        capfd, "train", "quickstart", "--init-from", str(run_dir), *with_sets([*sets, "embeddings.tables.0.dim=8"])
     )
     (line,) = wider.stderr.strip().splitlines()
     assert line.endswith("table t_user has 20000 rows of dim 16 there, 20000 rows of dim 8 in this config")
     # a checkpoint away from its run directory: the ranks find the table that differs in the saved tensors
     alone = tmp_path / "elsewhere" / "step_00000004"
     shutil.copytree(checkpoint, alone)
-    proc = recscale(
+    proc = in_process(
+        capfd,
         "train",
         "quickstart",
         "--nproc",
@@ -116,7 +116,6 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_other_table_siz
         "--init-from",
         str(alone),
         *with_sets([*sets, "embeddings.tables.0.dim=8"]),
-        check=False,
     )
     assert proc.returncode != 0
     assert (
@@ -124,17 +123,17 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_other_table_siz
     )
 
 
-def test_train_without_config_or_ranks_or_rows_says_what_it_needs_in_one_line(tmp_path):
-    proc = recscale("train", check=False)
+def test_train_without_config_or_ranks_or_rows_says_what_it_needs_in_one_line(tmp_path, capfd):
+    proc = in_process(capfd, "train")  # each case is refused before any rank starts
     assert proc.stderr.strip() == (
         "recscale train: error: CONFIG is required (a preset name or a YAML file), unless --resume RUN_DIR "
         "continues a run"
     )
-    proc = recscale("train", "quickstart", "--nproc", "0", "--set", f"launch.run_root={tmp_path}", check=False)
+    proc = in_process(capfd, "train", "quickstart", "--nproc", "0", "--set", f"launch.run_root={tmp_path}")
     assert (proc.returncode, proc.stderr.strip()) == (2, "recscale train: error: --nproc 0: expected at least 1 rank")
     assert not list(tmp_path.iterdir())  # nothing started (it used to run on launch.nproc_per_node ranks)
     tiny = [f"launch.run_root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "data.synthetic.num_train=900"]
-    proc = recscale("train", "quickstart", "--nproc", "2", *with_sets([*tiny, "trainer.batch_size=1024"]), check=False)
+    proc = in_process(capfd, "train", "quickstart", "--nproc", "2", *with_sets([*tiny, "trainer.batch_size=1024"]))
     *progress, line = proc.stderr.strip().splitlines()  # progress: the synthetic data being generated
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and line.startswith("recscale train: error: ")
     assert line.endswith(

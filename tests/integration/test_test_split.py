@@ -10,7 +10,7 @@ import pytest
 
 from recscale.launch import cli
 from tests.data.test_bad_input import criteo_file, criteo_lines
-from tests.launch.helpers import recscale
+from tests.launch.helpers import in_process
 from tests.launch.test_one_line_errors import assert_one_error_line
 from tests.trainer.runs import SMALL
 
@@ -33,7 +33,7 @@ def test_convert_routes_test_inputs_to_test_only(tmp_path):
     assert pq.read_table(tmp_path / "out" / "test").num_rows == 20
 
 
-def test_eval_split_test_reads_data_test_path_and_nothing_else(tmp_path):
+def test_eval_split_test_reads_data_test_path_and_nothing_else(tmp_path, capfd):
     sets = [x for s in SMALL if s.startswith("data.") for x in ("--set", s)]
     assert cli.main(["data", "synth", "quickstart", *sets, "--out", str(tmp_path / "d")]) == 0
     table = pq.read_table(tmp_path / "d" / "valid")
@@ -49,29 +49,29 @@ def test_eval_split_test_reads_data_test_path_and_nothing_else(tmp_path):
     ]
     args = [x for s in [*SMALL, *data] for x in ("--set", s)]
     run_dir = tmp_path / "run"
-    trained = recscale("train", "quickstart", "--nproc", "1", *args, "--run-dir", str(run_dir))
+    trained = in_process(capfd, "train", "quickstart", "--nproc", "1", *args, "--run-dir", str(run_dir))
     assert trained.returncode == 0, trained.stderr[-3000:]
     final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
     assert final["num_examples"] == half  # training evaluated on valid, not on test
 
-    on_test = recscale("eval", str(run_dir), "--split", "test")
+    on_test = in_process(capfd, "eval", str(run_dir), "--split", "test")
     assert on_test.returncode == 0, on_test.stderr[-3000:]
     result = json.loads(on_test.stdout)
-    direct = json.loads(recscale("eval", str(run_dir), "--data", str(tmp_path / "d" / "test")).stdout)
+    direct = json.loads(in_process(capfd, "eval", str(run_dir), "--data", str(tmp_path / "d" / "test")).stdout)
     assert result["split"] == "test" and result["num_examples"] == table.num_rows - half
     assert result["auc"] == direct["auc"] and result["logloss"] == direct["logloss"]
     assert result["auc"] != final["auc"]  # another set of rows than the run's validation
 
-    both = recscale("eval", str(run_dir), "--split", "test", "--data", str(tmp_path / "d" / "test"))
+    both = in_process(capfd, "eval", str(run_dir), "--split", "test", "--data", str(tmp_path / "d" / "test"))
     assert_one_error_line(both, "eval", "--data and --split test: give one")
 
 
-def test_split_test_without_a_test_path_is_one_line(tmp_path):
+def test_split_test_without_a_test_path_is_one_line(tmp_path, capfd):
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints" / "step_00000001").mkdir(parents=True)
     (run_dir / "checkpoints" / "step_00000001" / "manifest.json").write_text("{}")
     from recscale.configs import dump_config, load_config
 
     dump_config(load_config("quickstart", []), run_dir / "config.yaml")
-    proc = recscale("eval", str(run_dir), "--split", "test")
+    proc = in_process(capfd, "eval", str(run_dir), "--split", "test")
     assert_one_error_line(proc, "eval", "has no data.test_path", "--data PATH")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.launch.helpers import RECSCALE, ROOT, records, recscale, small_sets
+from tests.launch.helpers import RECSCALE, ROOT, in_process, records, recscale, small_sets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +32,9 @@ def _rank_processes(run_dir: Path) -> list[int]:
     return found
 
 
-def test_cancel_stops_a_running_local_cwd_job(tmp_path: Path) -> None:
+def test_cancel_stops_a_running_local_cwd_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RECSCALE_STATE_DIR": str(tmp_path / "state")}
     long_job = [*small_sets(tmp_path), "--set", "trainer.epochs=500", "--set", "checkpoint.every_steps=0"]
     launcher = subprocess.Popen(
@@ -47,7 +49,7 @@ def test_cancel_stops_a_running_local_cwd_job(tmp_path: Path) -> None:
         deadline = time.monotonic() + 180
         while not ((run_dir / "metrics.jsonl").exists() and records(run_dir, "train")):
             assert launcher.poll() is None and time.monotonic() < deadline, "the job did not start training"
-            time.sleep(1)
+            time.sleep(0.2)
         assert _rank_processes(run_dir)
 
         cancel = recscale("cancel", handle, env={"RECSCALE_STATE_DIR": env["RECSCALE_STATE_DIR"]})
@@ -65,21 +67,23 @@ def test_cancel_stops_a_running_local_cwd_job(tmp_path: Path) -> None:
         if launcher.poll() is None:
             launcher.kill()
 
-    state = {"RECSCALE_STATE_DIR": env["RECSCALE_STATE_DIR"]}
-    status = recscale("status", handle, env=state)
+    monkeypatch.setenv("RECSCALE_STATE_DIR", env["RECSCALE_STATE_DIR"])  # the job has ended: ask in this process
+    status = in_process(capfd, "status", handle)
     said = f"exit {status.returncode}\n{status.stdout}\n{status.stderr}"
     assert f"{handle}: CANCELLED (recorded by the recscale launch that ran it)" in status.stdout, said
-    again = recscale("cancel", handle, env=state)
+    again = in_process(capfd, "cancel", handle)
     assert again.returncode == 0 and again.stdout.strip() == f"{handle}: already ended CANCELLED"
     assert json.loads((run_dir / "launch.json").read_text())["launcher_pid"] == launcher.pid
 
 
-def test_cancel_of_an_unknown_handle_is_one_line(tmp_path: Path) -> None:
-    state = {"RECSCALE_STATE_DIR": str(tmp_path / "state")}
-    proc = recscale("cancel", "local_cwd://torchx/nothing-here", env=state)
+def test_cancel_of_an_unknown_handle_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RECSCALE_STATE_DIR", str(tmp_path / "state"))
+    proc = in_process(capfd, "cancel", "local_cwd://torchx/nothing-here")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "recscale cancel: error: local_cwd://torchx/nothing-here: no recscale launch process is recorded for this job"
     ]
-    proc = recscale("cancel", "not a handle", env=state)
+    proc = in_process(capfd, "cancel", "not a handle")
     assert proc.returncode == 2 and "not a TorchX app handle" in proc.stderr

@@ -15,7 +15,7 @@ import pytest
 
 from recscale.trainer.checkpoint import CheckpointManager
 from recscale.trainer.faults import DROPPED
-from tests.launch.helpers import records, recscale, run_dir_of, small_sets
+from tests.launch.helpers import in_process, records, recscale, run_dir_of, small_sets
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,16 +82,18 @@ def test_two_nodes_one_rank_each(two_by_one):
     print(f"local_cwd 2x1: {seconds:.1f} s")
 
 
-def test_status_and_logs_of_a_finished_local_job(one_by_two, state):
+def test_status_and_logs_of_a_finished_local_job(one_by_two, state, monkeypatch, capfd):
     proc, run_dir, _ = one_by_two
     handle = proc.stdout.splitlines()[0]
-    status = recscale("status", handle, env=state)
+    for name, value in state.items():  # read by the commands when they run (here: in this process)
+        monkeypatch.setenv(name, value)
+    status = in_process(capfd, "status", handle)
     assert status.returncode == 0, status.stderr
     assert f"{handle}: SUCCEEDED" in status.stdout and f"run directory: {run_dir}" in status.stdout
-    logs = recscale("logs", handle, env=state)
+    logs = in_process(capfd, "logs", handle)
     assert logs.returncode == 0, logs.stderr
     assert any(line.startswith("quickstart/0 ") and "step 16/16" in line for line in logs.stdout.splitlines())
-    unknown = recscale("status", "local_cwd://torchx/nope", env=state)
+    unknown = in_process(capfd, "status", "local_cwd://torchx/nope")
     assert unknown.returncode == 2 and "unknown to the local_cwd scheduler" in unknown.stderr
 
 

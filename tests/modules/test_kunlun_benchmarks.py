@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -27,10 +29,16 @@ def test_mfu_script_runs_on_cpu_at_tiny_shapes(tmp_path: Path) -> None:
     assert result["shapes"]["seq_len"] == 32 and result["model_flops_per_example"] > 0
 
 
-def test_cost_script_writes_the_reductions(tmp_path: Path) -> None:
-    out = tmp_path / "cost.json"
+@pytest.fixture(scope="module")
+def cost_json(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The text of one fresh ``kunlun_cost.py --out`` (no trained results yet), shared by the tests below."""
+    out = tmp_path_factory.mktemp("kunlun_cost") / "cost.json"
     _run("kunlun_cost.py", "--out", str(out))
-    result = json.loads(out.read_text())
+    return out.read_text()
+
+
+def test_cost_script_writes_the_reductions(cost_json: str) -> None:
+    result = json.loads(cost_json)
     assert 0.3 < result["flops_reduction_compskip"] < 0.6
     assert 0.15 < result["flops_reduction_swa"] < 0.45
     assert result["executed_reduction"]["sdpa"]["swa"] == 0.0  # a window mask under SDPA saves nothing
@@ -39,10 +47,9 @@ def test_cost_script_writes_the_reductions(tmp_path: Path) -> None:
     assert result["shapes"]["seq_len"] == 1000 and result["shapes"]["dim"] >= 256
 
 
-def test_recounting_the_flops_keeps_the_trained_quality(tmp_path: Path) -> None:
+def test_recounting_the_flops_keeps_the_trained_quality(cost_json: str, tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
-    _run("kunlun_cost.py", "--out", str(out))
-    trained = json.loads(out.read_text())
+    trained = json.loads(cost_json)  # the script's own output, as a fresh run of it writes it
     run = {"seed": 0, "auc": 0.74, "auc_gap": 0.12}
     trained["auc"], trained["equal_quality"] = {"full": 0.74}, {"compskip": {"within_0.1_percent": True}}
     trained["preset"]["variants"]["full"].update(auc=0.74, oracle_auc=0.86, runs=[run])
