@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
 from cli_runs import ROOT, quiet, recscale, train
-from results_io import cpu_model, write_results
+from results_io import cpu_model, write_result_key, write_results
+from sklearn.metrics import log_loss
 from verdicts import at_least, t_interval
 
 ARMS = {
@@ -74,12 +78,25 @@ def run_seed(work: Path, seed: int, common: list[str], arms: dict[str, list[str]
         f"data.valid_path={student_data / 'valid'}",
         "data.features.teacher=teacher",
     ]
-    out: dict[str, Any] = {"teacher": _streaming(teacher)}
+    out: dict[str, Any] = {"teacher": _streaming(teacher), "teacher_on_students_rows": teacher_ne(student_data)}
     for arm, sets in arms.items():
         _, summary = train("exfm_streaming", [*generator, *source, *STUDENT, *sets, *quiet(work / "runs")])
         out[arm] = _streaming(summary)
         print(f"seed {seed} {arm}: mean NE {out[arm]['mean_ne']:.5f}", flush=True)
     return out
+
+
+def teacher_ne(student_data: Path) -> dict[str, Any]:
+    """The teacher's own NE on the students' rows, day by day (its joined logits against their labels)."""
+    by_day = {}
+    for day in sorted((student_data / "train").iterdir())[1:]:  # day 0 has no scores
+        table = pq.read_table(day, columns=["label", "teacher"])
+        y = table["label"].to_numpy().astype(np.float64)
+        p = 1 / (1 + np.exp(-table["teacher"].to_numpy(zero_copy_only=False).astype(np.float64)))
+        q = y.mean()
+        entropy = -(q * math.log(q) + (1 - q) * math.log(1 - q))
+        by_day[day.name] = float(log_loss(y, p, labels=[0, 1]) / entropy)
+    return {"mean_ne": statistics.mean(by_day.values()), "ne_by_day": by_day}
 
 
 def _seed_of(data: Path) -> int:
@@ -109,7 +126,8 @@ def verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any
             "every_seed_positive": all(g > 0 for g in gain),
             "verdict": at_least(interval, target) if target > 0 else at_least(interval, 0.0),
         }
-    out["mean_ne"] = {arm: statistics.mean(runs[str(s)][arm]["mean_ne"] for s in seeds) for arm in ["teacher", *ARMS]}
+    arms = ["teacher", "teacher_on_students_rows", *ARMS]
+    out["mean_ne"] = {arm: statistics.mean(runs[str(s)][arm]["mean_ne"] for s in seeds) for arm in arms}
     return out
 
 
@@ -141,10 +159,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/exfm.json"))
     parser.add_argument("--auxiliary", default="", help="k=v,... added to both auxiliary arms (chosen by --grid)")
     parser.add_argument("--grid", action="store_true", help="only sweep grad_scale x loss_weight of 'auxiliary'")
+    parser.add_argument("--generator", default="", help="k=v,... generator settings of a variant (with --key)")
+    parser.add_argument("--key", default="", help="write the result under this key of --out (a variant)")
     args = parser.parse_args()
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
-    common = [f"data.cache_dir={work / 'cache'}"]
+    common = [f"data.cache_dir={work / 'cache'}", *[x for x in args.generator.split(",") if x]]
     started = time.perf_counter()
     if args.grid:
         return sweep(work, seeds, common, args.out)
@@ -163,8 +183,14 @@ def main() -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     out = Path(args.out)
-    if out.is_file() and "tuning" in json.loads(out.read_text()):
-        result["tuning"] = json.loads(out.read_text())["tuning"]
+    if args.key:
+        result["generator"] = common[1:]
+        write_result_key(out, args.key, result)
+        print(json.dumps(result["verdicts"], indent=2))
+        return 0
+    if out.is_file():  # the tuning sweep and the variants stay
+        kept = {k: v for k, v in json.loads(out.read_text()).items() if k not in result}
+        result.update(kept)
     write_results(out, result)
     print(json.dumps(result["verdicts"], indent=2))
     return 0
