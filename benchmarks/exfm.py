@@ -124,7 +124,7 @@ def verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any
             "interval": interval,
             "target_pct": target,
             "every_seed_positive": all(g > 0 for g in gain),
-            "verdict": at_least(interval, target) if target > 0 else at_least(interval, 0.0),
+            "verdict": at_least(interval, target),
         }
     arms = ["teacher", "teacher_on_students_rows", *ARMS]
     out["mean_ne"] = {arm: statistics.mean(runs[str(s)][arm]["mean_ne"] for s in seeds) for arm in arms}

@@ -79,6 +79,17 @@ def parquet_files(path: str | Path) -> list[str]:
     return files
 
 
+def period_subdirs(path: str | Path) -> list[Path]:
+    """The subdirectories of ``path`` in name order: a time-partitioned dataset's periods (``day=.../``).
+
+    Hidden (``.``) and private (``_``) ones are skipped; a file or a missing path has none.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+
+
 def open_catalog(path: str | Path) -> Catalog:
     """Read the footers of every file under ``path`` (cheap: no data pages are read)."""
     files = parquet_files(path)

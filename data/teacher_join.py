@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from recscale.data.errors import DataError
 from recscale.data.files import atomic_dir
-from recscale.data.partition import parquet_files
+from recscale.data.partition import parquet_files, period_subdirs
 
 SPLITS = ("train", "valid", "test")
 SIDECARS = ("claims.json", "schema.json")
@@ -108,7 +108,7 @@ def attach_teacher(
     with atomic_dir(out) as tmp:
         for split in splits:
             source = data / split if split else data
-            periods = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+            periods = period_subdirs(source)
             rows[split or "."], scored[split or "."] = 0, 0
             for period in periods or [source]:
                 target = tmp / split / period.name if periods else tmp / split
@@ -124,7 +124,7 @@ def attach_teacher(
 
 def _split_by_period(flat: np.ndarray, split: Path) -> dict[str, np.ndarray]:
     """A whole split's scores ``[N, T]`` (rows in file order) cut into its periods' (or the split's own)."""
-    periods = sorted(p for p in split.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    periods = period_subdirs(split)
     out, first = {}, 0
     for period in periods or [split]:
         n = sum(pq.read_metadata(f).num_rows for f in parquet_files(period))

@@ -51,18 +51,26 @@ class TrainData:
     def batches(self, start_step: int) -> Iterator[Batch]:
         """Batches from the current position on; batch ``start_step + k`` is the (k+1)-th produced."""
         index = start_step
-        self._states[index] = self.reader.state_dict()
+        self._record(index)
         while True:
             produced = False
             for batch in self.reader:
                 produced = True
                 index += 1
-                self._states[index] = self.reader.state_dict()
-                while len(self._states) > KEEP_STATES:
-                    self._states.popitem(last=False)
+                self._record(index)
                 yield batch.pin_memory() if self.pin_memory else batch
             if not produced:
                 raise RuntimeError(f"the training data at {self.reader.path} produced no batch in an epoch")
+
+    def _state(self) -> dict[str, int]:
+        """The reader's position now (what a checkpoint after the batch just produced saves)."""
+        return self.reader.state_dict()
+
+    def _record(self, index: int) -> None:
+        """Remember the position after batch ``index`` (the last ``KEEP_STATES`` are kept)."""
+        self._states[index] = self._state()
+        while len(self._states) > KEEP_STATES:
+            self._states.popitem(last=False)
 
     def state_after(self, step: int) -> dict[str, Any]:
         """The reader position right after the batch of ``step`` (what a resumed run continues from)."""

@@ -29,8 +29,9 @@ import torch
 from recscale.configs import JobConfig
 from recscale.data.batch import Batch
 from recscale.data.files import write_json
+from recscale.data.partition import period_subdirs
 from recscale.data.reader import ParquetBatchReader
-from recscale.trainer.data import KEEP_STATES, TrainData, too_few_rows, train_reader
+from recscale.trainer.data import TrainData, too_few_rows, train_reader
 from recscale.trainer.run_dir import METRICS
 
 log = logging.getLogger("recscale")
@@ -45,8 +46,7 @@ def period_dirs(train: Path) -> list[Path]:
     Raises:
         ValueError: ``train`` is not a directory of period subdirectories.
     """
-    children = train.iterdir() if train.is_dir() else iter(())
-    periods = sorted(p for p in children if p.is_dir() and not p.name.startswith((".", "_")))
+    periods = period_subdirs(train)
     if len(periods) < 2:
         raise ValueError(
             f"trainer.streaming.enabled: {train} must hold one subdirectory per period (e.g. day=00000/, "
@@ -96,16 +96,14 @@ class StreamingTrainData(TrainData):
     def batches(self, start_step: int) -> Iterator[Batch]:
         """Batches from the current position to the end of the last period."""
         index = start_step
-        self._states[index] = self._state()
+        self._record(index)
         for period in range(self._period, len(self.readers)):
             self._period = period
             reader = self.readers[period]
             while _passes_done(reader) < self.passes:
                 for batch in reader:
                     index += 1
-                    self._states[index] = self._state()
-                    while len(self._states) > KEEP_STATES:
-                        self._states.popitem(last=False)
+                    self._record(index)
                     yield batch.pin_memory() if self.pin_memory else batch
 
     def _state(self) -> dict[str, int]:
