@@ -1,15 +1,29 @@
-"""Checks of ``data.convert.fields`` and ``data.convert.graphhash`` (the converter's per-field row mappings)."""
+"""Checks of ``data.convert.fields`` and ``data.convert.graphhash`` (the converter's per-field row mappings).
+
+``remap: raw`` writes raw 64-bit ids, which only a ``collisions: managed`` table accepts; conversely, a
+feature on a managed table must be converted with ``remap: raw`` (any other rule would write rows into a
+table whose rows are slots). The first rule is checked with the config (``remap_problems``), the second only
+when a conversion runs (``convert_problems``, which checks both): a training job on already converted data
+needs no ``fields``.
+"""
 
 from __future__ import annotations
 
-from recscale.configs.schema import DataConfig
+from recscale.configs.schema import DataConfig, EmbeddingsConfig
 
-REMAPS = ("none", "modulo", "graphhash", "double_graphhash")
+REMAPS = ("none", "modulo", "graphhash", "double_graphhash", "raw")
 
 
-def remap_problems(data: DataConfig) -> list[str]:
-    """Problems of the per-field remap options, as ``key.path: what is wrong (expected ...)`` lines."""
-    out: list[str] = []
+def _managed(embeddings: EmbeddingsConfig) -> set[str]:
+    return {t.name for t in embeddings.tables if t.collisions == "managed"}
+
+
+def remap_problems(data: DataConfig, embeddings: EmbeddingsConfig | None = None) -> list[str]:
+    """Problems of the per-field remap options, as ``key.path: what is wrong (expected ...)`` lines.
+
+    With ``embeddings``, a ``remap: raw`` field's table must be ``collisions: managed``.
+    """
+    out: list[str] = [] if embeddings is None else _raw_on_plain_tables(data, embeddings)
     c, f = data.convert, data.features
     sparse = {s.name for s in f.sparse}
     graph_fields = []
@@ -58,4 +72,39 @@ def remap_problems(data: DataConfig) -> list[str]:
         out.append(f"data.convert.graphhash.min_cold_rows: expected >= 1, got {g.min_cold_rows}")
     if g.label and g.label not in f.labels:
         out.append(f"data.convert.graphhash.label: {g.label!r} is not one of data.features.labels")
+    return out
+
+
+def _raw_on_plain_tables(data: DataConfig, embeddings: EmbeddingsConfig) -> list[str]:
+    """A ``remap: raw`` field whose table is not ``collisions: managed``."""
+    managed = _managed(embeddings)
+    tables = {s.name: s.table for s in data.features.sparse}
+    return [
+        f"data.convert.fields.{name}.remap: raw writes raw 64-bit ids, so table {tables[name]!r} must have "
+        "collisions: managed (expected a managed table, or remap: modulo for rows of a plain one)"
+        for name, field in data.convert.fields.items()
+        if field.remap == "raw" and name in tables and tables[name] not in managed
+    ]
+
+
+def convert_problems(data: DataConfig, embeddings: EmbeddingsConfig) -> list[str]:
+    """The managed-table rules of a conversion (``remap: raw`` exactly on the managed tables' features)."""
+    out = _raw_on_plain_tables(data, embeddings)
+    managed = _managed(embeddings)
+    hashed = {
+        f.hash_feature: f"the double_graphhash hash feature of {name!r}"
+        for name, f in data.convert.fields.items()
+        if f.remap == "double_graphhash"
+    }
+    for s in data.features.sparse:
+        if s.table not in managed:
+            continue
+        field = data.convert.fields.get(s.name)
+        rule: str = field.remap if field is not None else "none (the categorical encoding)"
+        rule = hashed.get(s.name, rule)
+        if rule != "raw":
+            out.append(
+                f"data.convert.fields.{s.name}.remap: table {s.table!r} is managed (collisions: managed), so the "
+                f"converter must write raw ids (expected raw, got {rule})"
+            )
     return out

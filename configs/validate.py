@@ -194,7 +194,7 @@ def _check_data(cfg: JobConfig) -> list[str]:
         out.append("data.convert: row_group_size and rows_per_file must be positive")
     if not c.sequence_separator:
         out.append("data.convert.sequence_separator: expected a non-empty separator")
-    out.extend(remap_problems(d))
+    out.extend(remap_problems(d, cfg.embeddings))
     r = d.reader
     if r.shuffle_buffer_rows <= 0:
         out.append(f"data.reader.shuffle_buffer_rows: expected a positive integer, got {r.shuffle_buffer_rows}")

@@ -34,6 +34,14 @@ def table_rows(embeddings: EmbeddingsConfig) -> dict[str, int]:
     return {t.name: t.num_embeddings for t in embeddings.tables}
 
 
+def raw_id_tables(embeddings: EmbeddingsConfig) -> frozenset[str]:
+    """Names of the ``collisions: managed`` tables, whose features carry raw 64-bit ids (any int64).
+
+    The model maps those ids to slots, so the data side passes them through unchecked and unchanged.
+    """
+    return frozenset(t.name for t in embeddings.tables if t.collisions == "managed")
+
+
 def _is_list(tp: pa.DataType) -> bool:
     return bool(pa.types.is_list(tp) or pa.types.is_large_list(tp) or pa.types.is_fixed_size_list(tp))
 

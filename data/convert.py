@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from recscale.configs.loader import config_to_dict
+from recscale.configs.loader import ConfigError, config_to_dict
+from recscale.configs.remap import convert_problems
 from recscale.configs.schema import DataConfig, EmbeddingsConfig
 from recscale.data.columns import table_rows
 from recscale.data.errors import BadRowCounter, DataError
@@ -166,7 +167,7 @@ class Encoder:
             self.oov[name] += int((~known if missing is None else ~known & ~missing).sum())
         if missing is not None and self.mode != "integer" and name not in self.remaps.kinds:
             out = np.where(missing, MISSING_ROW, out)
-        if len(out):
+        if len(out) and self.remaps.kinds.get(name) != "raw":  # raw ids are not rows
             self.max_row[name] = max(self.max_row.get(name, 0), int(out.max()))
         return out
 
@@ -262,14 +263,18 @@ def convert(
     started = time.perf_counter()
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} already exists and is not empty (choose another --out or remove it)")
+    problems = convert_problems(data, embeddings)
+    if problems:
+        raise ConfigError("invalid config for the converter:\n  " + "\n  ".join(problems))
     c = data.convert
     vocabs: dict[str, Vocab] = {}
     remaps = FieldRemaps(data, embeddings)
     counters: dict[str, VocabCounter] = {}
     names = [s.name for s in data.features.sparse] + [q.ids for q in data.features.sequences]
+    vocab_names = [name for name in names if name not in remaps.raw]  # raw ids need no vocabulary
     if vocab_dir is not None:
         if c.categorical == "vocab":
-            vocabs = {name: _load_vocab(vocab_dir, name) for name in names}
+            vocabs = {name: _load_vocab(vocab_dir, name) for name in vocab_names}
         if remaps.needs_graph:
             remaps.load(vocab_dir.parent / REMAP_DIR)
     elif c.categorical == "vocab" or remaps.kinds:
@@ -277,7 +282,7 @@ def convert(
         counters = count_vocabs(data, inputs, parse, progress, remaps, edges)
         if c.categorical == "vocab":
             rows = Encoder(data, embeddings, {}, remaps).rows
-            vocabs = {name: counters[name].build(c.min_count, rows[name]) for name in names}
+            vocabs = {name: counters[name].build(c.min_count, rows[name]) for name in vocab_names}
         if edges is not None:
             remaps.build(edges)
     encoder = Encoder(data, embeddings, vocabs, remaps)
@@ -328,7 +333,7 @@ def _remap_stats(remaps: FieldRemaps, counters: dict[str, VocabCounter], stats: 
     remap = {}
     for name in remaps.kinds:
         counted = counters.get(name)
-        remap[name] = remaps.describe(name, len(counted.keys) if counted is not None else None)
+        remap[name] = remaps.describe(name, counted.distinct() if counted is not None else None)
         features[name] |= remap[name]
     return {"remap": remap, "remap_spec": remaps.spec(), "graphhash": remaps.graph}
 
@@ -367,7 +372,7 @@ def _stats(
                 "frequent_values": v.frequent,
                 "oov_values": encoder.oov[name],
             }
-        else:
+        elif name not in encoder.remaps.raw:
             entry["rows_needed"] = encoder.max_row.get(name, 0) + 1
         entry["missing_values"] = encoder.missing[name]
         features[name] = entry

@@ -2,7 +2,8 @@
 
 ``decode`` applies the feature schema to one row-group slice: labels must be 0/1 (finite for
 ``value_labels``), dense values finite, ids inside their table (``hashing: none``) or hashed / reduced
-into it, bags truncated to ``max_ids``,
+into it (ids of a ``collisions: managed`` table are raw ids: any int64, passed through unchanged for the
+model to map to slots), bags truncated to ``max_ids``,
 sequences to their ``max_length`` newest events. A bad value raises a ``DataError`` naming the file,
 row group, row and column, or, under ``on_bad_row: skip``, marks the row invalid (it becomes a
 zero-weight row with empty bags) and is counted.
@@ -35,7 +36,7 @@ class Columns:
     dense: np.ndarray
     """``[n, N]`` float32, finite."""
     sparse: list[Sparse]
-    """F features, rows already in ``[0, table rows)``."""
+    """F features, rows already in ``[0, table rows)`` (raw int64 ids for a ``collisions: managed`` table)."""
     sequences: list[Ragged]
     """Item ids per event type (oldest first, at most ``max_length`` each), in table rows."""
     timestamps: list[Ragged | None]
@@ -69,6 +70,8 @@ class DecodeSpec:
     """Rows of each table, by name."""
     skip_bad_rows: bool
     with_oracle: bool
+    raw_id_tables: frozenset[str] = frozenset()
+    """Tables whose features carry raw ids (``collisions: managed``): not range-checked, not hashed."""
 
 
 @dataclass
@@ -145,6 +148,22 @@ def _check_ids(
     return values
 
 
+def _table_ids(
+    values: np.ndarray,
+    row_of: np.ndarray | None,
+    hashing: Hashing,
+    spec: DecodeSpec,
+    column: str,
+    table: str,
+    n: int,
+    problems: _Problems,
+) -> np.ndarray:
+    """``values`` unchanged for a raw-id (managed) table, else mapped into / checked against the table."""
+    if table in spec.raw_id_tables:
+        return values
+    return _check_ids(values, row_of, hashing, spec.rows[table], column, table, n, problems)
+
+
 def decode(table: pa.Table, spec: DecodeSpec, location: RowLocation, counter: BadRowCounter) -> Columns:
     """Decode one row-group slice (``location`` names its file and row group; rows count from ``location.row``)."""
     f = spec.features
@@ -173,23 +192,22 @@ def decode(table: pa.Table, spec: DecodeSpec, location: RowLocation, counter: Ba
     sparse: list[Sparse] = []
     for s in f.sparse:
         array = table.column(s.name)
-        rows = spec.rows[s.table]
         if pa.types.is_integer(array.type):
             if array.null_count:  # a missing single-hot value is an empty bag
                 valid = np.asarray(array.is_valid().to_numpy(zero_copy_only=False))
                 ids = _numpy(pc.fill_null(array, 0), np.int64)
                 ragged = Ragged.from_lengths(valid.astype(np.int64), ids[valid])
-                ragged.values = _check_ids(
-                    ragged.values, ragged.row_of_value(), s.hashing, rows, s.name, s.table, n, problems
+                ragged.values = _table_ids(
+                    ragged.values, ragged.row_of_value(), s.hashing, spec, s.name, s.table, n, problems
                 )
                 sparse.append(ragged)
             else:
                 ids = _numpy(array, np.int64, writable=False)  # copied into the id matrix below
-                sparse.append(_check_ids(ids, None, s.hashing, rows, s.name, s.table, n, problems))
+                sparse.append(_table_ids(ids, None, s.hashing, spec, s.name, s.table, n, problems))
         else:
             ragged = _ragged(array, s.name, problems, n).keep(s.max_ids, newest=False)
-            ragged.values = _check_ids(
-                ragged.values, ragged.row_of_value(), s.hashing, rows, s.name, s.table, n, problems
+            ragged.values = _table_ids(
+                ragged.values, ragged.row_of_value(), s.hashing, spec, s.name, s.table, n, problems
             )
             sparse.append(ragged)
 
@@ -210,9 +228,7 @@ def decode(table: pa.Table, spec: DecodeSpec, location: RowLocation, counter: Ba
                 times = Ragged.from_lengths(ids.lengths, np.zeros(len(ids.values), dtype=np.int64))
             times = times.keep(q.max_length, newest=True)
         ids = ids.keep(q.max_length, newest=True)
-        ids.values = _check_ids(
-            ids.values, ids.row_of_value(), q.hashing, spec.rows[q.table], q.ids, q.table, n, problems
-        )
+        ids.values = _table_ids(ids.values, ids.row_of_value(), q.hashing, spec, q.ids, q.table, n, problems)
         sequences.append(ids)
         timestamps.append(times)
 

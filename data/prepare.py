@@ -6,7 +6,8 @@ table sizes). Concurrent callers (the launcher, then every rank) are safe: an ex
 serialises generation, and the data directory appears by an atomic rename, so a reader never sees a
 half-written one. ``source: parquet`` checks that the paths exist and that every file has the
 declared columns with usable types, and uses Parquet column statistics (no data pages read) to catch
-ids that do not fit their table under ``hashing: none``.
+ids that do not fit their table under ``hashing: none`` (except on ``collisions: managed`` tables, whose
+features carry raw ids).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 
 from recscale.configs.loader import config_to_dict
 from recscale.configs.schema import DataConfig, EmbeddingsConfig, FeatureSchemaConfig
-from recscale.data.columns import check_schema, table_rows
+from recscale.data.columns import check_schema, raw_id_tables, table_rows
 from recscale.data.errors import DataError
 from recscale.data.partition import Catalog, open_catalog
 from recscale.data.synthetic import CLAIMS, GENERATOR_VERSION, generate_synthetic
@@ -79,7 +80,7 @@ def prepare_data(data: DataConfig, embeddings: EmbeddingsConfig) -> DataPaths:
         catalog = open_catalog(path)
         for file, schema in zip(catalog.files, catalog.schemas):
             check_schema(schema, data.features, file, with_oracle)
-        problem = check_id_ranges(catalog, data.features, rows)
+        problem = check_id_ranges(catalog, data.features, rows, raw_id_tables(embeddings))
         if problem and data.reader.on_bad_row == "error":
             raise DataError(problem)
         if problem:
@@ -114,14 +115,16 @@ def _common_parent(a: Path, b: Path) -> Path:
     return parent_a.parent if parent_a.parent == parent_b.parent else parent_a
 
 
-def check_id_ranges(catalog: Catalog, features: FeatureSchemaConfig, rows: dict[str, int]) -> str:
+def check_id_ranges(
+    catalog: Catalog, features: FeatureSchemaConfig, rows: dict[str, int], raw_tables: frozenset[str] = frozenset()
+) -> str:
     """The first id outside its table for a ``hashing: none`` feature, by Parquet statistics ('' if none).
 
     Only the footers are read. Row groups without statistics are not checked here (the reader still
-    checks every id it decodes).
+    checks every id it decodes). Features of ``raw_tables`` (managed tables: raw ids) are not checked.
     """
-    columns = [(s.name, s.table) for s in features.sparse if s.hashing == "none"]
-    columns += [(q.ids, q.table) for q in features.sequences if q.hashing == "none"]
+    columns = [(s.name, s.table) for s in features.sparse if s.hashing == "none" and s.table not in raw_tables]
+    columns += [(q.ids, q.table) for q in features.sequences if q.hashing == "none" and q.table not in raw_tables]
     if not columns:
         return ""
     for file in catalog.files:

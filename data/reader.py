@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from recscale.configs.schema import EmbeddingsConfig, FeatureSchemaConfig, ReaderConfig
 from recscale.data.batch import Batch
-from recscale.data.columns import check_schema, table_rows
+from recscale.data.columns import check_schema, raw_id_tables, table_rows
 from recscale.data.decode import DecodeSpec
 from recscale.data.errors import BadRowCounter, DataError
 from recscale.data.partition import (
@@ -48,7 +48,7 @@ class ParquetBatchReader:
     Args:
         path: a Parquet file or a directory of Parquet files.
         features: the feature schema (which columns, what they mean).
-        embeddings: the tables (their rows bound the ids).
+        embeddings: the tables (their rows bound the ids; ids of ``collisions: managed`` tables are raw).
         reader: shuffle, buffer, workers, tail and bad-row settings.
         batch_size: examples per batch on this rank.
         rank: this rank, ``0 <= rank < world_size``.
@@ -94,6 +94,7 @@ class ParquetBatchReader:
             rows=table_rows(embeddings),
             skip_bad_rows=reader.on_bad_row == "skip",
             with_oracle=self.with_oracle,
+            raw_id_tables=raw_id_tables(embeddings),
         )
         self._epoch = 0
         self._batches_done = 0

@@ -8,6 +8,8 @@ A field listed there gets its rows from its raw key (the integer itself in ``int
   or a row of the hashed cold block when the key had no positive training row;
 * ``double_graphhash``: ``graphhash``, plus ``hash_feature`` filled from the same raw column with
   SplitMix64(key) mod its table's rows (the model gets both as two features on two tables).
+* ``raw``: the key itself with the top bit cleared, ``key & (2**63 - 1)`` (an int64 >= 0, no vocabulary,
+  no modulo), for a ``collisions: managed`` table whose rows the model hands out as slots.
 
 The community maps are written to ``OUT/graphhash/<field>.npz`` beside ``OUT/vocab/``, reused by ``--vocab``
 and copied into exported artifacts, whose ``serve.py`` applies the same rules to raw rows.
@@ -30,6 +32,8 @@ from recscale.data.raw import RawRows
 REMAP_DIR = "graphhash"
 """Folder of the community maps beside the converter's ``vocab/``."""
 GRAPH_REMAPS = ("graphhash", "double_graphhash")
+RAW_ID_MASK = np.uint64(2**63 - 1)
+"""``remap: raw`` keeps a key's low 63 bits, so the id is a non-negative int64."""
 
 
 def hash_sources(data: DataConfig) -> dict[str, str]:
@@ -49,8 +53,8 @@ def source_column(data: DataConfig, feature: str) -> str:
 class FieldRemaps:
     """The rules of ``data.convert.fields`` for one conversion, and the community maps once built.
 
-    ``kinds``: feature -> ``modulo`` | ``graphhash`` | ``hash`` (a hash feature); an unlisted feature uses
-    ``categorical``.
+    ``kinds``: feature -> ``modulo`` | ``graphhash`` | ``hash`` (a hash feature) | ``raw``; an unlisted
+    feature uses ``categorical``.
     """
 
     def __init__(self, data: DataConfig, embeddings: EmbeddingsConfig) -> None:
@@ -60,8 +64,8 @@ class FieldRemaps:
         self.tables = {s.name: s.table for s in data.features.sparse}
         self.kinds: dict[str, str] = {}
         for name, f in data.convert.fields.items():
-            if f.remap == "modulo":
-                self.kinds[name] = "modulo"
+            if f.remap in ("modulo", "raw"):
+                self.kinds[name] = f.remap
             elif f.remap in GRAPH_REMAPS:
                 self.kinds[name] = "graphhash"
                 if f.remap == "double_graphhash":
@@ -73,6 +77,11 @@ class FieldRemaps:
     def needs_graph(self) -> bool:
         """Whether some field reads community rows."""
         return "graphhash" in self.kinds.values()
+
+    @property
+    def raw(self) -> set[str]:
+        """The ``remap: raw`` features (no vocabulary, no rows: raw ids)."""
+        return {name for name, kind in self.kinds.items() if kind == "raw"}
 
     def add_rows(self, edges: EdgeCounter, raw: RawRows, train: np.ndarray) -> None:
         """Count the user-item pairs of the positive training rows of ``raw`` (``train``: ``[n]`` bool)."""
@@ -127,6 +136,8 @@ class FieldRemaps:
         if missing is not None:
             keys = np.where(missing, np.uint64(0), keys)
         kind, rows = self.kinds[name], self.rows[name]
+        if kind == "raw":
+            return (keys & RAW_ID_MASK).astype(np.int64)
         if kind == "modulo":
             return (keys % np.uint64(rows)).astype(np.int64)
         if kind == "hash":
@@ -137,6 +148,8 @@ class FieldRemaps:
         """What the rule of ``name`` used, against a full table of its ``distinct`` training values + 2."""
         kind, rows = self.kinds[name], self.rows[name]
         entry: dict[str, Any] = {"remap": kind, "table_rows": rows}
+        if kind == "raw":  # the table's rows are slots: no rows needed or saved to report
+            return entry | ({"distinct_values": distinct} if distinct is not None else {})
         if kind == "graphhash":
             found = self.maps[name]
             entry |= {"rows_needed": found.size, "communities": found.communities, "cold_rows": found.cold}

@@ -61,6 +61,11 @@ class VocabCounter:
             self.keys, self.counts = _merge(keys, counts)
             self._pending, self._pending_size = [], 0
 
+    def distinct(self) -> int:
+        """Distinct keys counted so far."""
+        self._flush()
+        return len(self.keys)
+
     def build(self, min_count: int, num_rows: int) -> Vocab:
         """The vocabulary: keys seen at least ``min_count`` times, most frequent first, at most ``rows - 2``."""
         self._flush()

@@ -190,7 +190,7 @@ class ReaderConfig:
     """Bad values (label not 0/1, NaN dense value, out-of-range id): raise, or skip and count."""
 
 
-Remap = Literal["none", "modulo", "graphhash", "double_graphhash"]
+Remap = Literal["none", "modulo", "graphhash", "double_graphhash", "raw"]
 
 
 @dataclass(kw_only=True)
@@ -202,7 +202,9 @@ class FieldRemapConfig:
     the integer itself in ``integer`` mode, else the 64-bit hash of the text: a random, stateless sharing).
     ``graphhash``: the row of the value's community in the user-item graph (``data.convert.graphhash``;
     the field must be its ``user`` or ``item``). ``double_graphhash``: the same, plus a hashed row of the
-    value in a second table (``hash_feature``)."""
+    value in a second table (``hash_feature``). ``raw``: the key itself with the top bit cleared
+    (``key & (2**63 - 1)``, an int64 >= 0; no vocabulary, no modulo), for a ``collisions: managed`` table,
+    whose features bring raw ids (and whose features the converter writes only this way)."""
     hash_feature: str = ""
     """``double_graphhash``: the sparse feature (in ``data.features.sparse``, on its own table) that gets the
     second row, SplitMix64(key) mod that table's rows; the converter fills it from this field's column, so
@@ -267,7 +269,8 @@ class ConvertConfig:
     """A malformed line or bad value: raise naming file, line and column, or skip it and count it."""
     fields: dict[str, FieldRemapConfig] = field(default_factory=dict)
     """Sparse feature name -> a row mapping other than ``categorical`` (``modulo``, ``graphhash``,
-    ``double_graphhash``); unlisted features use ``categorical``."""
+    ``double_graphhash``) or raw ids (``raw``, for ``collisions: managed`` tables); unlisted features use
+    ``categorical``."""
     graphhash: GraphHashConfig = field(default_factory=GraphHashConfig)
     """The user-item graph and its clustering (fields with ``remap: graphhash`` / ``double_graphhash``)."""
 
