@@ -8,6 +8,7 @@ the world. Every message starts with the key path and says what was expected.
 from __future__ import annotations
 
 from recscale.configs.loader import ConfigError
+from recscale.configs.managed import managed_problems
 from recscale.configs.perturbation import perturbation_problems
 from recscale.configs.remap import remap_problems
 from recscale.configs.schema import DataConfig, JobConfig
@@ -37,6 +38,7 @@ def collect_problems(cfg: JobConfig, world_size: int | None = None, device: str 
     """All problems of ``cfg`` as ``key.path: what is wrong (expected ...)`` lines."""
     out: list[str] = []
     out += _check_tables(cfg)
+    out += managed_problems(cfg)
     out += _check_features(cfg)
     out += task_problems(cfg)
     out += synthetic_task_problems(cfg)

@@ -12,6 +12,8 @@ from recscale.configs.tasks import heads, resolve_tasks
 from recscale.modules.distillation import DistilledDense
 from recscale.modules.embeddings import SparseArch, pooled_layout, sequence_table_configs, table_configs
 from recscale.modules.flops import FlopCount, total
+from recscale.modules.managed_ids import ManagedIds, build_managed_ids
+from recscale.modules.managed_rows import RowReset
 from recscale.modules.model import RecModel
 from recscale.modules.perturbation import Perturbation
 from recscale.modules.registry import ModelInputs, build_dense, get_spec
@@ -42,9 +44,13 @@ class BuiltModel:
     """``model.perturbation`` (LSPR / SCR) on the dense device; None = off."""
     distills: bool = False
     """The dense arch carries distillation heads (``model.teacher.head: auxiliary``) and reads the teacher."""
+    managed: ManagedIds | None = None
+    """The remapper of the ``collisions: managed`` tables (on the dense device); None = none."""
 
     def rec_model(self, **kwargs: object) -> RecModel:
         """The unsharded whole model (a reference for tests, evaluation on one process)."""
+        if self.managed is not None and self.managed.on_evict is None:
+            self.managed.on_evict = RowReset(self.sparse)
         return RecModel(
             sparse=self.sparse,
             dense=self.dense,
@@ -55,6 +61,7 @@ class BuiltModel:
             teacher_clip=self.teacher_clip,
             perturbation=self.perturbation,
             distills=self.distills,
+            managed_ids=self.managed,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -114,6 +121,7 @@ def build_model(
         teacher_clip=cfg.model.teacher.clip if teacher_features(cfg) else 0.0,
         perturbation=perturbation(cfg, inputs, dense_device),
         distills=distills(cfg),
+        managed=build_managed_ids(cfg.embeddings, cfg.data.features, torch.device(dense_device)),
     )
 
 

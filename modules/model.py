@@ -75,6 +75,8 @@ class RecModel(nn.Module):
             arch runs once on ``[clean; perturbed]`` rows; None = off. Not with ``uses_sequences``.
         distills: the dense arch has distillation heads (``modules/distillation.py``): it is also given
             ``teacher=batch.teacher``.
+        managed_ids: the remapper of ``collisions: managed`` tables (``modules/managed_ids.py``): raw ids of
+            their features -> slots, before the tables; None = no managed table.
     """
 
     def __init__(
@@ -92,9 +94,11 @@ class RecModel(nn.Module):
         teacher_clip: float = 0.0,
         perturbation: Perturbation | None = None,
         distills: bool = False,
+        managed_ids: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.sparse = sparse
+        self.managed_ids = managed_ids
         self.dense = dense
         self.compute_dtype = compute_dtype
         self.autocast = autocast
@@ -112,12 +116,13 @@ class RecModel(nn.Module):
 
     def forward(self, batch: Any) -> ModelOutput:
         """``batch`` is a ``recscale.data.Batch``; returns the loss and what evaluation needs."""
+        features = batch.sparse if self.managed_ids is None else self.managed_ids(batch.sparse)
         if self.uses_sequences:
             timestamps = batch.sequence_timestamps if self.uses_timestamps else None
-            out = self.sparse(batch.sparse, batch.sequences, timestamps)
+            out = self.sparse(features, batch.sequences, timestamps)
             logits, aux, diagnostics = self._dense(batch, out[0], (out[1], out[2], out[3], batch.domain))
         else:
-            pooled = self.sparse(batch.sparse)
+            pooled = self.sparse(features)
             if self.perturbation is not None and self.training:
                 return self._perturbed_forward(batch, pooled)
             domain = {"domain": batch.domain} if self.uses_domain else {}

@@ -24,6 +24,7 @@ from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from recscale.configs.schema import OptimizerConfig, ShardingConfig
 from recscale.modules.build import BuiltModel
+from recscale.modules.managed_rows import RowReset
 from recscale.modules.model import RecModel
 from recscale.sharding.dense_parallel import DDPDense, DeepSpeedDense, DenseBackend
 from recscale.sharding.fused_optim import apply_sparse_optimizer, unfused_table_optimizer
@@ -177,7 +178,13 @@ def parallelize(
     else:
         backend = DDPDense(dense_module, optimizer.dense, total_steps)
 
-    # 6. the top-level model
+    # 6. the top-level model (managed-collision remapper replicated: ids gathered over the world)
+    table_optimizer = unfused_table_optimizer(dmp, optimizer.sparse)
+    managed = built.managed
+    if managed is not None:
+        managed = managed.to(info.device)
+        managed.group = dist.GroupMember.WORLD if info.world_size > 1 else None  # type: ignore[assignment]
+        managed.on_evict = RowReset(dmp, table_optimizer)
     model = RecModel(
         sparse=dmp,
         dense=backend.module,
@@ -192,8 +199,9 @@ def parallelize(
         distills=built.distills,
         task_loss=built.task_loss.to(info.device) if built.task_loss is not None else None,
         perturbation=built.perturbation.to(info.device) if built.perturbation is not None else None,
+        managed_ids=managed,
     )
-    updater = Updater(backend, dmp.fused_optimizer, unfused_table_optimizer(dmp, optimizer.sparse))
+    updater = Updater(backend, dmp.fused_optimizer, table_optimizer)
     return ParallelModel(model=model, sparse=dmp, dense=backend, plan=described, sharding_plan=plan, updater=updater)
 
 

@@ -9,6 +9,32 @@ from recscale.configs.schema.lattice import LatticeConfig
 from recscale.configs.schema.perturbation import PerturbationConfig
 from recscale.configs.schema.tasks import TaskConfig, TeacherConfig
 
+Eviction = Literal["lfu", "lru", "distance_lfu"]
+
+
+@dataclass(kw_only=True)
+class ManagedCollisionConfig:
+    """How a ``collisions: managed`` table admits raw ids (TorchRec's managed-collision hashing, MCH).
+
+    The table's ``num_embeddings`` rows are slots: every id admitted gets a slot of its own; ids not
+    (yet) admitted share the last slot. Every ``eviction_interval`` training steps, the ids seen since the
+    last round compete with the ids holding slots under the eviction policy; the losers give their slots
+    to the winners.
+    """
+
+    eviction: Eviction = "lfu"
+    """``lfu``: keep the most frequently seen ids (counts since admission); ``lru``: keep the most recently
+    seen; ``distance_lfu``: frequency discounted by the steps since last seen (``distance_decay``)."""
+    eviction_interval: int = 1
+    """Training steps between eviction rounds (ids are admitted only at a round)."""
+    distance_decay: float = 1.0
+    """``distance_lfu``: score = count / (steps since last seen) ** decay."""
+    input_hash_size: int = 2**63 - 1
+    """Raw ids are taken modulo this before admission (negative ids become non-negative)."""
+    evicted_rows: Literal["reset", "keep"] = "reset"
+    """``reset``: a slot given to a new id starts from a zero row and zero optimizer state (what TorchRec's
+    sharded managed-collision tables do); ``keep``: the new id inherits the evicted id's trained row."""
+
 
 @dataclass(kw_only=True)
 class TableConfig:
@@ -26,6 +52,12 @@ class TableConfig:
     """Storage type of the rows (and of the fused optimizer's row updates): ``fp16`` halves the table's
     memory and the bytes each lookup reads, which is what large GPU tables usually run with. The
     planner's memory estimates, the embedding-traffic metric and checkpoints use it."""
+    collisions: Literal["none", "managed"] = "none"
+    """``none``: features bring rows (their ``hashing`` maps raw ids to rows). ``managed``: features bring
+    raw 64-bit ids (``hashing: none``, any value) and the table's rows are slots handed out by managed-collision
+    hashing (``managed``); pooled features only."""
+    managed: ManagedCollisionConfig = field(default_factory=ManagedCollisionConfig)
+    """The slot policy of a ``collisions: managed`` table."""
 
 
 @dataclass(kw_only=True)

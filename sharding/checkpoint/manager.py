@@ -38,6 +38,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
 from recscale.configs.schema import CheckpointConfig
+from recscale.sharding.checkpoint.managed import ManagedIdsState
 from recscale.sharding.checkpoint.parts import FORMAT, MANIFEST, load_parts, read_manifest, save_parts, unwrap
 from recscale.sharding.checkpoint.protocol import Checkpointable
 from recscale.sharding.checkpoint.sparse import SparseState
@@ -46,6 +47,9 @@ from recscale.sharding.checkpoint.trainer_state import TrainerState
 from recscale.sharding.checkpoint.writer import METADATA, fsync_directory, sha256_file
 
 log = logging.getLogger("recscale")
+
+MANAGED_PART = "managed"
+"""The managed-collision tables' part (``checkpoint.managed``), present when the model has such tables."""
 
 CHECKPOINTS = "checkpoints"
 _STEP = re.compile(r"step_\d+")
@@ -135,11 +139,12 @@ class CheckpointManager:
 
     @staticmethod
     def _parts(parallel: Any, trainer_state: dict[str, Any] | None) -> dict[str, Checkpointable]:
-        return {
+        parts: dict[str, Checkpointable] = {
             "sparse": SparseState(parallel.sparse, parallel.updater.table_optimizer),
             "dense": parallel.dense.checkpoint_state(),
             "trainer": TrainerState(trainer_state),
         }
+        return {**parts, **_managed_part(parallel)}
 
     # ---------------------------------------------------------------------------------- saving
 
@@ -327,6 +332,7 @@ class CheckpointManager:
         """
         self.wait()
         parts = self._parts(parallel, None)
+        _check_managed_part(Path(path), parallel)
         manifest = load_parts(Path(path), parts, group=self._process_group())
         trainer = parts["trainer"]
         assert isinstance(trainer, TrainerState)
@@ -342,8 +348,26 @@ class CheckpointManager:
         dense = parallel.dense.checkpoint_state()
         dense.weights_only = True
         parts = {"sparse": SparseState(parallel.sparse, parallel.updater.table_optimizer, weights_only=True)}
-        manifest = load_parts(Path(path), {**parts, "dense": dense}, group=self._process_group())
+        _check_managed_part(Path(path), parallel)
+        manifest = load_parts(
+            Path(path), {**parts, "dense": dense, **_managed_part(parallel)}, group=self._process_group()
+        )
         return int(manifest["step"])
+
+
+def _managed_part(parallel: Any) -> dict[str, Checkpointable]:
+    """The managed-collision tables' part, when the model has such tables."""
+    managed = getattr(getattr(parallel, "model", None), "managed_ids", None)
+    return {} if managed is None else {MANAGED_PART: ManagedIdsState(managed)}
+
+
+def _check_managed_part(path: Path, parallel: Any) -> None:
+    """A model with managed-collision tables needs their slot maps: refuse a checkpoint without them, by name."""
+    if _managed_part(parallel) and not (path / MANAGED_PART).is_dir():
+        raise ValueError(
+            f"{path}: the checkpoint has no managed-collision state, but embeddings.tables has collisions: managed "
+            "tables (it was written by a run whose tables were not managed)"
+        )
 
 
 def _remove(paths: list[Path]) -> None:

@@ -1,0 +1,258 @@
+"""Managed-collision tables: raw 64-bit ids -> slots of a bounded table, before the tables are read.
+
+A table with ``collisions: managed`` gets one TorchRec ``MCHManagedCollisionModule`` (managed-collision
+hashing with sorted raw ids): every admitted id owns a slot (a row), ids not admitted share the last slot,
+and every ``eviction_interval`` training steps the ids seen since the last round compete with the admitted
+ones under the eviction policy (LFU, LRU or distance-weighted LFU); winners take the losers' slots.
+
+Where it runs, and why: TorchRec's sharded managed-collision collection offers only row-wise sharding on
+GPU (its sharder offers no sharding type on CPU). Here the remapper is **replicated**: every rank holds the
+whole slot map and, in training, every rank profiles the *global* batch's ids (an all-gather of the managed
+features' ids per step, in rank order), so all ranks make the same admissions and evictions bit for bit;
+each rank then remaps its own ids. The table itself is sharded like any other by the planner (table-,
+column-, row-wise or data-parallel). Memory per rank: 3 x 8 bytes per slot (sorted raw ids, slot of each,
+one policy statistic; LRU-LFU two).
+
+Eviction rounds are ours: ids of the steps of one interval are collected here and given to the MCH module
+in one profile call at the interval's last step (the module itself evicts at every call). So a checkpoint
+only needs the module's own buffers plus the ids collected since the last round, and a resumed run makes
+the same rounds as an uninterrupted one. Recency (LRU, distance LFU) is counted in rounds.
+
+When ``evicted_rows: reset`` the slots an eviction hands to new ids are reported to ``on_evict`` (the
+trainer zeroes those rows and their optimizer state: ``recscale.modules.managed_rows``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.modules.mc_modules import (
+    DistanceLFU_EvictionPolicy,
+    LFU_EvictionPolicy,
+    LRU_EvictionPolicy,
+    MCHEvictionPolicy,
+    MCHManagedCollisionModule,
+)
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
+
+from recscale.configs.schema import EmbeddingsConfig, FeatureSchemaConfig
+from recscale.configs.schema.model import ManagedCollisionConfig
+
+PROFILE_CHUNK = 1 << 20
+"""Most ids given to one MCH profile call; a round with more ids is profiled in chunks of this size
+(the module's history buffer is sized for exactly this many)."""
+
+
+def _bag(ids: torch.Tensor) -> JaggedTensor:
+    """``ids`` ``[n]`` as one bag (MCH modules look only at the values)."""
+    return JaggedTensor(values=ids, lengths=torch.tensor([ids.numel()], device=ids.device))
+
+
+def eviction_policy(cfg: ManagedCollisionConfig) -> MCHEvictionPolicy:
+    """TorchRec's eviction policy for ``managed.eviction``."""
+    if cfg.eviction == "lru":
+        return LRU_EvictionPolicy(decay_exponent=cfg.distance_decay)
+    if cfg.eviction == "distance_lfu":
+        return DistanceLFU_EvictionPolicy(decay_exponent=cfg.distance_decay)
+    return LFU_EvictionPolicy()
+
+
+class ManagedIds(nn.Module):
+    """Remaps the raw ids of the features of ``collisions: managed`` tables to slots (a KJT in, a KJT out).
+
+    Example::
+
+        managed = ManagedIds({"user": (cfg, 1000)}, {"user": ["user_id"]}, device=torch.device("cpu"))
+        kjt = managed(kjt)   # user_id values now in [0, 1000); other features untouched
+
+    Args:
+        tables: table name -> (its ``managed`` config, its rows = slots).
+        readers: table name -> the sparse features that read it.
+        device: where the slot maps live (the batch's device).
+    """
+
+    def __init__(
+        self,
+        tables: dict[str, tuple[ManagedCollisionConfig, int]],
+        readers: dict[str, list[str]],
+        device: torch.device,
+    ) -> None:
+        super().__init__()
+        self.configs = {name: cfg for name, (cfg, _) in tables.items()}
+        self.rows = {name: rows for name, (_, rows) in tables.items()}
+        self.readers = {name: list(readers[name]) for name in tables}
+        self.device = device
+        self.mch = nn.ModuleDict({name: self._new_module(name) for name in tables})
+        self.table_of = {f: t for t, fs in self.readers.items() for f in fs}
+        self.group: dist.ProcessGroup | None = None
+        """Process group the training ids are gathered over (None: this process's ids only)."""
+        self.on_evict: Callable[[str, torch.Tensor], None] | None = None
+        """Called with (table, slots handed to new ids) when ``evicted_rows: reset``."""
+        self._pending: dict[str, list[torch.Tensor]] = {name: [] for name in tables}
+        self._pending_steps = 0
+
+    def _new_module(self, table: str) -> MCHManagedCollisionModule:
+        cfg = self.configs[table]
+        module = MCHManagedCollisionModule(
+            zch_size=self.rows[table],
+            device=self.device,
+            eviction_policy=eviction_policy(cfg),
+            eviction_interval=1,  # rounds are ours (see the module docstring)
+            input_hash_size=cfg.input_hash_size,
+            name=table,
+        )
+        # private: size the module's history buffer for PROFILE_CHUNK ids (tests/modules/test_managed_ids.py)
+        module._init_history_buffers({table: _bag(torch.empty(PROFILE_CHUNK, dtype=torch.int64))})
+        return module
+
+    @property
+    def interval(self) -> int:
+        """Steps per eviction round (every managed table shares the job's shortest interval)."""
+        return min(cfg.eviction_interval for cfg in self.configs.values())
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
+        """``features`` with the managed features' raw ids replaced by slots ``[0, rows)``.
+
+        In training (``self.training``) the ids are first recorded, and at the end of each interval a round runs.
+        """
+        keys = features.keys()
+        offsets = features.offset_per_key()
+        values = features.values()
+        local: dict[str, list[tuple[int, torch.Tensor]]] = {t: [] for t in self.mch}
+        for i, key in enumerate(keys):
+            table = self.table_of.get(key)
+            if table is not None:
+                raw = values[offsets[i] : offsets[i + 1]]
+                local[table].append((i, torch.remainder(raw, self.configs[table].input_hash_size)))
+        if self.training:
+            self._record({t: torch.cat([v for _, v in parts]) if parts else values[:0] for t, parts in local.items()})
+        pieces = [values[offsets[i] : offsets[i + 1]] for i in range(len(keys))]
+        for table, parts in local.items():
+            module = self.mch[table]
+            for i, ids in parts:
+                pieces[i] = module.remap({table: _bag(ids)})[table].values()
+        return KeyedJaggedTensor(
+            keys=keys,
+            values=torch.cat(pieces) if pieces else values,
+            lengths=features.lengths(),
+            weights=features.weights_or_none(),
+            stride=features.stride(),
+            length_per_key=features.length_per_key(),
+            offset_per_key=offsets,
+        )
+
+    # ------------------------------------------------------------------------------ rounds
+
+    def _gather(self, ids: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``ids`` ``[n_r]`` concatenated in rank order ``[sum_r n_r]`` (identical on every rank)."""
+        if self.group is None or dist.get_world_size(self.group) == 1:
+            return ids
+        world = dist.get_world_size(self.group)
+        size = torch.tensor([ids.numel()], dtype=torch.int64, device=ids.device)
+        sizes = [torch.empty_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size, group=self.group)
+        counts = [int(s.item()) for s in sizes]
+        padded = torch.zeros(max(counts), dtype=ids.dtype, device=ids.device)
+        padded[: ids.numel()] = ids
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded, group=self.group)
+        return torch.cat([g[:n] for g, n in zip(gathered, counts)])
+
+    def _record(self, ids: dict[str, torch.Tensor]) -> None:
+        """Collect this step's global ids; run a round at the end of the interval."""
+        for table, local in ids.items():
+            self._pending[table].append(self._gather(local))
+        self._pending_steps += 1
+        if self._pending_steps >= self.interval:
+            self._round()
+
+    @torch.no_grad()
+    def _round(self) -> None:
+        """Profile the collected ids (admissions and evictions), then report the slots that changed owner."""
+        for table, module in self.mch.items():
+            ids = torch.cat(self._pending[table]) if self._pending[table] else torch.empty(0, dtype=torch.int64)
+            for start in range(0, ids.numel(), PROFILE_CHUNK):
+                chunk = ids[start : start + PROFILE_CHUNK]
+                module.profile({table: _bag(chunk)})
+                evicted = module.evict()
+                if evicted is not None and evicted.numel() and self.on_evict is not None:
+                    if self.configs[table].evicted_rows == "reset":
+                        self.on_evict(table, evicted)
+            self._pending[table] = []
+        self._pending_steps = 0
+
+    # ------------------------------------------------------------------------------ state
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to make the same rounds.
+
+        Per table its module's buffers and the ids collected since the last round (``pending``); and how
+        many steps those span (``pending_steps``).
+        """
+        out: dict[str, Any] = {"pending_steps": self._pending_steps}
+        for table, module in self.mch.items():
+            pending = self._pending[table]
+            out[table] = {
+                **module.state_dict(),
+                "pending": torch.cat(pending) if pending else torch.empty(0, dtype=torch.int64, device=self.device),
+            }
+        return out
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take ``state`` (from ``state``) into fresh modules, as a resumed run starts.
+
+        Raises:
+            ValueError: when ``state`` lacks a managed table or a table's slots differ from the config.
+        """
+        for table in self.mch:
+            module = self._new_module(table)
+            wanted = module.state_dict()
+            saved = state.get(table, {})
+            if "_mch_sorted_raw_ids" not in saved:
+                raise ValueError(
+                    f"embeddings.tables ({table}): the checkpoint has no managed-collision state for this table"
+                )
+            slots = saved["_mch_sorted_raw_ids"].shape[0]
+            if slots != self.rows[table]:
+                raise ValueError(
+                    f"embeddings.tables ({table}).num_embeddings: the checkpoint's managed table has {slots} "
+                    f"slots, the config {self.rows[table]}"
+                )
+            if set(saved) - {"pending"} != set(wanted):
+                raise ValueError(
+                    f"embeddings.tables ({table}).managed.eviction: the checkpoint's statistics are of another "
+                    f"eviction policy than {self.configs[table].eviction!r}"
+                )
+            module.load_state_dict({n: saved[n] for n in wanted})
+            module.train(self.training)
+            self.mch[table] = module
+            pending = saved.get("pending")
+            keep = isinstance(pending, torch.Tensor) and pending.numel() > 0
+            self._pending[table] = [pending.to(self.device)] if keep else []
+        self._pending_steps = int(state.get("pending_steps", 0))
+
+    def slot_map(self, table: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The admitted ids of ``table`` and their slots, sorted by id (``[n]``, ``[n]``; empty slots left out).
+
+        What serving needs to remap raw ids without TorchRec (any other id reads slot ``rows - 1``).
+        """
+        state = self.mch[table].state_dict()
+        ids, slots = state["_mch_sorted_raw_ids"], state["_mch_remapped_ids_mapping"]
+        used = ids != torch.iinfo(torch.int64).max
+        return ids[used].clone(), slots[used].clone()
+
+
+def build_managed_ids(emb: EmbeddingsConfig, features: FeatureSchemaConfig, device: torch.device) -> ManagedIds | None:
+    """The remapper of the job's ``collisions: managed`` tables, or None when there is none."""
+    tables = {t.name: (t.managed, t.num_embeddings) for t in emb.tables if t.collisions == "managed"}
+    if not tables:
+        return None
+    readers: dict[str, list[str]] = {name: [] for name in tables}
+    for f in features.sparse:
+        if f.table in readers:
+            readers[f.table].append(f.name)
+    return ManagedIds(tables, readers, device)
