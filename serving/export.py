@@ -24,6 +24,7 @@ from recscale.configs.tasks import resolve_tasks
 from recscale.serving import runtime
 from recscale.serving.conversion import graphhash_dir, raw_spec
 from recscale.serving.graph import FeatureLookup, InferenceModel, export_graph
+from recscale.serving.managed import checkpoint_slot_maps, write_slot_maps
 from recscale.serving.tables import QUANTIZE, InferenceTable
 from recscale.sharding.checkpoint import read_manifest, verify
 from recscale.sharding.checkpoint.export import dense_weights
@@ -156,20 +157,43 @@ def export_program(cfg: JobConfig, model: InferenceModel) -> torch.export.Export
         raise ValueError(f"model {cfg.model.arch!r} does not export with torch.export: {first}") from None
 
 
-def feature_spec(cfg: JobConfig) -> dict[str, Any]:
-    """What turns rows into the graph's inputs (``features.json``)."""
+def feature_spec(cfg: JobConfig, managed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What turns rows into the graph's inputs (``features.json``); ``managed``: the slot maps' section."""
     rows = {t.name: t.num_embeddings for t in cfg.embeddings.tables}
+    collisions = {t.name: t.collisions for t in cfg.embeddings.tables}
     return {
         "labels": list(cfg.data.features.labels),
         "tasks": [{"name": t.name, "label": t.label, "loss": t.loss} for t in resolve_tasks(cfg)],
         "dense": list(cfg.data.features.dense),
         "sparse": [
-            {"name": f.name, "table": f.table, "rows": rows[f.table], "hashing": f.hashing, "max_ids": f.max_ids}
+            {
+                "name": f.name,
+                "table": f.table,
+                "rows": rows[f.table],
+                "hashing": f.hashing,
+                "max_ids": f.max_ids,
+                "collisions": collisions[f.table],
+            }
             for f in cfg.data.features.sparse
         ],
+        "managed": managed or {},
         "dense_transforms": "Parquet: dense columns are read as stored; raw text: as the 'raw' section says",
         "raw": raw_spec(cfg)[0],
     }
+
+
+def copy_vocabularies(cfg: JobConfig, artifact: Path) -> None:
+    """Copy the conversion's vocabularies (raw CSV values -> the rows the model knows) into ``artifact/vocab``.
+
+    Nothing without a ``vocab``-mode conversion; a ``remap: raw`` feature has none (its ids are raw).
+    """
+    spec, vocab = raw_spec(cfg)
+    if spec is None or vocab is None:
+        return
+    (artifact / "vocab").mkdir()
+    for feature in cfg.data.features.sparse:
+        if spec["remap"].get(feature.name, {}).get("remap") != "raw":
+            shutil.copyfile(vocab / f"{feature.name}.npz", artifact / "vocab" / f"{feature.name}.npz")
 
 
 def metrics_at(run_dir: Path, step: int) -> dict[str, Any]:
@@ -211,16 +235,14 @@ def export_run(run_dir: Path, checkpoint: str, out: Path, quantize: str) -> dict
         raise ValueError(why)
     model = build_inference_model(cfg, path, quantize)
     program = export_program(cfg, model)
+    maps = checkpoint_slot_maps(cfg, path)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.export.save(program, str(tmp / runtime.GRAPH))
-    (tmp / runtime.FEATURES).write_text(json.dumps(feature_spec(cfg), indent=2))
-    _, vocab = raw_spec(cfg)
-    if vocab is not None:  # the conversion's vocabularies: raw CSV values -> the rows the model knows
-        (tmp / "vocab").mkdir()
-        for spec in cfg.data.features.sparse:
-            shutil.copyfile(vocab / f"{spec.name}.npz", tmp / "vocab" / f"{spec.name}.npz")
+    managed = write_slot_maps(maps, tmp)  # managed tables: raw ids -> slots, frozen at this checkpoint
+    (tmp / runtime.FEATURES).write_text(json.dumps(feature_spec(cfg, managed), indent=2))
+    copy_vocabularies(cfg, tmp)
     graphs = graphhash_dir(cfg)
     if graphs is not None:  # GraphHash's community maps (data.convert.fields): raw ids -> community rows
         shutil.copytree(graphs, tmp / graphs.name)
@@ -235,6 +257,7 @@ def export_run(run_dir: Path, checkpoint: str, out: Path, quantize: str) -> dict
         "metrics": metrics_at(run_dir, step),
         "quantize": quantize,
         "table_bytes": {name: t.nbytes() for name, t in model.tables.items()},
+        "managed": {name: {"rows": m["rows"], "admitted": m["admitted"]} for name, m in managed.items()},
         "torch": torch.__version__,
         "inputs": "dense [B, N] float32, then per sparse feature: ids [nnz] int64, offsets [B] int64",
         "output": "probabilities [B, T] float32, one column per label",

@@ -10,7 +10,9 @@ This file is copied into every artifact as ``serve.py``, so a serving host can d
 Rows are read the way recscale's training reader reads prepared Parquet: dense columns as float32
 (they must be finite), a sparse column as an integer (one id; null = empty bag) or a list of integers
 (null = empty bag, the first ``max_ids`` kept), ids mapped into the table by the feature's hashing
-(``none``: an id outside the table is an error, ``modulo``, ``hash``: SplitMix64 then modulo). The
+(``none``: an id outside the table is an error, ``modulo``, ``hash``: SplitMix64 then modulo). A
+feature of a ``collisions: managed`` table brings raw int64 ids, mapped to slots by the table's slot map
+frozen at export (``managed/<table>.npz``, ``managed_slots``). The
 graph (``model.pt2``, ``torch.export``) takes ``dense [B, N]`` and, per sparse feature in
 ``features.json`` order, ``values [nnz]`` and ``offsets [B]`` (int64, where each row's bag starts),
 and returns probabilities ``[B, T]``.
@@ -66,6 +68,25 @@ def map_ids(ids: np.ndarray, hashing: str, rows: int) -> np.ndarray:
     return (_mix64(ids) % np.uint64(rows)).astype(np.int64)
 
 
+def managed_slots(
+    ids: np.ndarray, slot_map: tuple[np.ndarray, np.ndarray], rows: int, input_hash_size: int
+) -> np.ndarray:
+    """Raw ids ``[n]`` int64 -> slots ``[n]`` of a managed-collision table, as training's evaluation maps them.
+
+    ``slot_map`` = (the admitted ids ``[m]`` sorted, their slots ``[m]``). An id is first reduced to
+    ``id mod input_hash_size`` (non-negative, like ``torch.remainder``); an admitted one reads its slot,
+    any other the shared slot ``rows - 1``.
+    """
+    admitted, slots = slot_map
+    keys = np.mod(ids.astype(np.int64), np.int64(input_hash_size))
+    out = np.full(keys.shape, rows - 1, dtype=np.int64)
+    if len(admitted):
+        at = np.minimum(np.searchsorted(admitted, keys), len(admitted) - 1)
+        found = admitted[at] == keys
+        out[found] = slots[at[found]]
+    return out
+
+
 def _column(batch: Any, name: str, where: str) -> Any:
     """Column ``name`` of a dict or a pyarrow table / record batch, as a pyarrow array."""
     import pyarrow as pa
@@ -86,8 +107,14 @@ def _column(batch: Any, name: str, where: str) -> Any:
         raise ServingError(f"{where}: column {name!r}: {err}") from None
 
 
-def _bags(array: Any, spec: dict[str, Any], where: str) -> tuple[np.ndarray, np.ndarray]:
-    """A sparse column -> (ids [nnz] int64 mapped into the table, offsets [B] int64)."""
+def _bags(
+    array: Any, spec: dict[str, Any], where: str, managed: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse column -> (ids [nnz] int64 mapped into the table, offsets [B] int64).
+
+    ``managed``: the feature's table's slot map (``slot_map``, ``rows``, ``input_hash_size``) when the table
+    is ``collisions: managed`` (the ids are then raw: any int64).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -110,6 +137,9 @@ def _bags(array: Any, spec: dict[str, Any], where: str) -> tuple[np.ndarray, np.
             ids, lengths = ids[keep], np.minimum(lengths, spec["max_ids"])
     else:
         raise ServingError(f"{where}: column {name!r} has type {array.type}, expected an integer or a list of them")
+    if managed is not None:  # raw ids: any int64, each to its slot
+        slots = managed_slots(ids, managed["slot_map"], managed["rows"], managed["input_hash_size"])
+        return slots, np.cumsum(lengths) - lengths
     ids = map_ids(ids, spec["hashing"], spec["rows"])
     bad = (ids < 0) | (ids >= spec["rows"])
     if bad.any():
@@ -141,7 +171,21 @@ class Predictor:
         tasks = self.features.get("tasks") or [{"name": label, "loss": "bce"} for label in self.labels]
         self.outputs: list[str] = [("pred_" if t["loss"] == "regression" else "p_") + t["name"] for t in tasks]
         """Output column per task: ``p_<task>`` (a probability) or ``pred_<task>`` (a regression value)."""
+        self.managed = {
+            table: self._slot_map(table, entry) for table, entry in self.features.get("managed", {}).items()
+        }
+        """Per ``collisions: managed`` table: its frozen slot map, rows and input_hash_size."""
         self.module = torch.export.load(str(self.path / GRAPH)).module()
+
+    def _slot_map(self, table: str, entry: dict[str, Any]) -> dict[str, Any]:
+        path = self.path / entry["file"]
+        if not path.is_file():
+            raise ServingError(f"{path}: missing slot map of managed-collision table {table!r} (see {FEATURES})")
+        with np.load(path) as data:
+            ids, slots = np.asarray(data["ids"], dtype=np.int64), np.asarray(data["slots"], dtype=np.int64)
+        if ids.shape != slots.shape or (len(ids) > 1 and not (np.diff(ids) > 0).all()):
+            raise ServingError(f"{path}: a slot map needs ids [n] sorted ascending and slots [n]")
+        return {"slot_map": (ids, slots), "rows": int(entry["rows"]), "input_hash_size": int(entry["input_hash_size"])}
 
     def inputs(self, batch: Any, where: str = "batch") -> tuple[torch.Tensor, ...]:
         """The graph's inputs for ``batch`` (a dict of columns, or a pyarrow table / record batch)."""
@@ -161,7 +205,8 @@ class Predictor:
             dense[:, j] = values
         out: list[torch.Tensor] = [torch.from_numpy(dense)]
         for spec, col in zip(self.features["sparse"], sparse):
-            ids, offsets = _bags(col, spec, where)
+            managed = self.managed.get(spec["table"]) if spec.get("collisions") == "managed" else None
+            ids, offsets = _bags(col, spec, where, managed)
             out += [torch.from_numpy(np.ascontiguousarray(ids)), torch.from_numpy(offsets)]
         return tuple(out)
 
@@ -236,8 +281,13 @@ def _layout(path: Path, raw: dict[str, Any], needed: list[str]) -> tuple[list[st
     return header, 1, delimiter
 
 
-def _numbers(array: Any, integers: bool, where: str, name: str, line: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(float64 values, missing mask)`` of a text column; a value that is not a number is an error."""
+def _numbers(
+    array: Any, integers: bool, where: str, name: str, line: int, exact: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(float64 values, missing mask)`` of a text column; a value that is not a number is an error.
+
+    ``exact`` (with ``integers``): int64 values, every bit kept (raw 64-bit ids do not fit a float64).
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -252,7 +302,8 @@ def _numbers(array: Any, integers: bool, where: str, name: str, line: int) -> tu
                 kind = "an integer" if integers else "a number"
                 raise ServingError(f"{where}: line {line + i}: column {name!r}: {text!r} is not {kind}") from None
         raise
-    values = np.asarray(pc.fill_null(numbers, 0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    dtype = np.int64 if integers and exact else np.float64
+    values = np.asarray(pc.fill_null(numbers, 0).to_numpy(zero_copy_only=False), dtype=dtype)
     return values, missing
 
 
@@ -264,8 +315,8 @@ def _keys(array: Any, fmt: str, mode: str, where: str, name: str, line: int) -> 
 
     missing = np.asarray(array.is_null().to_numpy(zero_copy_only=False))
     if mode == "integer":
-        values, _ = _numbers(array, True, where, name, line)
-        return values.astype(np.int64).astype(np.uint64), missing
+        values, _ = _numbers(array, True, where, name, line, exact=True)
+        return values.astype(np.uint64), missing
     encoded = pc.dictionary_encode(pc.fill_null(array, ""))
     distinct = encoded.dictionary.to_pylist()
     keys = np.zeros(len(distinct), dtype=np.uint64)
@@ -299,12 +350,15 @@ def _rows(keys: np.ndarray, missing: np.ndarray, mode: str, rows: int, vocab: An
 
 
 def _remapped(keys: np.ndarray, missing: np.ndarray, rule: dict[str, Any], found: Any) -> np.ndarray:
-    """Rows of a ``data.convert.fields`` rule: modulo, a hash feature, or a GraphHash community map.
+    """Rows of a ``data.convert.fields`` rule: modulo, a hash feature, a GraphHash community map, or raw ids.
 
+    ``raw`` gives the raw id ``key & (2**63 - 1)`` of a managed table (``Predictor`` maps it to its slot).
     ``found`` = (sorted keys, their rows, communities, cold rows); other keys go to the cold block, and an
     empty value is key 0.
     """
     keys = np.where(missing, np.uint64(0), keys)
+    if rule["remap"] == "raw":
+        return (keys & np.uint64(2**63 - 1)).astype(np.int64)
     if rule["remap"] in ("modulo", "hash"):
         mixed = keys if rule["remap"] == "modulo" else _mix64(keys)
         return (mixed % np.uint64(rule["rows"])).astype(np.int64)
@@ -428,4 +482,13 @@ def predict_file(
     return len(probs)
 
 
-__all__ = ["ServingError", "Predictor", "load", "map_ids", "parquet_files", "predict_file", "raw_batches"]
+__all__ = [
+    "ServingError",
+    "Predictor",
+    "load",
+    "managed_slots",
+    "map_ids",
+    "parquet_files",
+    "predict_file",
+    "raw_batches",
+]
