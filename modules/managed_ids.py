@@ -72,7 +72,7 @@ class ManagedIds(nn.Module):
     Args:
         tables: table name -> (its ``managed`` config, its rows = slots).
         readers: table name -> the sparse features that read it.
-        device: where the slot maps live (the batch's device).
+        device: where the slot maps live (the batch's device; build it there, see ``on``).
     """
 
     def __init__(
@@ -108,6 +108,16 @@ class ManagedIds(nn.Module):
         # private: size the module's history buffer for PROFILE_CHUNK ids (tests/modules/test_managed_ids.py)
         module._init_history_buffers({table: _bag(torch.empty(PROFILE_CHUNK, dtype=torch.int64))})
         return module
+
+    def on(self, device: torch.device) -> ManagedIds:
+        """A fresh remapper like this one on ``device``.
+
+        MCH modules keep history buffers that ``.to()`` does not move, so a remapper is built where it runs.
+        """
+        if torch.device(device) == torch.device(self.device):
+            return self
+        tables = {t: (self.configs[t], self.rows[t]) for t in self.configs}
+        return ManagedIds(tables, self.readers, torch.device(device))
 
     @property
     def interval(self) -> int:

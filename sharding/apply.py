@@ -182,7 +182,7 @@ def parallelize(
     table_optimizer = unfused_table_optimizer(dmp, optimizer.sparse)
     managed = built.managed
     if managed is not None:
-        managed = managed.to(info.device)
+        managed = managed.on(info.device)
         managed.group = dist.GroupMember.WORLD if info.world_size > 1 else None  # type: ignore[assignment]
         managed.on_evict = RowReset(dmp, table_optimizer)
     model = RecModel(

@@ -25,8 +25,7 @@ from recscale.serving.runtime import managed_slots, raw_batches
 from tests.data.test_managed_ids import INT_USERS, USERS, converter_config, write_csv
 from tests.distributed import run_distributed
 from tests.serving.helpers import eval_predictions
-from tests.trainer.runs import new_run, train_worker
-from tests.trainer.test_managed_resume import managed_job
+from tests.trainer.runs import managed_job, new_run, train_worker
 
 I64 = torch.iinfo(torch.int64)
 

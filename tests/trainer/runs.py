@@ -36,6 +36,23 @@ def small_job(cache_dir: Path, *overrides: str, preset: str = "quickstart") -> J
     return cfg
 
 
+MANAGED = [
+    "embeddings.tables.0.collisions=managed",
+    "embeddings.tables.0.num_embeddings=256",
+    "embeddings.tables.0.managed.eviction_interval=3",
+    "trainer.epochs=1",
+]
+"""``managed_job``'s overrides: ``t_user`` managed with 256 slots and a round every 3 steps; one epoch."""
+
+
+def managed_job(root: Path) -> JobConfig:
+    """The small job trained on its own data (20,000 user ids) with ``t_user`` a managed table of 256 slots."""
+    big = small_job(root / "cache")
+    paths = prepare_data(big.data, big.embeddings)
+    overrides = ["data.source=parquet", f"data.train_path={paths.train}", f"data.valid_path={paths.valid}"]
+    return load_config("quickstart", [*SMALL, *overrides, *MANAGED])
+
+
 def new_run(root: Path, name: str, cfg: JobConfig) -> Path:
     run_dir = root / name
     run_dir.mkdir(parents=True)

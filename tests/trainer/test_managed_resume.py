@@ -1,6 +1,6 @@
 """Managed-collision tables in real training runs: resumed == uninterrupted, bit for bit, on 2 ranks.
 
-The data has 20,000 user ids; the managed ``t_user`` table has 256 slots, a round every 3 steps and a
+The data draws user ids from 20,000; the managed ``t_user`` table has 256 slots, a round every 3 steps and a
 checkpoint every 4, so the checkpoint falls inside a round (ids collected but not yet profiled).
 """
 
@@ -11,34 +11,10 @@ import shutil
 
 import pytest
 
-from recscale.configs import load_config
-from recscale.data.prepare import prepare_data
 from tests.distributed import run_distributed
-from tests.trainer.runs import SMALL, final_eval, losses, new_run, small_job, train_worker
+from tests.trainer.runs import final_eval, losses, managed_job, new_run, train_worker
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-MANAGED = [
-    "embeddings.tables.0.collisions=managed",
-    "embeddings.tables.0.num_embeddings=256",
-    "embeddings.tables.0.managed.eviction_interval=3",
-    "trainer.epochs=1",
-]
-
-
-def managed_job(root):
-    big = small_job(root / "cache")
-    paths = prepare_data(big.data, big.embeddings)
-    return load_config(
-        "quickstart",
-        [
-            *SMALL,
-            "data.source=parquet",
-            f"data.train_path={paths.train}",
-            f"data.valid_path={paths.valid}",
-            *MANAGED,
-        ],
-    )
 
 
 def test_managed_run_resumes_bit_exactly(tmp_path):
