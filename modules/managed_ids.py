@@ -94,6 +94,11 @@ class ManagedIds(nn.Module):
         """Called with (table, slots handed to new ids) when ``evicted_rows: reset``."""
         self._pending: dict[str, list[torch.Tensor]] = {name: [] for name in tables}
         self._pending_steps = 0
+        self._lookups = {name: 0 for name in tables}  # training lookups of the log window, this rank
+        self._misses = {
+            name: torch.zeros((), dtype=torch.int64, device=device) for name in tables
+        }  # on the shared slot
+        self._reassigned = {name: 0 for name in tables}  # slots that changed owner in the window's rounds
 
     def _new_module(self, table: str) -> MCHManagedCollisionModule:
         cfg = self.configs[table]
@@ -145,6 +150,9 @@ class ManagedIds(nn.Module):
             module = self.mch[table]
             for i, ids in parts:
                 pieces[i] = module.remap({table: _bag(ids)})[table].values()
+                if self.training:  # device-side counts: no host read in the step
+                    self._lookups[table] += ids.numel()
+                    self._misses[table] += (pieces[i] == self.rows[table] - 1).sum()
         return KeyedJaggedTensor(
             keys=keys,
             values=torch.cat(pieces) if pieces else values,
@@ -189,11 +197,37 @@ class ManagedIds(nn.Module):
                 chunk = ids[start : start + PROFILE_CHUNK]
                 module.profile({table: _bag(chunk)})
                 evicted = module.evict()
+                if evicted is not None:
+                    self._reassigned[table] += evicted.numel()
                 if evicted is not None and evicted.numel() and self.on_evict is not None:
                     if self.configs[table].evicted_rows == "reset":
                         self.on_evict(table, evicted)
             self._pending[table] = []
         self._pending_steps = 0
+
+    # ------------------------------------------------------------------------------ telemetry
+
+    def window_record(self) -> dict[str, float]:
+        """What the tables did since the last call, over every rank (a collective; resets the window).
+
+        Per table: ``managed/<t>/miss_rate`` (share of training lookups that read the shared slot: ids not
+        admitted), ``managed/<t>/admitted`` (slots owned by an id now, of ``rows - 1``) and
+        ``managed/<t>/reassigned`` (slots handed to a new id in the window's rounds, empty slots included).
+        """
+        tables = list(self.mch)
+        counts = torch.stack(
+            [torch.stack([self._misses[t], torch.tensor(self._lookups[t], device=self.device)]) for t in tables]
+        )
+        if self.group is not None and dist.get_world_size(self.group) > 1:
+            dist.all_reduce(counts, group=self.group)
+        out: dict[str, float] = {}
+        for (misses, lookups), table in zip(counts.tolist(), tables, strict=True):
+            out[f"managed/{table}/miss_rate"] = misses / lookups if lookups else float("nan")
+            out[f"managed/{table}/admitted"] = float(len(self.slot_map(table)[0]))
+            out[f"managed/{table}/reassigned"] = float(self._reassigned[table])
+            self._lookups[table], self._reassigned[table] = 0, 0
+            self._misses[table].zero_()
+        return out
 
     # ------------------------------------------------------------------------------ state
 

@@ -10,6 +10,7 @@ import yaml
 
 from recscale.reports import plots
 from recscale.reports.conversion import remap_section
+from recscale.reports.managed import managed_section
 from recscale.reports.render import Report, fmt, percent
 from recscale.reports.rundata import RunData
 from recscale.reports.scaling import SHORT_NAMES, shown_categories, step_breakdown
@@ -52,6 +53,7 @@ def run_section(report: Report, run: RunData) -> None:
     tasks_section(report, final)
     streaming_section(report, run)
     remap_section(report, run)
+    managed_section(report, run)
     stages_section(report, s.get("stages"))
     curves_section(report, [run])
     report.heading("Where the time goes")

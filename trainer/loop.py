@@ -156,6 +156,7 @@ class StepLoop:
         stepper_cls = HybridTrainPipeline if cfg.trainer.pipeline else PlainStepper
         self.stepper = stepper_cls(parallel.model, parallel.updater, info.device, timer)
         self.meter = RunMeter(cfg, info, parallel.dense.inner, per_rank_batch, timer)
+        self.meter.managed = parallel.model.managed_ids
         slow_bf16 = slow_bf16_warning(info.device, cfg.trainer.precision)
         if slow_bf16 and info.is_main:
             log.warning("%s", slow_bf16)

@@ -64,6 +64,7 @@ class RunMeter:
         self._unlapped = 0  # steps since the last lap, all of one kind
         self._unlapped_steady = False
         self._moe_ms = 0.0  # MoE all-to-all time of the window set aside before an evaluation
+        self.managed: Any = None  # the model's ManagedIds (managed-collision tables), set by the loop
 
     def wrap(self, batches: Iterator[Batch]) -> Iterator[Batch]:
         """The training batches, counted (sequence lengths for FLOPs, ids for traffic) as they are read."""
@@ -130,6 +131,7 @@ class RunMeter:
             "emb/bytes_per_example": emb_bytes,
             "emb/gbytes_per_s_per_rank": embedding_bandwidth(emb_bytes, rate.examples_per_s_per_rank),
             **self._moe_record(steps),
+            **(self.managed.window_record() if self.managed is not None else {}),
             **memory_stats(self.info.device),
             **diagnostics,
             **flops.record(),

@@ -128,3 +128,19 @@ def test_config_errors_name_the_key():
         "embeddings.tables.0.managed.eviction_interval=0"
     )
     validate(load_config("quickstart", ["embeddings.tables.0.collisions=managed"]))  # the plain case is fine
+
+
+def test_window_record_counts_misses_admissions_and_reassignments():
+    m = remapper(rows=3)  # 2 slots
+    m(kjt([A, A, A, B, C, C]))  # A (3) and C (2) admitted; B misses
+    m(kjt([B]))  # B (1) cannot beat C (2): a miss, no reassignment
+    record = m.window_record()
+    assert record == {
+        "managed/t_user/miss_rate": 2 / 7,
+        "managed/t_user/admitted": 2.0,
+        "managed/t_user/reassigned": 2.0,
+    }
+    m.eval()(kjt([B, B]))  # evaluation lookups are not counted
+    again = m.window_record()
+    assert again["managed/t_user/reassigned"] == 0.0 and again["managed/t_user/admitted"] == 2.0
+    assert again["managed/t_user/miss_rate"] != again["managed/t_user/miss_rate"]  # NaN: no training lookup
