@@ -103,6 +103,7 @@ def build_model(
         device=torch.device(sparse_device),
         sequence_tables=seq_tables,
         sequence_layout=seq_layout,
+        managed_tables={t.name for t in cfg.embeddings.tables if t.collisions == "managed"},
     )
     with torch.device(dense_device):
         dense = build_dense(spec, cfg.model, inputs)

@@ -13,7 +13,7 @@ is named ``<table>__seq`` (``sequence_table_name``). See docs/models/kunlun.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import partial
 
 import torch
@@ -146,11 +146,18 @@ class SparseArch(nn.Module):
     ``EmbeddingCollection`` that the planner shards like the EBC, and ``forward(features, sequences,
     timestamps)`` additionally returns padded per-event tensors (see ``forward``).
 
+    Managed-collision tables (``managed_tables``) live in a second collection, ``mc_ebc``, read with the
+    slots ``ManagedIds`` computed (``forward(..., managed=...)``): the other tables' collection still gets
+    the batch's KJT itself, so TorchRec's train pipeline keeps starting their input all-to-all a batch
+    early (it cannot for ``mc_ebc``, whose input the model computes). ``ebc`` is None when every pooled
+    table is managed.
+
     Args:
-        tables: pooled tables (EBC).
+        tables: pooled tables, in config order.
         device: ``meta`` for sharding (default) or a real device for an unsharded reference.
         sequence_tables: unpooled tables of the event sequences (EC), from ``sequence_table_configs``.
         sequence_layout: the event sequences (required with ``sequence_tables``).
+        managed_tables: names of the ``collisions: managed`` tables among ``tables``.
     """
 
     def __init__(
@@ -159,9 +166,14 @@ class SparseArch(nn.Module):
         device: torch.device | None = None,
         sequence_tables: list[EmbeddingConfig] | None = None,
         sequence_layout: SequenceLayout | None = None,
+        managed_tables: Collection[str] = (),
     ) -> None:
         super().__init__()
-        self.ebc = EmbeddingBagCollection(tables=tables, device=device or torch.device("meta"))
+        where = device or torch.device("meta")
+        plain = [t for t in tables if t.name not in managed_tables]
+        managed = [t for t in tables if t.name in managed_tables]
+        self.ebc = EmbeddingBagCollection(tables=plain, device=where) if plain else None
+        self.mc_ebc = EmbeddingBagCollection(tables=managed, device=where) if managed else None
         self.layout = pooled_layout(tables)
         self.sequence_layout = sequence_layout
         self.ec: EmbeddingCollection | None = None
@@ -170,13 +182,21 @@ class SparseArch(nn.Module):
             self.ec = EmbeddingCollection(tables=sequence_tables, device=device or torch.device("meta"))
             self.padder = SequencePadder(sequence_layout)
 
+    def collections(self) -> list[EmbeddingBagCollection]:
+        """The pooled tables' collections: ``ebc`` and ``mc_ebc``, those that exist."""
+        return [c for c in (self.ebc, self.mc_ebc) if c is not None]
+
     def forward(
         self,
         features: KeyedJaggedTensor,
         sequences: KeyedJaggedTensor | None = None,
         timestamps: KeyedJaggedTensor | None = None,
+        managed: KeyedJaggedTensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Pooled embeddings of every feature, concatenated in ``layout`` order: ``[B, sum_f dim_f]``.
+
+        ``managed`` holds the managed tables' features as slots (``ManagedIds``); without it they are read
+        from ``features`` (which must then hold slots).
 
         A sharded EBC returns its features grouped by sharding and rank, not in config order, so
         the output is regrouped explicitly (one gather; the identity when already in order).
@@ -187,7 +207,10 @@ class SparseArch(nn.Module):
         event at position L - 1, the ``max_length`` newest kept); ``timestamps`` is
         ``Batch.sequence_timestamps`` or None.
         """
-        pooled = KeyedTensor.regroup([self.ebc(features)], [list(self.layout.feature_names)])[0]
+        pooled_parts = [self.ebc(features)] if self.ebc is not None else []
+        if self.mc_ebc is not None:
+            pooled_parts.append(self.mc_ebc(managed if managed is not None else features))
+        pooled = KeyedTensor.regroup(pooled_parts, [list(self.layout.feature_names)])[0]
         if sequences is None:
             return pooled
         padded = self.padder(self.ec(sequences), timestamps)  # a leaf when sharded: index, do not unpack

@@ -67,7 +67,7 @@ class ManagedIds(nn.Module):
     Example::
 
         managed = ManagedIds({"user": (cfg, 1000)}, {"user": ["user_id"]}, device=torch.device("cpu"))
-        kjt = managed(kjt)   # user_id values now in [0, 1000); other features untouched
+        slots = managed(kjt)   # a KJT of user_id only, its values now in [0, 1000)
 
     Args:
         tables: table name -> (its ``managed`` config, its rows = slots).
@@ -130,22 +130,22 @@ class ManagedIds(nn.Module):
         return min(cfg.eviction_interval for cfg in self.configs.values())
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
-        """``features`` with the managed features' raw ids replaced by slots ``[0, rows)``.
+        """The managed features of ``features`` (in its key order), their raw ids replaced by slots ``[0, rows)``.
 
         In training (``self.training``) the ids are first recorded, and at the end of each interval a round runs.
         """
-        keys = features.keys()
-        offsets = features.offset_per_key()
-        values = features.values()
+        order = [i for i, key in enumerate(features.keys()) if key in self.table_of]
+        ours = features.permute(order)
+        keys, offsets, values = ours.keys(), ours.offset_per_key(), ours.values()
         local: dict[str, list[tuple[int, torch.Tensor]]] = {t: [] for t in self.mch}
         for i, key in enumerate(keys):
-            table = self.table_of.get(key)
-            if table is not None:
-                raw = values[offsets[i] : offsets[i + 1]]
-                local[table].append((i, torch.remainder(raw, self.configs[table].input_hash_size)))
+            table = self.table_of[key]
+            local[table].append(
+                (i, torch.remainder(values[offsets[i] : offsets[i + 1]], self.configs[table].input_hash_size))
+            )
         if self.training:
             self._record({t: torch.cat([v for _, v in parts]) if parts else values[:0] for t, parts in local.items()})
-        pieces = [values[offsets[i] : offsets[i + 1]] for i in range(len(keys))]
+        pieces: list[torch.Tensor] = [values[:0]] * len(keys)
         for table, parts in local.items():
             module = self.mch[table]
             for i, ids in parts:
@@ -156,10 +156,10 @@ class ManagedIds(nn.Module):
         return KeyedJaggedTensor(
             keys=keys,
             values=torch.cat(pieces) if pieces else values,
-            lengths=features.lengths(),
-            weights=features.weights_or_none(),
-            stride=features.stride(),
-            length_per_key=features.length_per_key(),
+            lengths=ours.lengths(),
+            weights=ours.weights_or_none(),
+            stride=ours.stride(),
+            length_per_key=ours.length_per_key(),
             offset_per_key=offsets,
         )
 

@@ -116,13 +116,14 @@ class RecModel(nn.Module):
 
     def forward(self, batch: Any) -> ModelOutput:
         """``batch`` is a ``recscale.data.Batch``; returns the loss and what evaluation needs."""
-        features = batch.sparse if self.managed_ids is None else self.managed_ids(batch.sparse)
+        # managed tables read slots (a KJT of their features only); the others read the batch's own KJT
+        managed = {} if self.managed_ids is None else {"managed": self.managed_ids(batch.sparse)}
         if self.uses_sequences:
             timestamps = batch.sequence_timestamps if self.uses_timestamps else None
-            out = self.sparse(features, batch.sequences, timestamps)
+            out = self.sparse(batch.sparse, batch.sequences, timestamps, **managed)
             logits, aux, diagnostics = self._dense(batch, out[0], (out[1], out[2], out[3], batch.domain))
         else:
-            pooled = self.sparse(features)
+            pooled = self.sparse(batch.sparse, **managed)
             if self.perturbation is not None and self.training:
                 return self._perturbed_forward(batch, pooled)
             domain = {"domain": batch.domain} if self.uses_domain else {}

@@ -33,7 +33,8 @@ from recscale.sharding.checkpoint.reader import SafeReader, read_metadata
 
 RUN_CONFIG = "config.yaml"
 CHECKPOINTS = "checkpoints"
-TABLE_PREFIX = "sparse.model.ebc.embedding_bags."
+TABLE_PREFIXES = ("sparse.model.ebc.embedding_bags.", "sparse.model.mc_ebc.embedding_bags.")
+"""Checkpoint entries of the pooled tables: the plain collection and the managed-collision one."""
 
 
 def resolve_checkpoint(run_dir: Path, which: str) -> Path:
@@ -65,9 +66,9 @@ def table_weights(path: Path) -> dict[str, torch.Tensor]:
     entries = read_metadata(path).state_dict_metadata
     targets = {}
     for key, meta in entries.items():
-        if key.startswith(TABLE_PREFIX) and key.endswith(".weight"):
-            name = key[len(TABLE_PREFIX) : -len(".weight")]
-            targets[f"ebc.embedding_bags.{name}.weight"] = torch.empty(
+        prefix = next((p for p in TABLE_PREFIXES if key.startswith(p)), None)
+        if prefix is not None and key.endswith(".weight"):
+            targets[key.removeprefix("sparse.model.")] = torch.empty(
                 tuple(meta.size),
                 dtype=meta.properties.dtype,  # type: ignore[union-attr]
             )

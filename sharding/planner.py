@@ -92,7 +92,9 @@ def plan_embeddings(
     Raises:
         PlanningError: the tables do not fit, or the constraints leave no option.
     """
-    shapes = {t.name: (t.num_embeddings, t.embedding_dim) for t in sparse.ebc.embedding_bag_configs()}
+    shapes = {
+        t.name: (t.num_embeddings, t.embedding_dim) for c in sparse.collections() for t in c.embedding_bag_configs()
+    }
     if sparse.ec is not None:
         shapes.update({t.name: (t.num_embeddings, t.embedding_dim) for t in sparse.ec.embedding_configs()})
     if cfg.manual:
@@ -183,7 +185,11 @@ def manual_plan(
     Raises:
         PlanningError: a placement that TorchRec's generators cannot express.
     """
-    plans = {"ebc": _manual_module_plan(sparse.ebc, cfg, world_size, local_world_size, device)}
+    plans = {
+        name: _manual_module_plan(module, cfg, world_size, local_world_size, device)
+        for name, module in (("ebc", sparse.ebc), ("mc_ebc", sparse.mc_ebc))
+        if module is not None
+    }
     if sparse.ec is not None:
         plans["ec"] = _manual_module_plan(sparse.ec, cfg, world_size, local_world_size, device)
     return ShardingPlan(plans)  # type: ignore[arg-type]
