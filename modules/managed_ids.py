@@ -14,9 +14,10 @@ column-, row-wise or data-parallel). Memory per rank: 3 x 8 bytes per slot (sort
 one policy statistic; LRU-LFU two).
 
 Eviction rounds are ours: ids of the steps of one interval are collected here and given to the MCH module
-in one profile call at the interval's last step (the module itself evicts at every call). So a checkpoint
-only needs the module's own buffers plus the ids collected since the last round, and a resumed run makes
-the same rounds as an uninterrupted one. Recency (LRU, distance LFU) is counted in rounds.
+in one profile call at the interval's last step (the module itself evicts at every call; a table's rounds
+fall on the training steps that are multiples of its interval). So a checkpoint only needs the module's own
+buffers, the ids collected since the last round and the step count, and a resumed run makes the same rounds
+as an uninterrupted one. Recency (LRU, distance LFU) is counted in rounds.
 
 When ``evicted_rows: reset`` the slots an eviction hands to new ids are reported to ``on_evict`` (the
 trainer zeroes those rows and their optimizer state: ``recscale.modules.managed_rows``).
@@ -93,7 +94,7 @@ class ManagedIds(nn.Module):
         self.on_evict: Callable[[str, torch.Tensor], None] | None = None
         """Called with (table, slots handed to new ids) when ``evicted_rows: reset``."""
         self._pending: dict[str, list[torch.Tensor]] = {name: [] for name in tables}
-        self._pending_steps = 0
+        self._steps = 0  # training steps recorded (table t runs a round when it is a multiple of its interval)
         self._lookups = {name: 0 for name in tables}  # training lookups of the log window, this rank
         self._misses = {
             name: torch.zeros((), dtype=torch.int64, device=device) for name in tables
@@ -123,11 +124,6 @@ class ManagedIds(nn.Module):
             return self
         tables = {t: (self.configs[t], self.rows[t]) for t in self.configs}
         return ManagedIds(tables, self.readers, torch.device(device))
-
-    @property
-    def interval(self) -> int:
-        """Steps per eviction round (every managed table shares the job's shortest interval)."""
-        return min(cfg.eviction_interval for cfg in self.configs.values())
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedJaggedTensor:
         """The managed features of ``features`` (in its key order), their raw ids replaced by slots ``[0, rows)``.
@@ -165,45 +161,55 @@ class ManagedIds(nn.Module):
 
     # ------------------------------------------------------------------------------ rounds
 
-    def _gather(self, ids: torch.Tensor) -> torch.Tensor:
-        """Every rank's ``ids`` ``[n_r]`` concatenated in rank order ``[sum_r n_r]`` (identical on every rank)."""
+    def _gather(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per table, every rank's ids concatenated in rank order (identical on every rank).
+
+        Two all-gathers per step whatever the number of tables: the ``[tables]`` sizes, then every table's
+        ids of each rank in one padded buffer.
+        """
         if self.group is None or dist.get_world_size(self.group) == 1:
             return ids
+        tables = list(ids)
         world = dist.get_world_size(self.group)
-        size = torch.tensor([ids.numel()], dtype=torch.int64, device=ids.device)
+        device = next(iter(ids.values())).device
+        size = torch.tensor([ids[t].numel() for t in tables], dtype=torch.int64, device=device)
         sizes = [torch.empty_like(size) for _ in range(world)]
         dist.all_gather(sizes, size, group=self.group)
-        counts = [int(s.item()) for s in sizes]
-        padded = torch.zeros(max(counts), dtype=ids.dtype, device=ids.device)
-        padded[: ids.numel()] = ids
+        counts = torch.stack(sizes).tolist()  # [world][tables]: the step's one host read of sizes
+        flat = torch.cat([ids[t] for t in tables])
+        padded = torch.zeros(max(sum(c) for c in counts), dtype=flat.dtype, device=device)
+        padded[: flat.numel()] = flat
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded, group=self.group)
-        return torch.cat([g[:n] for g, n in zip(gathered, counts)])
+        out: dict[str, list[torch.Tensor]] = {t: [] for t in tables}
+        for rank_ids, rank_counts in zip(gathered, counts, strict=True):
+            for t, piece in zip(tables, rank_ids[: sum(rank_counts)].split(rank_counts), strict=True):
+                out[t].append(piece)
+        return {t: torch.cat(pieces) for t, pieces in out.items()}
 
     def _record(self, ids: dict[str, torch.Tensor]) -> None:
-        """Collect this step's global ids; run a round at the end of the interval."""
-        for table, local in ids.items():
-            self._pending[table].append(self._gather(local))
-        self._pending_steps += 1
-        if self._pending_steps >= self.interval:
-            self._round()
+        """Collect this step's global ids; a table whose interval ends at this step runs a round."""
+        self._steps += 1
+        for table, step_ids in self._gather(ids).items():
+            self._pending[table].append(step_ids)
+            if self._steps % self.configs[table].eviction_interval == 0:
+                self._round(table)
 
     @torch.no_grad()
-    def _round(self) -> None:
-        """Profile the collected ids (admissions and evictions), then report the slots that changed owner."""
-        for table, module in self.mch.items():
-            ids = torch.cat(self._pending[table]) if self._pending[table] else torch.empty(0, dtype=torch.int64)
-            for start in range(0, ids.numel(), PROFILE_CHUNK):
-                chunk = ids[start : start + PROFILE_CHUNK]
-                module.profile({table: _bag(chunk)})
-                evicted = module.evict()
-                if evicted is not None:
-                    self._reassigned[table] += evicted.numel()
-                if evicted is not None and evicted.numel() and self.on_evict is not None:
-                    if self.configs[table].evicted_rows == "reset":
-                        self.on_evict(table, evicted)
-            self._pending[table] = []
-        self._pending_steps = 0
+    def _round(self, table: str) -> None:
+        """Profile ``table``'s collected ids (admissions and evictions); report the slots that changed owner."""
+        module = self.mch[table]
+        ids = torch.cat(self._pending[table])
+        self._pending[table] = []
+        for start in range(0, ids.numel(), PROFILE_CHUNK):
+            chunk = ids[start : start + PROFILE_CHUNK]
+            module.profile({table: _bag(chunk)})
+            evicted = module.evict()
+            if evicted is None:
+                continue
+            self._reassigned[table] += evicted.numel()
+            if evicted.numel() and self.on_evict is not None and self.configs[table].evicted_rows == "reset":
+                self.on_evict(table, evicted)
 
     # ------------------------------------------------------------------------------ telemetry
 
@@ -234,10 +240,10 @@ class ManagedIds(nn.Module):
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs to make the same rounds.
 
-        Per table its module's buffers and the ids collected since the last round (``pending``); and how
-        many steps those span (``pending_steps``).
+        Per table its module's buffers and the ids collected since its last round (``pending``); and the
+        training steps recorded so far (``steps``), which place every table's rounds.
         """
-        out: dict[str, Any] = {"pending_steps": self._pending_steps}
+        out: dict[str, Any] = {"steps": self._steps}
         for table, module in self.mch.items():
             pending = self._pending[table]
             out[table] = {
@@ -277,7 +283,7 @@ class ManagedIds(nn.Module):
             pending = saved.get("pending")
             keep = isinstance(pending, torch.Tensor) and pending.numel() > 0
             self._pending[table] = [pending.to(self.device)] if keep else []
-        self._pending_steps = int(state.get("pending_steps", 0))
+        self._steps = int(state.get("steps", 0))
 
     def slot_map(self, table: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The admitted ids of ``table`` and their slots, sorted by id (``[n]``, ``[n]``; empty slots left out).

@@ -92,7 +92,7 @@ def test_state_round_trip_continues_exactly(eviction):
                 t: ({n: x.clone() for n, x in v.items()} if isinstance(v, dict) else v) for t, v in m.state().items()
             }
         outs.append(users(m(kjt(b))))
-    assert saved is not None and saved["pending_steps"] == 1
+    assert saved is not None and saved["steps"] == 4
     resumed = remapper(rows=40, eviction=eviction, eviction_interval=3)
     resumed.load_state(saved)
     assert [users(resumed(kjt(b))) for b in batches[4:]] == outs[4:]
@@ -144,3 +144,16 @@ def test_window_record_counts_misses_admissions_and_reassignments():
     again = m.window_record()
     assert again["managed/t_user/reassigned"] == 0.0 and again["managed/t_user/admitted"] == 2.0
     assert again["managed/t_user/miss_rate"] != again["managed/t_user/miss_rate"]  # NaN: no training lookup
+
+
+def test_each_table_runs_rounds_at_its_own_interval():
+    fast, slow = ManagedCollisionConfig(eviction_interval=1), ManagedCollisionConfig(eviction_interval=2)
+    m = ManagedIds(
+        {"t_user": (fast, 4), "t_item": (slow, 4)}, {"t_user": ["user"], "t_item": ["item"]}, torch.device("cpu")
+    )
+    m.train()
+    first = m(kjt([A, B], [C, D])).to_dict()
+    assert 3 not in first["user"].values().tolist() and first["item"].values().tolist() == [3, 3]
+    second = m(kjt([A, B], [C, D])).to_dict()  # step 2 ends t_item's first interval
+    assert 3 not in second["item"].values().tolist()
+    assert m.state()["steps"] == 2

@@ -30,4 +30,4 @@ def test_managed_run_resumes_bit_exactly(tmp_path):
     assert [got[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]
     assert final_eval(resumed)["auc"] == final_eval(full)["auc"]
     saved = json.loads((full / "checkpoints" / "step_00000004" / "managed" / "rank0.json").read_text())
-    assert saved["pending_steps"] == 1  # step 4 is one step into the second round: the case under test
+    assert saved["steps"] == 4  # a round every 3 steps: step 4 is one step into the second round, the case under test
