@@ -47,6 +47,20 @@ def _max_diff(sharded_sd: dict, full_sd: dict) -> float:
     return worst
 
 
+def parallel_fp32(cfg, info, per_rank: int):
+    """``cfg``'s model built on CPU and parallelized for ``per_rank`` examples per rank, fp32, no auxiliary loss."""
+    return parallelize(
+        build_model(cfg, dense_device="cpu"),
+        cfg.sharding,
+        cfg.optimizer,
+        info=info,
+        batch_size_per_rank=per_rank,
+        total_steps=10,
+        precision="fp32",
+        aux_loss_weight=0.0,
+    )
+
+
 def _equivalence(rank: int, world: int, sharding_kind: str, sharding_type: str, sections: dict | None = None) -> dict:
     cfg = tiny_config(**(sections or {}))
     tables = [t.name for t in cfg.embeddings.tables]
@@ -59,16 +73,7 @@ def _equivalence(rank: int, world: int, sharding_kind: str, sharding_type: str, 
 
     reference = build_model(cfg, dense_device="cpu", sparse_device="cpu")
     ref_model = _reference_model(reference)
-    parallel = parallelize(
-        build_model(cfg, dense_device="cpu"),
-        cfg.sharding,
-        cfg.optimizer,
-        info=info,
-        batch_size_per_rank=per_rank,
-        total_steps=10,
-        precision="fp32",
-        aux_loss_weight=0.0,
-    )
+    parallel = parallel_fp32(cfg, info, per_rank)
     _copy_into_shards(parallel.sparse.state_dict(), reference.sparse.state_dict())
     parallel.dense.inner.load_state_dict(reference.dense.state_dict())
     types = {t.table: t.sharding_type for t in parallel.plan.tables}

@@ -14,11 +14,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recscale.configs.schema import TableConstraintConfig
 from recscale.data.batch import Batch
 from recscale.modules.build import build_model
-from recscale.sharding.apply import parallelize
 from recscale.sharding.process_group import init_distributed
 from tests.batches import random_batch, tiny_config
 from tests.distributed import run_distributed
-from tests.sharding.test_equivalence import _copy_into_shards, _max_diff
+from tests.sharding.test_equivalence import _copy_into_shards, _max_diff, parallel_fp32
 
 pytestmark = pytest.mark.distributed
 
@@ -78,16 +77,7 @@ def _managed_equivalence(rank: int, world: int, sharding_type: str) -> dict:
     per_rank = cfg.trainer.batch_size // world
     reference = build_model(cfg, dense_device="cpu", sparse_device="cpu")
     ref_model = reference.rec_model()
-    parallel = parallelize(
-        build_model(cfg, dense_device="cpu"),
-        cfg.sharding,
-        cfg.optimizer,
-        info=info,
-        batch_size_per_rank=per_rank,
-        total_steps=10,
-        precision="fp32",
-        aux_loss_weight=0.0,
-    )
+    parallel = parallel_fp32(cfg, info, per_rank)
     _copy_into_shards(parallel.sparse.state_dict(), reference.sparse.state_dict())
     parallel.dense.inner.load_state_dict(reference.dense.state_dict())
     losses, ref_losses, evicted = [], [], []
@@ -151,16 +141,7 @@ def _reset_worker(rank: int, world: int) -> dict:
     )
     cfg.sharding.constraints = {"*": TableConstraintConfig(sharding_types=["table_wise"])}
     info = init_distributed("cpu")
-    parallel = parallelize(
-        build_model(cfg, dense_device="cpu"),
-        cfg.sharding,
-        cfg.optimizer,
-        info=info,
-        batch_size_per_rank=8,
-        total_steps=10,
-        precision="fp32",
-        aux_loss_weight=0.0,
-    )
+    parallel = parallel_fp32(cfg, info, 8)
     parallel.model.managed_ids.on_evict = None  # rows keep their values, so the reset below is what zeroes them
     for step in range(2):
         loss, _ = parallel.model(raw_batch(cfg, 8, seed=10 * step + rank))
