@@ -11,7 +11,7 @@ whole slot map and, in training, every rank profiles the *global* batch's ids (a
 features' ids per step, in rank order), so all ranks make the same admissions and evictions bit for bit;
 each rank then remaps its own ids. The table itself is sharded like any other by the planner (table-,
 column-, row-wise or data-parallel). Memory per rank: 3 x 8 bytes per slot (sorted raw ids, slot of each,
-one policy statistic; LRU-LFU two).
+one policy statistic; distance LFU two).
 
 Eviction rounds are ours: ids of the steps of one interval are collected here and given to the MCH module
 in one profile call at the interval's last step (the module itself evicts at every call; a table's rounds
