@@ -67,3 +67,29 @@ class Batch(Pipelineable):
             f.name: (v.pin_memory() if v is not None else None) for f in fields(self) for v in [getattr(self, f.name)]
         }
         return replace(self, **pinned)
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """The examples ``[start, stop)`` as a batch of their own (every field, KJTs included).
+
+        A rank's share of a batch that every rank read whole (``recscale features select`` on N ranks).
+        """
+        moved = {
+            f.name: (_kjt_rows(v, start, stop) if isinstance(v, KeyedJaggedTensor) else v[start:stop])
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+            if v is not None
+        }
+        return replace(self, **moved)
+
+
+def _kjt_rows(kjt: KeyedJaggedTensor, start: int, stop: int) -> KeyedJaggedTensor:
+    """Rows ``[start, stop)`` of a key-major KJT of stride B (``lengths [F * B]`` -> ``[F * (stop - start)]``)."""
+    b = kjt.stride()
+    lengths, offsets = kjt.lengths(), kjt.offsets()
+    spans = [(int(offsets[k * b + start]), int(offsets[k * b + stop])) for k in range(len(kjt.keys()))]
+    values = torch.cat([kjt.values()[lo:hi] for lo, hi in spans]) if spans else kjt.values()[:0]
+    weights = kjt.weights_or_none()
+    if weights is not None:
+        weights = torch.cat([weights[lo:hi] for lo, hi in spans]) if spans else weights[:0]
+    kept = lengths.view(-1, b)[:, start:stop].reshape(-1) if spans else lengths[:0]
+    return KeyedJaggedTensor(keys=kjt.keys(), values=values, lengths=kept, weights=weights, stride=stop - start)

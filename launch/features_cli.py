@@ -2,13 +2,14 @@
 
     recscale features select RUN_DIR [--checkpoint latest|best|N] [--budget T] [--repeats 3] [--seed 0]
                              [--batch-size B] [--max-batches K] [--weights click=0.5,purchase=0.5]
-                             [--out selected.yaml] [--json out.json]
+                             [--nproc N] [--out selected.yaml] [--json out.json]
 
-The run's checkpoint is loaded once in this process (one rank: gloo on CPU, or one GPU) and evaluated on
-the run's validation data ``1 + features x repeats`` times, each time with one feature permuted
-(``recscale.trainer.feature_filter``). The command prints each task's importance ranking, the Pareto
-fronts, the features the Filter keeps and those the weighted-sum baseline keeps, and writes the run's
-config with the Filter's dropped features (and the tables only they read) removed.
+The arguments are checked here; then ``--nproc`` local ranks (torchrun, as ``recscale eval``) load the
+run's checkpoint sharded and evaluate it on the run's validation data ``1 + features x repeats`` times,
+each time with one feature permuted (``recscale.launch.features_entrypoint``). Rank 0 writes the run's
+config with the Filter's dropped features (and the tables only they read) removed, and hands the result
+back; this process prints each task's importance ranking, the Pareto fronts, the features the Filter
+keeps and those the weighted-sum baseline keeps. A failing rank is one console line (its reason and log).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import copy
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description=(
             "Permute each sparse feature and dense column of the run's validation data in turn, measure how much "
             "each task's NE rises, keep the features of the successive Pareto fronts up to --budget, and write "
-            "the run's config without the others. Runs in this process on one rank (gloo on CPU, or one GPU)."
+            "the run's config without the others. Runs on --nproc local ranks (torchrun), as recscale eval does."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the trained run's directory")
@@ -65,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="TASK=W,...",
         help="task weights of the weighted-sum baseline (default: model.tasks[*].weight)",
     )
+    p.add_argument("--nproc", type=int, default=1, help="ranks to evaluate with (any number: tables are resharded)")
     p.add_argument("--out", default="", help=f"selected config YAML (default: RUN_DIR/{DEFAULT_OUT})")
     p.add_argument("--json", default="", help="also write the importances, fronts and selections as JSON here")
     p.set_defaults(func=select)
@@ -147,58 +150,14 @@ def write_config(cfg: JobConfig, path: Path) -> None:
 # ------------------------------------------------------------------------------------------ the command
 
 
-def compute_importance(
-    run_dir: Path, checkpoint: str, repeats: int, seed: int, batch_size: int, max_batches: int
-) -> tuple[JobConfig, Any, tuple[str, str]]:
-    """Load the checkpoint once, evaluate it intact and with each feature permuted (a collective on every rank).
-
-    Returns:
-        The run's config, the ``Importance`` and the (train, valid) data paths the run read.
-    """
-    from recscale.data.prepare import prepare_data
-    from recscale.launch.eval_entrypoint import load_for_evaluation
-    from recscale.serving.export import resolve_checkpoint
-    from recscale.trainer.data import make_eval_batches
-    from recscale.trainer.evaluate import evaluate
-    from recscale.trainer.feature_filter import candidates, permutation_importance
-
-    run_config(run_dir)  # a clear error for a directory that is not a run
-    loaded = load_for_evaluation(run_dir, resolve_checkpoint(run_dir, checkpoint), batch_size)
-    cfg, info, parallel, step, per_rank = loaded.cfg, loaded.info, loaded.parallel, loaded.step, loaded.per_rank
-    paths = prepare_data(cfg.data, cfg.embeddings)
-    batches = []
-    for batch in make_eval_batches(cfg, info, str(paths.valid), per_rank):
-        if max_batches and len(batches) >= max_batches:
-            break
-        batches.append(batch)
-    if not batches:
-        raise ValueError(f"{paths.valid}: no validation batches to evaluate")
-    features = candidates(cfg.data.features)
-    log.info(
-        "checkpoint step %d: %d features x %d repeats on %d validation batches (%d evaluations)",
-        step,
-        len(features),
-        repeats,
-        len(batches),
-        1 + len(features) * repeats,
-    )
-    names = cfg.data.features.domain_names
-
-    def run(bs: Any) -> dict[str, float]:
-        return evaluate(parallel.model, bs, info.device, domain_names=names)
-
-    importance = permutation_importance(run, batches, features, resolve_tasks(cfg), repeats, seed)
-    return cfg, importance, (str(paths.train.resolve()), str(paths.valid.resolve()))
-
-
 def select(args: argparse.Namespace) -> int:
     """``recscale features select`` (module docstring)."""
-    from recscale.trainer.feature_filter import candidates, summary
+    from recscale.trainer.feature_filter import candidates
 
     run_dir = Path(args.run_dir).expanduser().resolve()
     cfg = run_config(run_dir)
     tasks = resolve_tasks(cfg)
-    weights = parse_weights(args.weights, [t.name for t in tasks], [t.weight for t in tasks])
+    parse_weights(args.weights, [t.name for t in tasks], [t.weight for t in tasks])  # rank 0 uses them
     num = len(candidates(cfg.data.features))
     budget = math.ceil(num / 2) if args.budget is None else args.budget
     if not 0 < budget <= num:
@@ -209,27 +168,39 @@ def select(args: argparse.Namespace) -> int:
         raise ValueError(f"--floor {args.floor}: expected a fraction in [0, 1)")
     if args.max_batches < 0 or args.batch_size < 0:
         raise ValueError("--max-batches / --batch-size: expected >= 0")
-    from recscale.sharding.process_group import shutdown_distributed
+    if args.nproc < 1:
+        raise ValueError(f"--nproc {args.nproc}: expected at least 1 rank")
+    rows = args.batch_size or cfg.trainer.batch_size
+    if rows % args.nproc:
+        raise ValueError(
+            f"--batch-size {rows}{'' if args.batch_size else ' (trainer.batch_size)'}: expected a multiple of "
+            f"--nproc {args.nproc} (each rank evaluates an equal share of every batch)"
+        )
+    import time
 
-    cfg, importance, data_paths = compute_importance(
-        run_dir, args.checkpoint, args.repeats, args.seed, args.batch_size, args.max_batches
-    )
-    result = summary(importance, budget, weights, args.seed, args.floor)
-    out = Path(args.out).expanduser() if args.out else run_dir / DEFAULT_OUT
-    selected = selected_config(cfg, set(result["filter"]["kept"]), data_paths)
-    write_config(selected, out)
-    result["config"] = str(out)
+    from recscale.launch.local import JobFailedError, run_features_local
+    from recscale.serving.export import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(run_dir, args.checkpoint)  # a missing one is one line, before any rank starts
+    out = Path(args.out).expanduser().resolve() if args.out else run_dir / DEFAULT_OUT
+    rank_args = ["--run-dir", str(run_dir), "--checkpoint", str(checkpoint), "--selected", str(out)]
+    rank_args += ["--budget", str(budget), "--weights", args.weights, "--repeats", str(args.repeats)]
+    rank_args += ["--seed", str(args.seed), "--floor", repr(args.floor), "--batch-size", str(args.batch_size)]
+    rank_args += ["--max-batches", str(args.max_batches)]
     if args.json:
-        from recscale.trainer.run_dir import write_json
-
-        write_json(Path(args.json).expanduser(), result)
+        rank_args += ["--json", str(Path(args.json).expanduser().resolve())]
+    log_dir = run_dir / "logs" / time.strftime("features-%Y%m%d-%H%M%S")
+    try:
+        result = run_features_local(rank_args, args.nproc, log_dir, getattr(args, "verbose", False))
+    except JobFailedError as failed:
+        print(failed, file=sys.stderr)
+        return 1
     print(format_result(result))
     from recscale.configs import collect_problems
 
-    problems = collect_problems(selected)
+    problems = collect_problems(config_from_dict(yaml.safe_load(out.read_text())))
     if problems:
         log.warning("the selected config needs an edit before training: %s", problems[0])
-    shutdown_distributed()
     return 0
 
 

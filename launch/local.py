@@ -97,18 +97,40 @@ def run_eval_local(
     Raises:
         JobFailedError: a rank failed; the message is the first failing rank's reason and log.
     """
+    args = ["--checkpoint", str(checkpoint), "--batch-size", str(batch_size)]
+    if data:
+        args += ["--data", data]
+    return run_for_result("eval", "recscale.launch.eval_entrypoint", args, nproc, log_dir, verbose, bar)
+
+
+def run_features_local(args: list[str], nproc: int, log_dir: Path, verbose: bool = False) -> dict[str, Any]:
+    """``recscale features select`` on ``nproc`` local ranks (``launch.features_entrypoint`` with ``args``).
+
+    Returns:
+        Rank 0's result: the importances, fronts and selections (``trainer.feature_filter.summary``).
+
+    Raises:
+        JobFailedError: a rank failed; the message is the first failing rank's reason and log.
+    """
+    return run_for_result("features", "recscale.launch.features_entrypoint", args, nproc, log_dir, verbose)
+
+
+def run_for_result(
+    command: str, module: str, args: list[str], nproc: int, log_dir: Path, verbose: bool = False, bar: bool = False
+) -> dict[str, Any]:
+    """Run ``module`` on ``nproc`` local ranks with ``args --out FILE --log-dir log_dir``; returns FILE's JSON.
+
+    Rank 0 writes its result to FILE (a temporary file); the ranks' standard output goes to our standard
+    error, so that our standard output carries only what the command prints from the result.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        args = ["--checkpoint", str(checkpoint), "--out", str(out), "--batch-size", str(batch_size)]
-        if data:
-            args += ["--data", data]
-        args += ["--log-dir", str(log_dir)]
-        cmd = torchrun_command(nproc, "recscale.launch.eval_entrypoint", args, log_dir)
+        cmd = torchrun_command(nproc, module, [*args, "--out", str(out), "--log-dir", str(log_dir)], log_dir)
         started = time.time()
         env = {**worker_env(nproc, verbose), **({PROGRESS_LINES: "1"} if bar else {})}
         code = run_filtered(cmd, env, log_dir, verbose, stdout=sys.stderr, bar=bar)
         if code != 0 or not out.exists():
-            raise JobFailedError(failure_line("eval", log_dir, code, since=started))
+            raise JobFailedError(failure_line(command, log_dir, code, since=started))
         result: dict[str, Any] = json.loads(out.read_text())
         return result
 

@@ -158,27 +158,33 @@ def permutation_importance(
     tasks: Sequence[TaskConfig],
     repeats: int = 3,
     seed: int = 0,
+    share: Callable[[Batch], Batch] | None = None,
 ) -> Importance:
     """``F [M, N]``: each feature's permutation importance for each task (module docstring).
 
     Args:
         evaluate: metrics of the model on some batches (``trainer.evaluate.evaluate`` bound to a model);
             called ``1 + M * repeats`` times, with the same number of batches every time (a collective).
-        batches: this rank's evaluation batches, held in memory.
+        batches: the evaluation batches, held in memory: whole batches (every rank holds the same ones when
+            ``share`` is given), or this rank's own.
         features: the candidates.
         tasks: the model's tasks, in logit order.
         repeats: permutations per feature (each feature's r-th permutation is seeded by ``(seed, i, r)``).
         seed: base seed.
+        share: this rank's rows of a whole batch (``Batch.rows``), or None to evaluate ``batches`` as they
+            are. A feature is permuted across the whole batch, then shared out, so the permutation is the
+            same on any number of ranks.
     """
     if repeats < 1:
         raise ValueError(f"--repeats {repeats}: expected at least 1")
     keys = metric_keys(tasks)
-    intact = evaluate(batches)
+    mine = share or (lambda batch: batch)
+    intact = evaluate([mine(b) for b in batches])
     rises = np.zeros((len(features), repeats, len(tasks)))
     for i, feature in enumerate(features):
         for r in range(repeats):
             generator = torch.Generator().manual_seed(permutation_seed(seed, i, r))
-            permuted = [permute_feature(b, feature, row_permutation(b.weights, generator)) for b in batches]
+            permuted = [mine(permute_feature(b, feature, row_permutation(b.weights, generator))) for b in batches]
             metrics = evaluate(permuted)
             rises[i, r] = [_rise(metrics, intact, key) for key in keys]
         shown = " ".join(f"{t.name} {v:+.5f}" for t, v in zip(tasks, rises[i].mean(axis=0)))

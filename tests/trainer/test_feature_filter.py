@@ -180,3 +180,46 @@ def test_the_selected_config_drops_features_and_the_tables_only_they_read():
     assert (out.data.source, out.data.train_path, out.data.valid_path) == ("parquet", "/data/train", "/data/valid")
     assert collect_problems(out) == []
     assert [s.name for s in cfg.data.features.sparse][-1] == "context_4"  # the input is not changed
+
+
+def test_a_ranks_share_of_a_batch_is_its_rows_bags_and_weights_included():
+    cfg = tiny_config()
+    batch = random_batch(cfg, 12, seed=5, max_ids=3)
+    kjt = batch.sparse
+    weighted = type(kjt)(keys=kjt.keys(), values=kjt.values(), lengths=kjt.lengths(), weights=kjt.values() * 0.5)
+    batch = Batch(batch.dense, weighted, batch.labels, batch.weights, domain=torch.arange(12))
+    shares = [batch.rows(0, 4), batch.rows(4, 8), batch.rows(8, 12)]
+    for key in batch.sparse.keys():
+        assert sum((_rows(s, key) for s in shares), []) == _rows(batch, key)
+        whole = batch.sparse[key].weights().tolist()
+        assert sum((s.sparse[key].weights().tolist() for s in shares), []) == whole
+    for name in ("dense", "labels", "weights", "domain"):
+        assert torch.equal(torch.cat([getattr(s, name) for s in shares]), getattr(batch, name))
+    assert shares[1].batch_size == 4 and shares[1].sparse.stride() == 4 and shares[1].oracle is None
+
+
+def test_on_two_ranks_each_evaluates_its_half_of_the_one_process_permuted_batches():
+    cfg = tiny_config()
+    batches = [random_batch(cfg, 8, seed=s) for s in range(2)]
+    batches[1].weights[-3:] = 0  # padding of the last batch: it stays in place, here on rank 1
+    feats, tasks = candidates(cfg.data.features), [TaskConfig(name="a")]
+
+    def recorder(seen):
+        def evaluate(bs):
+            seen.append(list(bs))
+            return {"ne": 0.0}
+
+        return evaluate
+
+    one, halves = [], [[], []]
+    permutation_importance(recorder(one), batches, feats, tasks, repeats=2, seed=7)
+    for r in (0, 1):
+        share = lambda b, r=r: b.rows(4 * r, 4 * r + 4)  # noqa: E731 - rank r's rows
+        permutation_importance(recorder(halves[r]), batches, feats, tasks, repeats=2, seed=7, share=share)
+    assert len(one) == len(halves[0]) == len(halves[1]) == 1 + len(feats) * 2
+    for whole, low, high in zip(one, *halves):  # every pass, every batch: rank 0's rows then rank 1's
+        for b, lo, hi in zip(whole, low, high):
+            assert torch.equal(torch.cat([lo.dense, hi.dense]), b.dense)
+            assert torch.equal(torch.cat([lo.weights, hi.weights]), b.weights)
+            for key in b.sparse.keys():
+                assert _rows(lo, key) + _rows(hi, key) == _rows(b, key)
