@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/multitask.py --part architectures   # 4 models x 3 seeds on 2 CPU ranks
     .venv/bin/python benchmarks/multitask.py --part teacher         # baseline + 3 teacher hit rates x 3 seeds
+    .venv/bin/python benchmarks/multitask.py --part esmm            # purchase masked / ESMM / + learned weights
 
 Data: the ``multitask_synthetic`` preset (click on every impression, purchase after a click, three domains
 whose truth and item distribution differ, each task with its own signal), so every task's oracle AUC is
@@ -16,6 +17,11 @@ shared-bottom on the mean task AUC; Lattice beats PLE by >= 0.1 % (relative) at 
 ``teacher`` (KTAP: a teacher's stored logits as soft labels and input features): the stand-in teacher is the
 true logit plus N(0, 0.3^2) noise, present on a share h of the rows. Verdicts: at h = 1 the mean task AUC
 gains >= 0.005 over the same model without a teacher; the gain grows with h; at h = 0 it is within 0.001.
+
+``esmm``: PLE with the purchase task masked to clicks (today's default), in ESMM form (``given_mode: esmm``,
+trained as p_click · p_purchase on every row) and in ESMM form with learned task weights
+(``model.task_weighting: uncertainty``). Reported, no target: the purchase AUC on clicked rows (the CVR
+metric), the click AUC, the ESMM arms' CTCVR AUC on every row with its oracle, paired by seed.
 
 Each part writes its key of ``benchmarks/results/multitask.json`` (other keys are kept).
 """
@@ -63,6 +69,11 @@ TEACHER_ARMS = {
     "h0.5": [*TEACHER, "data.synthetic.teacher_hit_rate=0.5"],
     "h1": [*TEACHER, "data.synthetic.teacher_hit_rate=1.0"],
 }
+ESMM_ARMS = {
+    "mask": [],
+    "esmm": ["model.tasks.1.given_mode=esmm"],
+    "esmm_uncertainty": ["model.tasks.1.given_mode=esmm", "model.task_weighting=uncertainty"],
+}
 TASKS = ("click", "purchase")
 
 
@@ -71,8 +82,14 @@ def run(work: Path, overrides: list[str], seed: int, common: list[str]) -> dict[
     run_dir, summary = train("multitask_synthetic", [*common, f"seed={seed}", *overrides, *quiet(work / "runs")])
     final = summary["final_eval"]
     out: dict[str, Any] = {"mean_auc": final["auc"], "train_flops_per_example": summary["flops_per_example"]["train"]}
-    for task in TASKS:
-        out[task] = {k: final.get(f"{k}/{task}") for k in ("auc", "oracle_auc", "auc_gap", "ne", "calibration")}
+    for task in (*TASKS, "purchase_ctcvr"):
+        if f"auc/{task}" in final:
+            out[task] = {k: final.get(f"{k}/{task}") for k in ("auc", "oracle_auc", "auc_gap", "ne", "calibration")}
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r.get("kind") == "train"][-1]
+    weights = {k: v for k, v in last.items() if k.startswith("task_weight/")}
+    if weights:
+        out["task_weights"] = weights
     out["run_dir"] = str(run_dir)
     return out
 
@@ -133,9 +150,21 @@ def teacher_verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[
     }
 
 
+def esmm_verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Per-task AUC differences of the ESMM arms against the masked task, paired by seed (no target)."""
+    out: dict[str, Any] = {}
+    for arm in ("esmm", "esmm_uncertainty"):
+        for task in TASKS:
+            diff = [runs[arm][str(s)][task]["auc"] - runs["mask"][str(s)][task]["auc"] for s in seeds]
+            out[f"{arm}_minus_mask/{task}_auc"] = {"per_seed": diff, "interval": t_interval(diff)}
+        gaps = [runs[arm][str(s)]["purchase_ctcvr"]["auc_gap"] for s in seeds]
+        out[f"{arm}/purchase_ctcvr_gap_to_oracle"] = {"per_seed": gaps, "mean": statistics.mean(gaps)}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=["architectures", "teacher"], required=True)
+    parser.add_argument("--part", choices=["architectures", "teacher", "esmm"], required=True)
     parser.add_argument("--work", default=str(Path.home() / "recscale-data" / "benchmarks" / "multitask"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--train-rows", type=int, default=200_000)
@@ -154,7 +183,7 @@ def main() -> int:
         "checkpoint.every_steps=0",
         "checkpoint.at_end=false",
     ]
-    arms = ARCHITECTURES if args.part == "architectures" else TEACHER_ARMS
+    arms = {"architectures": ARCHITECTURES, "teacher": TEACHER_ARMS, "esmm": ESMM_ARMS}[args.part]
     started = time.perf_counter()
     path = Path(args.out)
     merged = json.loads(path.read_text()) if path.is_file() else {}
@@ -168,7 +197,7 @@ def main() -> int:
             seeded = [*overrides, f"data.synthetic.seed={seed}"]
             runs[arm][str(seed)] = run(work, seeded, seed, common)
             print(f"seed {seed} {arm}: mean AUC {runs[arm][str(seed)]['mean_auc']:.5f}", flush=True)
-    judge = architecture_verdicts if args.part == "architectures" else teacher_verdicts
+    judge = {"architectures": architecture_verdicts, "teacher": teacher_verdicts, "esmm": esmm_verdicts}[args.part]
     result = {
         "what": __doc__.split("\n\n")[0],
         "machine": f"{cpu_model()}, 2 ranks (gloo, CPU)",

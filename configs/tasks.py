@@ -28,6 +28,7 @@ def resolve_tasks(cfg: JobConfig) -> list[TaskConfig]:
             weight=t.weight,
             domains=t.domains,
             given=t.given,
+            given_mode=t.given_mode,
             windows=t.windows,
             window_heads=t.window_heads,
         )
@@ -94,6 +95,8 @@ def task_problems(cfg: JobConfig) -> list[str]:
             elif t.given == t.name:
                 out.append(f"{where}.given: a task cannot be conditioned on itself")
         out += _window_problems(cfg, where, t)
+        if t.given_mode == "esmm":
+            out += _esmm_problems(cfg, where, t)
     if cfg.model.tasks and not any(t.weight > 0 for t in cfg.model.tasks):
         out.append("model.tasks: every task has weight 0; expected at least one positive weight")
     teacher = cfg.model.teacher
@@ -126,6 +129,31 @@ def _window_problems(cfg: JobConfig, where: str, t: TaskConfig) -> list[str]:
         return [f"{where}.windows: {t.windows} Zipper windows need data.features.window (a window column)"]
     if f.num_windows != t.windows:
         return [f"{where}.windows: {t.windows}, but data.features.num_windows is {f.num_windows}; they must agree"]
+    return []
+
+
+def _esmm_problems(cfg: JobConfig, where: str, t: TaskConfig) -> list[str]:
+    """``given_mode: esmm``: a bce task of one window, after an unconditioned bce task that covers its rows."""
+    key = f"{where}.given_mode"
+    if not t.given:
+        return [f"{key}: esmm needs given (the task whose probability multiplies this one's, e.g. given: click)"]
+    if t.loss != "bce":
+        return [f"{key}: esmm needs a bce task (a conversion probability); {t.name!r} has loss {t.loss!r}"]
+    if t.windows != 1:
+        return [f"{key}: esmm does not go with Zipper windows (expected windows: 1, got {t.windows})"]
+    by_name = {u.name: u for u in cfg.model.tasks}
+    given = by_name.get(t.given)
+    if given is None or given.loss != "bce" or given.name == t.name:
+        return []  # reported under .given
+    if given.given:
+        return [f"{key}: esmm needs task {given.name!r} on every row, but it has given: {given.given!r}"]
+    if given.windows != 1:
+        return [f"{key}: esmm needs task {given.name!r} with one window, got windows: {given.windows}"]
+    if given.domains and not (t.domains and set(t.domains) <= set(given.domains)):
+        return [
+            f"{key}: esmm trains on every row of the task's domains, but task {given.name!r} applies to domains "
+            f"{given.domains} only; give this task domains among them"
+        ]
     return []
 
 

@@ -17,6 +17,7 @@ from recscale.modules.managed_rows import RowReset
 from recscale.modules.model import RecModel
 from recscale.modules.perturbation import Perturbation
 from recscale.modules.registry import ModelInputs, build_dense, get_spec
+from recscale.modules.task_uncertainty import TaskUncertainty
 from recscale.modules.tasks import Distillation, TaskLoss, tasks_from_config
 
 
@@ -111,6 +112,8 @@ def build_model(
             t = cfg.model.teacher
             hidden = t.adapter_hidden if t.adapter else 0
             dense = DistilledDense(dense, len(cfg.data.features.labels), t.grad_scale, hidden)
+        if cfg.model.task_weighting == "uncertainty":  # outermost: its log variances come after every output
+            dense = TaskUncertainty(dense, [t.name for t in resolve_tasks(cfg)])
     return BuiltModel(
         sparse=sparse,
         dense=dense,
@@ -133,7 +136,8 @@ def task_loss(cfg: JobConfig, device: torch.device | str = "cpu") -> TaskLoss:
     tasks = tasks_from_config(resolve_tasks(cfg))
     head = t.head if cfg.data.features.teacher else "serving"
     distill = Distillation(head, t.label_scale, head == "auxiliary" and t.adapter)
-    return TaskLoss(tasks, cfg.model.task_normalization, weight, t.smoothing, distill).to(device)
+    uncertainty = cfg.model.task_weighting == "uncertainty"
+    return TaskLoss(tasks, cfg.model.task_normalization, weight, t.smoothing, distill, uncertainty).to(device)
 
 
 def perturbation(cfg: JobConfig, inputs: ModelInputs, device: torch.device | str = "cpu") -> Perturbation | None:

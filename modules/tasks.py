@@ -21,6 +21,12 @@ With a teacher's stored logits ``z^T`` (NaN where it scored nothing) each ``bce`
 term on the rows the teacher scored, normalised like its own loss:
 
     L += λ · Σ_t w_t · Σ_b ω_b m[b,t] h[b,t] BCE(ŷ[b,t], (1 - ε) σ(z^T[b,t]) + ε/2) / B  / Σ_t w_t
+
+A ``given`` task in ESMM form (``given_mode: esmm``, ``modules/esmm.py``) trains on every row of its
+domains: its ``ℓ[b,t]`` is the BCE of ``σ(z_given) · σ(z_t)`` against ``y_given · y_t``; evaluation still
+masks it to the ``given`` rows and adds its ``<task>_ctcvr`` columns. With learned task weights
+(``model.task_weighting: uncertainty``, ``modules/task_uncertainty.py``) the dense arch appends T log
+variances after its other outputs and the per-task losses are combined by ``uncertainty_weighted``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recscale.configs.schema import TaskConfig
+from recscale.modules.esmm import ctcvr_bce, ctcvr_columns
+from recscale.modules.task_uncertainty import uncertainty_weighted
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Task:
     """Index of the task whose label must be 1, or -1."""
     windows: int = 1
     """Zipper heads (attribution windows); 1 = a plain task."""
+    esmm: bool = False
+    """``given_mode: esmm``: trained as ``p_given · p_task`` on every row (``modules/esmm.py``)."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,16 @@ def tasks_from_config(tasks: Sequence[TaskConfig]) -> list[Task]:
     """``resolve_tasks(cfg)`` -> ``Task`` list (``given`` as an index)."""
     index = {t.name: i for i, t in enumerate(tasks)}
     return [
-        Task(t.name, t.loss, t.weight, tuple(t.domains), index[t.given] if t.given else -1, t.windows) for t in tasks
+        Task(
+            t.name,
+            t.loss,
+            t.weight,
+            tuple(t.domains),
+            index[t.given] if t.given else -1,
+            t.windows,
+            esmm=bool(t.given) and t.given_mode == "esmm",
+        )
+        for t in tasks
     ]
 
 
@@ -81,6 +100,7 @@ class TaskLoss(nn.Module):
         smoothing: ε of the soft labels.
         distillation: which head learns the soft labels; with ``auxiliary`` the logits carry, after the H
             served ones, T distillation logits (and, with the adapter, T second-head and T adapter logits).
+        uncertainty: learned task weights: the logits end with T log variances (``TaskUncertainty``).
     """
 
     def __init__(
@@ -90,6 +110,7 @@ class TaskLoss(nn.Module):
         teacher_weight: float = 0.0,
         smoothing: float = 0.05,
         distillation: Distillation | None = None,
+        uncertainty: bool = False,
     ) -> None:
         super().__init__()
         if not tasks:
@@ -99,6 +120,8 @@ class TaskLoss(nn.Module):
         self.teacher_weight = teacher_weight
         self.smoothing = smoothing
         self.distillation = distillation or Distillation()
+        self.uncertainty = uncertainty
+        self.esmm = [i for i, t in enumerate(tasks) if t.esmm]
         total = sum(t.weight for t in tasks)
         self.register_buffer("weights", torch.tensor([t.weight / total for t in tasks]), persistent=False)
         self.register_buffer("is_bce", torch.tensor([t.loss == "bce" for t in tasks]), persistent=False)
@@ -112,8 +135,11 @@ class TaskLoss(nn.Module):
         self.windowed = any(t.windows > 1 for t in tasks)
         self.serving = [o + t.windows - 1 for o, t in zip(self.offsets, tasks)]
 
-    def masks(self, labels_BT: torch.Tensor, domain_B: torch.Tensor | None) -> torch.Tensor:
-        """``m [B, T]`` float: 1 where task t applies to row b (its domains, its ``given`` label is 1)."""
+    def masks(self, labels_BT: torch.Tensor, domain_B: torch.Tensor | None, training: bool = False) -> torch.Tensor:
+        """``m [B, T]`` float: 1 where task t applies to row b (its domains, its ``given`` label is 1).
+
+        ``training``: the rows each task's label loss is on (an ESMM task's: every row of its domains).
+        """
         columns = []
         for i, t in enumerate(self.tasks):
             m = torch.ones_like(labels_BT[:, 0])
@@ -121,13 +147,25 @@ class TaskLoss(nn.Module):
                 assert domain_B is not None, f"task {t.name} has domains but the batch has no domain column"
                 allowed = getattr(self, f"domains_{i}").to(domain_B.device)
                 m = m * (domain_B.unsqueeze(1) == allowed).any(dim=1).to(m.dtype)
-            if t.given >= 0:
+            if t.given >= 0 and not (training and t.esmm):
                 m = m * (labels_BT[:, t.given] == 1).to(m.dtype)
             columns.append(m)
         return torch.stack(columns, dim=1)
 
+    def split_log_variance(self, logits_BH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The dense arch's outputs without the learned log variances, and those ``s [T]`` (None without)."""
+        if not self.uncertainty:
+            return logits_BH, None
+        T = len(self.tasks)
+        # every row carries the same s: read row 0 (an empty batch gives zeros, and no gradient)
+        return logits_BH[:, :-T], logits_BH[:1, -T:].float().sum(dim=0)
+
     def predictions(self, logits_BH: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` each task's prediction logit: its only head, or its longest window's (Zipper)."""
+        return self._served(self.split_log_variance(logits_BH)[0])
+
+    def _served(self, logits_BH: torch.Tensor) -> torch.Tensor:
+        """``predictions`` of outputs without log variances."""
         if self.distillation.head == "auxiliary":
             logits_BH = logits_BH[:, : self.num_heads]  # the distillation heads come after the served ones
         return logits_BH[:, self.serving] if self.windowed else logits_BH
@@ -138,7 +176,7 @@ class TaskLoss(nn.Module):
         Without a window column (evaluation data) every row reads the last head.
         """
         if not self.windowed or window_B is None:
-            return self.predictions(logits_BH)
+            return self._served(logits_BH)
         columns = []
         for o, t in zip(self.offsets, self.tasks):
             if t.windows == 1:
@@ -157,6 +195,34 @@ class TaskLoss(nn.Module):
             return bce
         return torch.where(self.is_bce, bce, (logits_BT - labels_BT).square())
 
+    def label_losses(self, logits_BT: torch.Tensor, labels_BT: torch.Tensor) -> torch.Tensor:
+        """``ℓ [B, T]`` of the training loss: ``per_element``, with each ESMM task's ``p_ctcvr`` BCE."""
+        per_BT = self.per_element(logits_BT, labels_BT)
+        if not self.esmm:
+            return per_BT
+        for i in self.esmm:  # Python indices only: the pipeline fx-traces this
+            g = self.tasks[i].given
+            ctcvr_B = ctcvr_bce(logits_BT[:, g], logits_BT[:, i], labels_BT[:, g] * labels_BT[:, i])
+            per_BT = torch.cat([per_BT[:, :i], ctcvr_B.unsqueeze(1), per_BT[:, i + 1 :]], dim=1)
+        return per_BT
+
+    def evaluation_columns(
+        self,
+        logits_nT: torch.Tensor,
+        labels_nT: torch.Tensor,
+        domain_n: torch.Tensor | None,
+        oracle_nT: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Task], torch.Tensor | None]:
+        """What evaluation scores: ``(logits, labels, masks, tasks, oracle)``.
+
+        The ESMM tasks add their ``<task>_ctcvr`` columns (``modules/esmm.py``).
+        """
+        masks_nT = self.masks(labels_nT, domain_n)
+        if not self.esmm:
+            return logits_nT, labels_nT, masks_nT, self.tasks, oracle_nT
+        domain_masks = self.masks(labels_nT, domain_n, training=True)
+        return ctcvr_columns(self.tasks, logits_nT, labels_nT, masks_nT, domain_masks, oracle_nT)
+
     def forward(
         self,
         logits_BH: torch.Tensor,
@@ -167,11 +233,15 @@ class TaskLoss(nn.Module):
         teacher_BT: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The scalar training loss of the model's ``[B, H]`` logits."""
+        logits_BH, log_variance_T = self.split_log_variance(logits_BH)
         logits_BT = self.training_logits(logits_BH[:, : self.num_heads], window_B)
         rows = weights_B.unsqueeze(1).expand_as(logits_BT)
+        label_rows = rows
         if self.masked:
-            rows = rows * self.masks(labels_BT, domain_B)
-        loss = self._reduce(self.per_element(logits_BT, labels_BT) * rows, rows)
+            masks = self.masks(labels_BT, domain_B)
+            label_rows = rows * (self.masks(labels_BT, domain_B, training=True) if self.esmm else masks)
+            rows = rows * masks
+        loss = self._reduce(self.label_losses(logits_BT, labels_BT) * label_rows, label_rows, log_variance_T)
         if teacher_BT is not None and self.teacher_weight > 0:
             loss = loss + self._distillation_loss(logits_BH, labels_BT, rows, teacher_BT)
         return loss
@@ -185,7 +255,7 @@ class TaskLoss(nn.Module):
         kd_rows = rows_BT * hit.to(rows_BT.dtype)
         p_teacher = torch.sigmoid(torch.nan_to_num(teacher_BT.float(), nan=0.0))
         if d.head == "serving":
-            return self.teacher_weight * self._soft_bce(self.predictions(logits_BH), p_teacher, kd_rows)
+            return self.teacher_weight * self._soft_bce(self._served(logits_BH), p_teacher, kd_rows)
         T, H = len(self.tasks), self.num_heads
         target = (p_teacher * d.label_scale).clamp(max=1.0)
         loss = self.teacher_weight * self._soft_bce(logits_BH[:, H : H + T], target, kd_rows)
@@ -203,12 +273,19 @@ class TaskLoss(nn.Module):
         per = F.binary_cross_entropy_with_logits(logits_BT.float(), soft, reduction="none")
         return self._reduce(per * rows_BT, rows_BT)
 
-    def _reduce(self, per_BT: torch.Tensor, rows_BT: torch.Tensor) -> torch.Tensor:
-        """Task-weighted sum of per-task means: over the batch (``batch``) or the task's rows (``rows``)."""
+    def _reduce(
+        self, per_BT: torch.Tensor, rows_BT: torch.Tensor, log_variance_T: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Task-weighted sum of per-task means: over the batch (``batch``) or the task's rows (``rows``).
+
+        With ``log_variance_T`` the tasks are weighted by their learned uncertainty too (``uncertainty_weighted``).
+        """
         if self.normalization == "rows":
             per_task = per_BT.sum(dim=0) / rows_BT.sum(dim=0).clamp_min(1.0)
         else:
             per_task = per_BT.sum(dim=0) / per_BT.shape[0]
+        if log_variance_T is not None:
+            return uncertainty_weighted(per_task, log_variance_T, self.weights, self.is_bce)
         return (per_task * self.weights).sum()
 
 

@@ -68,8 +68,8 @@ def evaluate(
     if keep_logits is not None:
         keep_logits.append(logits)
     tasks = model.task_loss or TaskLoss(default_tasks(labels.shape[1]))
-    masks = tasks.masks(labels, domain)
-    out = task_metrics(logits, labels, masks, tasks.tasks, oracle, domain, domain_names)
+    logits, labels, masks, scored, oracle = tasks.evaluation_columns(logits, labels, domain, oracle)
+    out = task_metrics(logits, labels, masks, scored, oracle, domain, domain_names)
     for key, total in diag_sums.items():
         out[key] = float(total) / diag_counts[key]
     return out

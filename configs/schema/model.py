@@ -406,3 +406,10 @@ class ModelConfig:
     batch (``batch``: its rows' sum / B, the same on any number of ranks, so its gradient follows its share
     of the traffic), or over its own rows in each rank's batch (``rows``: a per-row mean that depends on
     how rows fall on ranks)."""
+    task_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    """How the tasks' losses are weighted. ``fixed``: by ``model.tasks[*].weight`` only. ``uncertainty``
+    (Kendall, Gal and Cipolla, CVPR 2018): each task also learns a log variance ``s_t`` (starting at 0,
+    trained by the dense optimizer, checkpointed with the dense arch) and its term becomes
+    ``w_t · (exp(-s_t) · L_t + s_t / 2)`` for a ``bce`` task and ``w_t · (exp(-s_t) · L_t / 2 + s_t / 2)``
+    for a ``regression`` task (the paper's classification and Gaussian forms, ``s = log σ²``); ``w_t`` is the
+    normalised fixed weight. Train records carry ``task_weight/<task>`` = ``exp(-s_t)``."""

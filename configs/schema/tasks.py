@@ -30,6 +30,14 @@ class TaskConfig:
     given: str = ""
     """Name of a ``bce`` task whose label must be 1 for this task to apply (a conversion observed only
     after a click: ``given: click``); empty = every row."""
+    given_mode: Literal["mask", "esmm"] = "mask"
+    """How a ``given`` task learns. ``mask``: its loss is on the rows where the ``given`` label is 1 only (a
+    conversion rate after a click, trained on clicked rows). ``esmm`` (Ma et al., SIGIR 2018, Entire Space
+    Multi-Task Model): its logit is still the conversion rate after a click, ``p_cvr``, but it is trained on
+    every row through ``p_ctcvr = p_<given> · p_cvr`` against ``label_<given> · label`` (binary cross-entropy,
+    computed in log space); the ``given`` task keeps its own loss, and also receives this one's gradient.
+    Metrics report the task on the ``given`` rows as with ``mask`` and ``p_ctcvr`` on every row as
+    ``<metric>/<name>_ctcvr``. Needs ``given``, a ``bce`` task, one window."""
     windows: int = 1
     """Zipper attribution windows (delayed labels): the task gets this many heads; head w trains on the rows
     whose ``data.features.window`` is w (labels observed within window w, ``recscale data zipper``), and
