@@ -8,7 +8,8 @@ ones under the eviction policy (LFU, LRU or distance-weighted LFU); winners take
 Where it runs, and why: TorchRec's sharded managed-collision collection offers only row-wise sharding on
 GPU (its sharder offers no sharding type on CPU). Here the remapper is **replicated**: every rank holds the
 whole slot map and, in training, every rank profiles the *global* batch's ids (an all-gather of the managed
-features' ids per step, in rank order), so all ranks make the same admissions and evictions bit for bit;
+features' ids per step, in rank order, through ``exchange``), so all ranks make the same admissions and
+evictions bit for bit;
 each rank then remaps its own ids. The table itself is sharded like any other by the planner (table-,
 column-, row-wise or data-parallel). Memory per rank: 3 x 8 bytes per slot (sorted raw ids, slot of each,
 one policy statistic; distance LFU two).
@@ -26,10 +27,9 @@ trainer zeroes those rows and their optimizer state: ``recscale.modules.managed_
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchrec.modules.mc_modules import (
     DistanceLFU_EvictionPolicy,
@@ -46,6 +46,18 @@ from recscale.configs.schema.model import ManagedCollisionConfig
 PROFILE_CHUNK = 1 << 20
 """Most ids given to one MCH profile call; a round with more ids is profiled in chunks of this size
 (the module's history buffer is sized for exactly this many)."""
+
+
+class IdExchange(Protocol):
+    """What the remapper needs from the ranks (the collectives live in ``recscale.sharding``)."""
+
+    def gather(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per table, every rank's ids ``[n_r]`` concatenated in rank order (the same on every rank)."""
+        ...
+
+    def sum_(self, counts: torch.Tensor) -> None:
+        """Sum ``counts`` over the ranks, in place."""
+        ...
 
 
 def _bag(ids: torch.Tensor) -> JaggedTensor:
@@ -89,8 +101,9 @@ class ManagedIds(nn.Module):
         self.device = device
         self.mch = nn.ModuleDict({name: self._new_module(name) for name in tables})
         self.table_of = {f: t for t, fs in self.readers.items() for f in fs}
-        self.group: dist.ProcessGroup | None = None
-        """Process group the training ids are gathered over (None: this process's ids only)."""
+        self.exchange: IdExchange | None = None
+        """How the ranks share their training ids and counts (``recscale.sharding.managed_exchange``);
+        None: this process's ids only (one rank, or an unsharded reference)."""
         self.on_evict: Callable[[str, torch.Tensor], None] | None = None
         """Called with (table, slots handed to new ids) when ``evicted_rows: reset``."""
         self._pending: dict[str, list[torch.Tensor]] = {name: [] for name in tables}
@@ -161,36 +174,10 @@ class ManagedIds(nn.Module):
 
     # ------------------------------------------------------------------------------ rounds
 
-    def _gather(self, ids: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per table, every rank's ids concatenated in rank order (identical on every rank).
-
-        Two all-gathers per step whatever the number of tables: the ``[tables]`` sizes, then every table's
-        ids of each rank in one padded buffer.
-        """
-        if self.group is None or dist.get_world_size(self.group) == 1:
-            return ids
-        tables = list(ids)
-        world = dist.get_world_size(self.group)
-        device = next(iter(ids.values())).device
-        size = torch.tensor([ids[t].numel() for t in tables], dtype=torch.int64, device=device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size, group=self.group)
-        counts = torch.stack(sizes).tolist()  # [world][tables]: the step's one host read of sizes
-        flat = torch.cat([ids[t] for t in tables])
-        padded = torch.zeros(max(sum(c) for c in counts), dtype=flat.dtype, device=device)
-        padded[: flat.numel()] = flat
-        gathered = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(gathered, padded, group=self.group)
-        out: dict[str, list[torch.Tensor]] = {t: [] for t in tables}
-        for rank_ids, rank_counts in zip(gathered, counts, strict=True):
-            for t, piece in zip(tables, rank_ids[: sum(rank_counts)].split(rank_counts), strict=True):
-                out[t].append(piece)
-        return {t: torch.cat(pieces) for t, pieces in out.items()}
-
     def _record(self, ids: dict[str, torch.Tensor]) -> None:
         """Collect this step's global ids; a table whose interval ends at this step runs a round."""
         self._steps += 1
-        for table, step_ids in self._gather(ids).items():
+        for table, step_ids in (ids if self.exchange is None else self.exchange.gather(ids)).items():
             self._pending[table].append(step_ids)
             if self._steps % self.configs[table].eviction_interval == 0:
                 self._round(table)
@@ -224,8 +211,8 @@ class ManagedIds(nn.Module):
         counts = torch.stack(
             [torch.stack([self._misses[t], torch.tensor(self._lookups[t], device=self.device)]) for t in tables]
         )
-        if self.group is not None and dist.get_world_size(self.group) > 1:
-            dist.all_reduce(counts, group=self.group)
+        if self.exchange is not None:
+            self.exchange.sum_(counts)
         out: dict[str, float] = {}
         for (misses, lookups), table in zip(counts.tolist(), tables, strict=True):
             out[f"managed/{table}/miss_rate"] = misses / lookups if lookups else float("nan")

@@ -28,6 +28,7 @@ from recscale.modules.managed_rows import RowReset
 from recscale.modules.model import RecModel
 from recscale.sharding.dense_parallel import DDPDense, DeepSpeedDense, DenseBackend
 from recscale.sharding.fused_optim import apply_sparse_optimizer, unfused_table_optimizer
+from recscale.sharding.managed_exchange import GroupExchange
 from recscale.sharding.moe_collectives import install_global_balance_stats
 from recscale.sharding.plan import EmbeddingPlan
 from recscale.sharding.planner import PlanningError, plan_embeddings, sharders
@@ -183,7 +184,8 @@ def parallelize(
     managed = built.managed
     if managed is not None:
         managed = managed.on(info.device)
-        managed.group = dist.GroupMember.WORLD if info.world_size > 1 else None  # type: ignore[assignment]
+        if info.world_size > 1:
+            managed.exchange = GroupExchange(dist.GroupMember.WORLD)  # type: ignore[arg-type]
         managed.on_evict = RowReset(dmp, table_optimizer)
     model = RecModel(
         sparse=dmp,
