@@ -120,9 +120,23 @@ def _counting(inner, out: list):
     return call
 
 
-@pytest.mark.parametrize("sharding_type", ["table_wise", "column_wise", "data_parallel"])
-def test_managed_tables_sharded_equal_unsharded(sharding_type):
-    results = run_distributed(_managed_equivalence, 2, sharding_type)
+SHARDING_TYPES = ("table_wise", "column_wise", "data_parallel")
+
+
+def _every_case(rank: int, world: int) -> dict:
+    """Every case of this file in one pair of processes (a spawn costs seconds; the cases share nothing)."""
+    out = {t: _managed_equivalence(rank, world, t) for t in SHARDING_TYPES}
+    return {**out, "reset": _reset_worker(rank, world)}
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[dict]:
+    return run_distributed(_every_case, 2)
+
+
+@pytest.mark.parametrize("sharding_type", SHARDING_TYPES)
+def test_managed_tables_sharded_equal_unsharded(cases, sharding_type):
+    results = [c[sharding_type] for c in cases]
     for r in results:
         assert set(r["types"].values()) == {sharding_type}
         assert r["same_maps"], r
@@ -164,9 +178,9 @@ def _reset_worker(rank: int, world: int) -> dict:
     return out
 
 
-def test_row_reset_zeroes_rows_and_optimizer_state():
+def test_row_reset_zeroes_rows_and_optimizer_state(cases):
     """Rows handed to new ids start from zero, and so does their row-wise Adagrad momentum."""
-    held = [r for r in run_distributed(_reset_worker, 2) if r]
+    held = [c["reset"] for c in cases if c["reset"]]
     assert len(held) == 1  # table-wise: one rank holds t0
     rows = held[0]
     assert set(rows) == {"weight", "t0.momentum1"}, rows.keys()
