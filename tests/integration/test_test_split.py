@@ -37,10 +37,10 @@ def test_eval_split_test_reads_data_test_path_and_nothing_else(tmp_path, capfd):
     sets = [x for s in SMALL if s.startswith("data.") for x in ("--set", s)]
     assert cli.main(["data", "synth", "quickstart", *sets, "--out", str(tmp_path / "d")]) == 0
     table = pq.read_table(tmp_path / "d" / "valid")
-    half = table.num_rows // 2
+    kept = table.num_rows // 3  # valid keeps a third, test gets the rest: the row counts tell the splits apart
     (tmp_path / "d" / "test").mkdir()
-    pq.write_table(table.slice(half), tmp_path / "d" / "test" / "part-00000.parquet")
-    pq.write_table(table.slice(0, half), tmp_path / "d" / "valid" / "part-00000.parquet")
+    pq.write_table(table.slice(kept), tmp_path / "d" / "test" / "part-00000.parquet")
+    pq.write_table(table.slice(0, kept), tmp_path / "d" / "valid" / "part-00000.parquet")
     data = [
         "data.source=parquet",
         f"data.train_path={tmp_path / 'd' / 'train'}",
@@ -52,14 +52,12 @@ def test_eval_split_test_reads_data_test_path_and_nothing_else(tmp_path, capfd):
     trained = in_process(capfd, "train", "quickstart", "--nproc", "1", *args, "--run-dir", str(run_dir))
     assert trained.returncode == 0, trained.stderr[-3000:]
     final = json.loads((run_dir / "summary.json").read_text())["final_eval"]
-    assert final["num_examples"] == half  # training evaluated on valid, not on test
+    assert final["num_examples"] == kept  # training evaluated on valid, not on test
 
     on_test = in_process(capfd, "eval", str(run_dir), "--split", "test")
     assert on_test.returncode == 0, on_test.stderr[-3000:]
     result = json.loads(on_test.stdout)
-    direct = json.loads(in_process(capfd, "eval", str(run_dir), "--data", str(tmp_path / "d" / "test")).stdout)
-    assert result["split"] == "test" and result["num_examples"] == table.num_rows - half
-    assert result["auc"] == direct["auc"] and result["logloss"] == direct["logloss"]
+    assert result["split"] == "test" and result["num_examples"] == table.num_rows - kept != kept
     assert result["auc"] != final["auc"]  # another set of rows than the run's validation
 
     both = in_process(capfd, "eval", str(run_dir), "--split", "test", "--data", str(tmp_path / "d" / "test"))
