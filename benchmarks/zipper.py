@@ -1,6 +1,8 @@
 """Zipper against one head on matured labels, at equal freshness, on a drifting delayed-conversion stream.
 
-    .venv/bin/python benchmarks/zipper.py            # 3 seeds x (drift, no drift) x 3 arms on 2 CPU ranks
+    .venv/bin/python benchmarks/zipper.py            # 3 seeds x (drift, no drift) x 4 arms on 2 CPU ranks
+    .venv/bin/python benchmarks/zipper.py --drift 1.0 --key zipper_drift_1.0 --control-from zipper
+    .venv/bin/python benchmarks/zipper.py --set trainer.batch_size=512 --key zipper_batch_512   # 4x the steps
 
 The ``zipper_synthetic`` preset, shrunk to 300,000 training rows over its 60 days: impressions whose
 truth drifts daily (``data.synthetic.drift_per_day``, 0.3 here), a purchase after a click with an
@@ -17,7 +19,7 @@ the same NOW (``recscale data zipper``) and trained the same way:
 Per seed: the purchase task's AUC, NE and calibration (mean prediction / mean label) on the clicked
 validation rows. Verdicts (Student-t intervals over seeds, paired by seed): with drift, AUC(C) - AUC(A) >=
 0.002 and NE(C) < NE(A) in every seed, C calibrated within 5 % and B under-predicting by more than 10 %;
-without drift (the control) |AUC(C) - AUC(A)| < 0.002. Writes the ``zipper`` key of
+without drift (the control) |AUC(C) - AUC(A)| < 0.002. Writes the ``zipper`` key (``--key``) of
 ``benchmarks/results/multitask.json`` (other keys are kept).
 """
 
@@ -46,8 +48,9 @@ ARMS = {
 DATA_OF = {"zipper_offset": "zipper"}
 
 
-def run_arm(work: Path, arm: str, seed: int, drift: float, common: list[str]) -> dict[str, float]:
-    """Build the arm's dataset at NOW and train on it; the purchase task's final metrics."""
+def run_arm(work: Path, arm: str, seed: int, drift: float, common: list[str], training: list[str]) -> dict[str, float]:
+    """Build the arm's dataset at NOW and train on it (``training``: overrides of the training run only); the
+    purchase task's final metrics."""
     windows, heads = ARMS[arm]
     data = work / f"data-s{seed}-d{drift}-{DATA_OF.get(arm, arm)}"
     generator = [f"data.synthetic.seed={seed}", f"data.synthetic.drift_per_day={drift}"]
@@ -65,6 +68,7 @@ def run_arm(work: Path, arm: str, seed: int, drift: float, common: list[str]) ->
             *common,
             *generator,
             *arm_set,
+            *training,
             f"seed={seed}",
             f"data.train_path={data / 'train'}",
             f"data.valid_path={data / 'valid'}",
@@ -87,6 +91,11 @@ def main() -> int:
     parser.add_argument("--train-rows", type=int, default=300_000)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/multitask.json"))
     parser.add_argument("--arms", default="", help="run only these arms; the others' runs are read from --out")
+    parser.add_argument("--key", default="zipper", help="the key of --out to write")
+    parser.add_argument("--set", action="append", default=[], help="a training override for every run (repeatable)")
+    parser.add_argument(
+        "--control-from", default="", help="take the no-drift control's runs from this key of --out instead of training"
+    )
     args = parser.parse_args()
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -98,15 +107,18 @@ def main() -> int:
     started = time.perf_counter()
     path = Path(args.out)
     chosen = args.arms.split(",") if args.arms else list(ARMS)
-    earlier = json.loads(path.read_text()).get("zipper", {}).get("runs", {}) if path.is_file() else {}
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    earlier = stored.get(args.key, {}).get("runs", {})
     runs: dict[str, dict[str, dict[str, Any]]] = {}
-    for drift in (args.drift, 0.0):
+    if args.control_from:
+        runs["no_drift"] = stored[args.control_from]["runs"]["no_drift"]
+    for drift in (args.drift,) if args.control_from else (args.drift, 0.0):
         label = "drift" if drift else "no_drift"
         runs[label] = {arm: dict(earlier.get(label, {}).get(arm, {})) for arm in ARMS if arm not in chosen}
         runs[label].update({arm: {} for arm in chosen})
         for seed in seeds:
             for arm in chosen:
-                result = run_arm(work, arm, seed, drift, common)
+                result = run_arm(work, arm, seed, drift, common, args.set)
                 runs[label][arm][str(seed)] = result
                 print(f"{label} seed {seed} {arm}: {result}", flush=True)
     result = {
@@ -114,13 +126,15 @@ def main() -> int:
         "machine": f"{cpu_model()}, 2 ranks (gloo, CPU)",
         "preset": "zipper_synthetic",
         "drift_per_day": args.drift,
+        "control_from": args.control_from or None,
+        "overrides": args.set,
         "train_rows": args.train_rows,
         "seeds": seeds,
         "runs": runs,
         "verdicts": verdicts(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    write_result_key(path, "zipper", result)
+    write_result_key(path, args.key, result)
     print(json.dumps(result["verdicts"], indent=2))
     return 0
 
@@ -146,6 +160,7 @@ def verdicts(runs: dict[str, dict[str, dict[str, Any]]], seeds: list[int]) -> di
     zipper_cal = [drift["zipper"][str(s)]["calibration"] for s in seeds]
     fresh_cal = [drift["fresh"][str(s)]["calibration"] for s in seeds]
     gain_interval = t_interval(gain)
+    drift_effect = [g - c for g, c in zip(gain, control, strict=True)]
     return {
         "auc_zipper_minus_matured": {
             "per_seed": gain,
@@ -164,6 +179,11 @@ def verdicts(runs: dict[str, dict[str, dict[str, Any]]], seeds: list[int]) -> di
             "interval": t_interval(control),
             "every_seed_within_0.002": all(abs(c) < 0.002 for c in control),
             "verdict_abs_below_0.002": at_most(t_interval([abs(c) for c in control]), 0.002),
+        },
+        "drift_effect_on_auc_zipper_minus_matured": {
+            "what": "(C - A with drift) - (C - A without), paired by seed: what the fresher rows are worth",
+            "per_seed": drift_effect,
+            "interval": t_interval(drift_effect),
         },
         **offset,
         "mean_auc": {
