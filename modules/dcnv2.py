@@ -79,23 +79,40 @@ class DCNv2Dense(nn.Module):
         self.input_dim = dense_out + pooled_dim
         self.num_dense = num_dense
         self.cross = nn.ModuleList(CrossLayer(self.input_dim, low_rank) for _ in range(num_cross_layers))
-        self.deep = MLP(self.input_dim, deep, activation, dropout, batch_norm=batch_norm)
+        self.deep: MLP | None = MLP(self.input_dim, deep, activation, dropout, batch_norm=batch_norm)
+        """The deep MLP; None when per-task experts replace it (``model.multitask.expert_input: interaction``)."""
         self.out_dim = self.deep.out_dim + (self.input_dim if structure == "parallel" else 0)
         """Width of the representation the head reads (``represent``)."""
+        self.interaction_dim = self.input_dim * (2 if structure == "parallel" else 1)
+        """Width of what the deep MLP reads (``interact``): the cross output, with ``x0`` beside it when parallel."""
         self.head: nn.Linear | None = nn.Linear(self.out_dim, num_tasks)
         """One logit per task; None when per-task layers replace it (``modules/multitask/dense.py``)."""
 
-    def represent(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """``dense [B, N]``, ``pooled [B, sum D]`` -> what the head reads ``[B, out_dim]``."""
+    def _crossed(self, dense: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x0 [B, input_dim]`` (dense and pooled side by side) and the cross layers' output ``[B, input_dim]``."""
         if self.bottom is not None:
             dense = self.bottom(dense)
         x0 = torch.cat([dense, pooled], dim=1) if self.num_dense > 0 else pooled
         x = x0
         for layer in self.cross:
             x = layer(x0, x)
+        return x0, x
+
+    def represent(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """``dense [B, N]``, ``pooled [B, sum D]`` -> what the head reads ``[B, out_dim]``."""
+        assert self.deep is not None, "per-task experts replaced the deep MLP: call interact()"
+        x0, x = self._crossed(dense, pooled)
         if self.structure == "stacked":
             return self.deep(x)
         return torch.cat([x, self.deep(x0)], dim=1)
+
+    def interact(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """``dense [B, N]``, ``pooled [B, sum D]`` -> the interactions before any MLP ``[B, interaction_dim]``.
+
+        The cross output (stacked), or the cross output beside ``x0`` (parallel).
+        """
+        x0, x = self._crossed(dense, pooled)
+        return x if self.structure == "stacked" else torch.cat([x, x0], dim=1)
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
         """``dense [B, N]``, ``pooled [B, sum D]`` -> logits ``[B, T]``, aux loss 0, no diagnostics."""
@@ -108,7 +125,9 @@ class DCNv2Dense(nn.Module):
         cross = FlopCount()
         for layer in self.cross:
             cross = cross + layer.flops()
-        out = {"cross": cross, "deep": linears(self.deep)}
+        out = {"cross": cross}
+        if self.deep is not None:
+            out["deep"] = linears(self.deep)
         if self.head is not None:
             out["head"] = linear_module(self.head)
         if self.bottom is not None:

@@ -75,22 +75,31 @@ class DLRMDense(nn.Module):
         num_vectors = num_sparse + (1 if self.bottom is not None else 0)
         self.interaction = DotInteraction(num_vectors, self_interaction)
         over_in = self.interaction.out_dim + (embedding_dim if self.bottom is not None else 0)
-        self.top = MLP(over_in, top, activation, dropout, batch_norm=batch_norm)
+        self.top: MLP | None = MLP(over_in, top, activation, dropout, batch_norm=batch_norm)
+        """The top MLP; None when per-task experts replace it (``model.multitask.expert_input: interaction``)."""
+        self.interaction_dim = over_in
+        """Width of what the top MLP reads (``interact``)."""
         self.out_dim = self.top.out_dim
         """Width of the representation the head reads (``represent``)."""
         self.head: nn.Linear | None = nn.Linear(self.out_dim, num_tasks)
         """One logit per task; None when per-task layers replace it (``modules/multitask/dense.py``)."""
 
+    def interact(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """``dense [B, N]``, ``pooled [B, F*D]`` -> what the top MLP reads ``[B, interaction_dim]``.
+
+        The bottom MLP's output beside the pairwise dot products (the dot products alone without dense features).
+        """
+        x_BFD = pooled.view(-1, self.num_sparse, self.embedding_dim)
+        if self.bottom is None:
+            return self.interaction(x_BFD)
+        d_BD = self.bottom(dense)
+        x_BVD = torch.cat([d_BD.unsqueeze(1), x_BFD], dim=1)
+        return torch.cat([d_BD, self.interaction(x_BVD)], dim=1)
+
     def represent(self, dense: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """``dense [B, N]``, ``pooled [B, F*D]`` -> the top MLP's output ``[B, out_dim]``."""
-        x_BFD = pooled.view(-1, self.num_sparse, self.embedding_dim)
-        if self.bottom is not None:
-            d_BD = self.bottom(dense)
-            x_BVD = torch.cat([d_BD.unsqueeze(1), x_BFD], dim=1)
-            z = torch.cat([d_BD, self.interaction(x_BVD)], dim=1)
-        else:
-            z = self.interaction(x_BFD)
-        return self.top(z)
+        assert self.top is not None, "per-task experts replaced the top MLP: call interact()"
+        return self.top(self.interact(dense, pooled))
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
         """``dense [B, N]``, ``pooled [B, F*D]`` -> logits ``[B, T]``, aux loss 0, no diagnostics."""
@@ -101,7 +110,9 @@ class DLRMDense(nn.Module):
     def flops(self) -> dict[str, FlopCount]:
         """Per-example FLOPs of each part (forward and exact backward)."""
         v, d = self.interaction.num_vectors, self.embedding_dim
-        out = {"interaction": matmul(v, d, v), "top": linears(self.top)}
+        out = {"interaction": matmul(v, d, v)}
+        if self.top is not None:
+            out["top"] = linears(self.top)
         if self.head is not None:
             out["head"] = linear_module(self.head)
         if self.bottom is not None:

@@ -359,6 +359,11 @@ class MultiTaskConfig:
     experts (FuxiCTR's variant)."""
     tower: list[int] = field(default_factory=lambda: [64])
     """Hidden widths of each task's tower (a Linear to the task's logit follows)."""
+    expert_input: Literal["representation", "interaction"] = "representation"
+    """What the experts of ``mmoe`` / ``ple`` read. ``representation``: the arch's last hidden layer (after its
+    top / deep MLP, which all tasks share). ``interaction``: the arch's feature interactions before that MLP
+    (DCN-V2's cross output, DLRM's dot products), the experts replacing the shared MLP, as in the MMoE and
+    PLE papers, where the experts are the bottom networks."""
 
 
 @dataclass(kw_only=True)

@@ -6,7 +6,11 @@ feeds ``model.multitask.structure``:
     shared_bottom:  y_k = head_k(tower_k(h))
     mmoe / ple:     y_k = head_k(tower_k(f^k(h)))     f^k: task k's mixture (``MMoE``, ``PLE``)
 
-Shapes: B examples, H the bottom's width, T tasks, d the experts' width.
+With ``expert_input: interaction`` the experts read the arch's feature interactions ``z [B, Z]`` (``interact``:
+DCN-V2's cross output, DLRM's dot products) instead, and the arch's shared top / deep MLP is removed: the
+experts are the bottom networks, as in the MMoE and PLE papers.
+
+Shapes: B examples, H the bottom's width, Z its interaction width, T tasks, d the experts' width.
 """
 
 from __future__ import annotations
@@ -42,8 +46,13 @@ class MultiTaskDense(nn.Module):
     def __init__(self, bottom: Any, cfg: MultiTaskConfig, num_tasks: int, activation: str, dropout: float) -> None:
         super().__init__()
         bottom.head = None  # its parameters must not exist: nothing would train them (DDP refuses unused ones)
+        self.on_interaction = cfg.expert_input == "interaction" and cfg.structure in ("mmoe", "ple")
+        if self.on_interaction:  # the experts replace the shared MLP, which would otherwise go untrained
+            for name in ("deep", "top"):
+                if hasattr(bottom, name):
+                    setattr(bottom, name, None)
         self.bottom = bottom
-        width = bottom.out_dim
+        width = bottom.interaction_dim if self.on_interaction else bottom.out_dim
         self.layer: MMoE | PLE | None = None
         if cfg.structure == "mmoe":
             self.layer = MMoE(
@@ -69,7 +78,7 @@ class MultiTaskDense(nn.Module):
 
     def forward(self, dense: torch.Tensor, pooled: torch.Tensor) -> DenseOutput:
         """Logits ``[B, T]``, aux loss 0, diagnostics: each task's mean largest gate weight (MMoE / PLE)."""
-        h = self.bottom.represent(dense, pooled)
+        h = self.bottom.interact(dense, pooled) if self.on_interaction else self.bottom.represent(dense, pooled)
         per_task = self.layer(h) if self.layer is not None else [h] * self.num_tasks
         logits = torch.cat([head(tower(x)) for head, tower, x in zip(self.heads, self.towers, per_task)], dim=1)
         diagnostics: dict[str, torch.Tensor] = {}
@@ -122,6 +131,11 @@ def check_multitask(cfg: JobConfig) -> list[str]:
                 "model.multitask.task_experts / shared_experts: expected >= 0 each and at least one expert, "
                 f"got {m.task_experts} and {m.shared_experts}"
             )
+    if m.expert_input == "interaction" and m.structure == "shared_bottom":
+        out.append(
+            "model.multitask.expert_input: interaction needs experts (structure mmoe or ple); shared_bottom's "
+            "towers read the arch's representation"
+        )
     if any(w < 1 for w in m.tower + m.gate_hidden):
         out.append(f"model.multitask.tower / gate_hidden: expected positive widths, got {m.tower} / {m.gate_hidden}")
     return out

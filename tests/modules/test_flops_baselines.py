@@ -95,6 +95,37 @@ CASES.update(
             },
             "data": TWO_TASKS,
         },
+        "dcnv2-mmoe-on-interaction": {
+            "model": {
+                "arch": "dcnv2",
+                "over_arch": [16],
+                "multitask": {
+                    "structure": "mmoe",
+                    "num_experts": 2,
+                    "expert_widths": [8],
+                    "expert_input": "interaction",
+                },
+            },
+            "data": TWO_TASKS,
+        },
+        "dcnv2-parallel-ple-on-interaction": {
+            "model": {
+                "arch": "dcnv2",
+                "over_arch": [16],
+                "dcnv2": {"structure": "parallel"},
+                "multitask": {"structure": "ple", "expert_widths": [8], "tower": [], "expert_input": "interaction"},
+            },
+            "data": TWO_TASKS,
+        },
+        "dlrm-ple-on-interaction": {
+            "model": {
+                "arch": "dlrm",
+                "dense_arch": [8],
+                "over_arch": [16],
+                "multitask": {"structure": "ple", "expert_widths": [12, 6], "expert_input": "interaction"},
+            },
+            "data": TWO_TASKS,
+        },
         "dlrm-ple-two-levels": {
             "model": {
                 "arch": "dlrm",

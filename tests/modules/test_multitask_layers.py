@@ -129,3 +129,34 @@ def test_multitask_config_problems_name_their_keys():
     none = tiny_config(model={"multitask": {"structure": "mmoe", "num_experts": 0}})
     assert any(p.startswith("model.multitask.num_experts") for p in check_model(none))
     assert check_model(tiny_config(model={"multitask": {"structure": "shared_bottom"}})) == []
+    sb = tiny_config(model={"multitask": {"structure": "shared_bottom", "expert_input": "interaction"}})
+    assert any(p.startswith("model.multitask.expert_input: interaction needs experts") for p in check_model(sb))
+
+
+@pytest.mark.parametrize("arch", ["dcnv2", "dlrm"])
+def test_experts_on_the_interaction_read_it_and_replace_the_shared_mlp(arch):
+    """``expert_input: interaction``: the arch's top / deep MLP is gone (nothing would train it) and the
+    experts read the cross output / dot products: logits = heads(towers(PLE(interact(dense, pooled))))."""
+    from recscale.modules.build import build_model
+    from tests.batches import random_batch, tiny_config
+
+    multitask = {"structure": "ple", "expert_widths": [8], "tower": [4], "expert_input": "interaction"}
+    features = {"labels": ["click", "buy"], "dense": ["d0", "d1", "d2"]}
+    features["sparse"] = [{"name": f"f{i}", "table": f"t{i}"} for i in range(4)]
+    cfg = tiny_config(
+        model={"arch": arch, "dense_arch": [16, 8], "over_arch": [16], "multitask": multitask},
+        data={"features": features},
+    )
+    built = build_model(cfg, dense_device="cpu", sparse_device="cpu")
+    dense = built.dense
+    bottom = dense.bottom
+    assert getattr(bottom, "deep", None) is None and getattr(bottom, "top", None) is None
+    assert not [n for n, _ in dense.named_parameters() if n.startswith(("bottom.deep", "bottom.top"))]
+    batch = random_batch(cfg, B, seed=3)
+    pooled = built.sparse(batch.sparse)
+    logits, _, _ = dense(batch.dense, pooled)
+    z = bottom.interact(batch.dense, pooled)
+    assert z.shape == (B, bottom.interaction_dim)
+    streams = dense.layer(z)
+    expected = torch.cat([head(tower(x)) for head, tower, x in zip(dense.heads, dense.towers, streams)], dim=1)
+    assert torch.equal(logits, expected)
