@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/multitask_conflict.py                   # rho 0.9, 0.5, 0 x 3 arms x 3 seeds
     .venv/bin/python benchmarks/multitask_conflict.py --rhos 0 --epochs 1 --train-rows 1000000 --key conflict_1m_rows
+    .venv/bin/python benchmarks/multitask_conflict.py --rhos 0 --epochs 1 --train-rows 1000000 \
+        --arms mmoe_interaction,ple_interaction --shared-bottom-from conflict_1m_rows --key conflict_1m_rows_interaction
 
 Ma et al. (KDD 2018) show on synthetic regression tasks that the gain of gated experts over a shared bottom
 grows as the tasks' correlation falls. This benchmark asks the same question of recscale's models on the
@@ -16,7 +18,9 @@ grows as the tasks' correlation falls. This benchmark asks the same question of 
 - the hierarchical, dense and domain terms stay shared, and each task keeps its own domain shift
   (``task_domain_scale`` 0.4), as in the preset.
 
-The models and their sizes are the preset's (DCN-V2 bottom, the preset's ``model.multitask`` experts and towers).
+The models and their sizes are the preset's (DCN-V2 bottom, the preset's ``model.multitask`` experts and towers);
+the ``*_interaction`` arms put the experts on the cross output in place of the shared deep MLP
+(``model.multitask.expert_input: interaction``).
 Verdicts per rho, paired by seed, Student-t 95% intervals: MMoE - shared-bottom and PLE - shared-bottom on the
 mean task AUC. Writes the key ``conflict`` (``--key``) of ``benchmarks/results/multitask.json`` (other keys are kept).
 """
@@ -24,6 +28,7 @@ mean task AUC. Writes the key ``conflict`` (``--key``) of ``benchmarks/results/m
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -35,7 +40,11 @@ from multitask import ARCHITECTURES, run
 from results_io import cpu_model, write_result_key
 from verdicts import at_least, t_interval
 
-ARMS = ("shared_bottom", "mmoe", "ple")
+INTERACTION_ARMS = {
+    f"{arm}_interaction": [*ARCHITECTURES[arm], "model.multitask.expert_input=interaction"] for arm in ("mmoe", "ple")
+}
+"""MMoE / PLE with the experts on DCN-V2's cross output in place of its shared deep MLP (the papers' layout)."""
+ALL_ARMS = {arm: ARCHITECTURES[arm] for arm in ("shared_bottom", "mmoe", "ple")} | INTERACTION_ARMS
 INTERACTION = 0.8
 """Total standard deviation of the pairwise-interaction terms in each task's logit (shared + own)."""
 
@@ -53,22 +62,23 @@ def generator(rho: float) -> list[str]:
 
 
 def verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
-    """MMoE / PLE minus shared-bottom on the mean task AUC, and per task, paired by seed."""
+    """Each gated arm minus shared-bottom on the mean task AUC, and per task, paired by seed."""
     out: dict[str, Any] = {}
-    for arm in ("mmoe", "ple"):
+    for arm in [a for a in runs if a != "shared_bottom"]:
         diff = [runs[arm][str(s)]["mean_auc"] - runs["shared_bottom"][str(s)]["mean_auc"] for s in seeds]
         interval = t_interval(diff)
         out[f"{arm}_minus_shared_bottom"] = {"per_seed": diff, "interval": interval, "verdict": at_least(interval, 0)}
         for task in ("click", "purchase"):
             per_task = [runs[arm][str(s)][task]["auc"] - runs["shared_bottom"][str(s)][task]["auc"] for s in seeds]
             out[f"{arm}_minus_shared_bottom/{task}"] = {"per_seed": per_task, "interval": t_interval(per_task)}
-    out["mean_auc"] = {arm: statistics.mean(runs[arm][str(s)]["mean_auc"] for s in seeds) for arm in ARMS}
+    out["mean_auc"] = {arm: statistics.mean(runs[arm][str(s)]["mean_auc"] for s in seeds) for arm in runs}
     out["gap_to_oracle"] = {
         arm: {
             task: statistics.mean(runs[arm][str(s)][task]["auc_gap"] for s in seeds) for task in ("click", "purchase")
         }
-        for arm in ARMS
+        for arm in runs
     }
+    out["train_flops_per_example"] = {arm: runs[arm][str(seeds[0])]["train_flops_per_example"] for arm in runs}
     return out
 
 
@@ -82,6 +92,10 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/multitask.json"))
     parser.add_argument("--key", default="conflict", help="the key of --out to write")
     parser.add_argument("--set", action="append", default=[], help="an override for every run (repeatable)")
+    parser.add_argument("--arms", default="shared_bottom,mmoe,ple", help=f"comma-separated, of {', '.join(ALL_ARMS)}")
+    parser.add_argument(
+        "--shared-bottom-from", default="", help="read shared-bottom's runs from this key of --out (same rho and seeds)"
+    )
     args = parser.parse_args()
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -95,13 +109,20 @@ def main() -> int:
         "checkpoint.at_end=false",
         *args.set,
     ]
+    arms = args.arms.split(",")
+    stored = json.loads(Path(args.out).read_text()) if args.shared_bottom_from else {}
     started = time.perf_counter()
     by_rho: dict[str, Any] = {}
     for rho in rhos:
-        runs: dict[str, dict[str, Any]] = {arm: {} for arm in ARMS}
+        runs: dict[str, dict[str, Any]] = {arm: {} for arm in arms}
+        if args.shared_bottom_from:
+            runs = {
+                "shared_bottom": stored[args.shared_bottom_from]["by_rho"][str(rho)]["runs"]["shared_bottom"],
+                **runs,
+            }
         for seed in seeds:
-            for arm in ARMS:
-                overrides = [*ARCHITECTURES[arm], *generator(rho), f"data.synthetic.seed={seed}"]
+            for arm in arms:
+                overrides = [*ALL_ARMS[arm], *generator(rho), f"data.synthetic.seed={seed}"]
                 runs[arm][str(seed)] = run(work, overrides, seed, common)
                 print(f"rho {rho} seed {seed} {arm}: mean AUC {runs[arm][str(seed)]['mean_auc']:.5f}", flush=True)
         by_rho[str(rho)] = {"generator": generator(rho), "runs": runs, "verdicts": verdicts(runs, seeds)}
@@ -113,7 +134,8 @@ def main() -> int:
         "train_rows": args.train_rows,
         "epochs": args.epochs,
         "seeds": seeds,
-        "arms": {arm: ARCHITECTURES[arm] for arm in ARMS},
+        "arms": {arm: ALL_ARMS[arm] for arm in arms},
+        "shared_bottom_from": args.shared_bottom_from or None,
         "overrides": args.set,
         "by_rho": by_rho,
         "seconds": round(time.perf_counter() - started, 1),
