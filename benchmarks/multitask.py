@@ -59,9 +59,12 @@ ARCHITECTURES = {
     "ple": ["model.multitask.structure=ple"],
     "lattice": LATTICE,
     "lattice_tied": [*LATTICE, "model.lattice.untie_domains=0", "model.lattice.fmb_mlp=[120]"],
+    "mmoe_interaction": ["model.multitask.structure=mmoe", "model.multitask.expert_input=interaction"],
+    "ple_interaction": ["model.multitask.structure=ple", "model.multitask.expert_input=interaction"],
 }
 """``lattice`` reads the domain (its untied fusion MLP), which the DCN-V2-based models never see;
-``lattice_tied`` (one fusion MLP, widened to the same FLOPs) sees what they see: the fair comparison."""
+``lattice_tied`` (one fusion MLP, widened to the same FLOPs) sees what they see: the fair comparison.
+``*_interaction``: the experts on DCN-V2's cross output in place of its shared deep MLP."""
 TEACHER = ["data.features.teacher=teacher_logit", "data.synthetic.teacher_noise=0.3"]
 TEACHER_ARMS = {
     "no_teacher": [],
@@ -105,21 +108,21 @@ def _paired(runs: dict[str, dict[str, Any]], a: str, b: str, seeds: list[int], r
 def architecture_verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """MMoE / PLE over shared-bottom, Lattice over PLE (relative), and the FLOPs condition."""
     out: dict[str, Any] = {}
-    for arm in ("mmoe", "ple"):
+    for arm in [a for a in ("mmoe", "ple", "mmoe_interaction", "ple_interaction") if runs.get(a)]:
         diff = _paired(runs, arm, "shared_bottom", seeds)
         interval = t_interval(diff)
         out[f"{arm}_minus_shared_bottom"] = {"per_seed": diff, "interval": interval, "verdict": at_least(interval, 0)}
     flops = {arm: runs[arm][str(seeds[0])]["train_flops_per_example"] for arm in runs}
-    for arm in ("lattice", "lattice_tied"):
-        if arm not in runs:
+    for arm, ple in [(a, p) for a in ("lattice", "lattice_tied") for p in ("ple", "ple_interaction")]:
+        if not runs.get(arm) or not runs.get(ple):
             continue
-        rel = _paired(runs, arm, "ple", seeds, relative=True)
+        rel = _paired(runs, arm, ple, seeds, relative=True)
         interval = t_interval(rel)
-        out[f"{arm}_over_ple_relative"] = {
+        out[f"{arm}_over_{ple}_relative"] = {
             "per_seed": rel,
             "interval": interval,
             "verdict": at_least(interval, 0.001),
-            "flops_le_ple": flops[arm] <= flops["ple"],
+            f"flops_le_{ple}": flops[arm] <= flops[ple],
         }
     out["train_flops_per_example"] = flops
     out["mean"] = {

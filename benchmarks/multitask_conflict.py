@@ -40,11 +40,8 @@ from multitask import ARCHITECTURES, run
 from results_io import cpu_model, write_result_key
 from verdicts import at_least, t_interval
 
-INTERACTION_ARMS = {
-    f"{arm}_interaction": [*ARCHITECTURES[arm], "model.multitask.expert_input=interaction"] for arm in ("mmoe", "ple")
-}
-"""MMoE / PLE with the experts on DCN-V2's cross output in place of its shared deep MLP (the papers' layout)."""
-ALL_ARMS = {arm: ARCHITECTURES[arm] for arm in ("shared_bottom", "mmoe", "ple")} | INTERACTION_ARMS
+ALL_ARMS = {arm: ARCHITECTURES[arm] for arm in ("shared_bottom", "mmoe", "ple", "mmoe_interaction", "ple_interaction")}
+"""``*_interaction``: MMoE / PLE with the experts on DCN-V2's cross output in place of its shared deep MLP."""
 INTERACTION = 0.8
 """Total standard deviation of the pairwise-interaction terms in each task's logit (shared + own)."""
 
