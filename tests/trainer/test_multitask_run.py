@@ -1,9 +1,9 @@
 """A 2-rank sharded multi-task, multi-domain run: exact resume, per-task metrics, one served output per task.
 
 The job is the ``multitask_synthetic`` preset shrunk (click on every row, purchase given a click, three
-domains, PLE over DCN-V2). The exported artifact's predictions, scored with scikit-learn on the rows each
-task applies to, reproduce the run's final per-task and per-domain metrics: that checks the metrics, the
-masks and the export together.
+domains, PLE over DCN-V2, its experts on the deep MLP's output or on the cross output). The exported
+artifact's predictions, scored with scikit-learn on the rows each task applies to, reproduce the run's final
+per-task and per-domain metrics: that checks the metrics, the masks and the export together.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from tests.trainer.runs import final_eval, losses, new_run, small_job, train_wor
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multitask")
-    cfg = small_job(root / "cache", "trainer.epochs=1", preset="multitask_synthetic")
+@pytest.fixture(scope="module", params=["representation", "interaction"])
+def uninterrupted(request, tmp_path_factory):
+    """The run, with PLE's experts on DCN-V2's deep MLP output (the default) or on its cross output."""
+    root = tmp_path_factory.mktemp(f"multitask-{request.param}")
+    experts = f"model.multitask.expert_input={request.param}"
+    cfg = small_job(root / "cache", "trainer.epochs=1", experts, preset="multitask_synthetic")
     run_dir = new_run(root, "full", cfg)
     assert run_distributed(train_worker, 2, cfg, run_dir, False) == [8, 8]
     return cfg, run_dir, root
