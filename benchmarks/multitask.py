@@ -65,6 +65,10 @@ ARCHITECTURES = {
 """``lattice`` reads the domain (its untied fusion MLP), which the DCN-V2-based models never see;
 ``lattice_tied`` (one fusion MLP, widened to the same FLOPs) sees what they see: the fair comparison.
 ``*_interaction``: the experts on DCN-V2's cross output in place of its shared deep MLP."""
+REPRESENTATION = ["model.multitask.expert_input=representation"]
+"""Every arm's base: the preset's experts read the cross output (``interaction``), but ``shared_bottom``, ``mmoe``,
+``ple`` and the ``teacher`` and ``esmm`` parts were measured with the experts on the shared deep MLP's output;
+the ``*_interaction`` arms set it back."""
 TEACHER = ["data.features.teacher=teacher_logit", "data.synthetic.teacher_noise=0.3"]
 TEACHER_ARMS = {
     "no_teacher": [],
@@ -181,6 +185,7 @@ def main() -> int:
     common = [
         f"data.cache_dir={work / 'cache'}",
         f"data.synthetic.num_train={args.train_rows}",
+        *REPRESENTATION,
         "trainer.epochs=2",
         "trainer.eval_every=0",
         "checkpoint.every_steps=0",

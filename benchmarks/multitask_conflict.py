@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cli_runs import ROOT
-from multitask import ARCHITECTURES, run
+from multitask import ARCHITECTURES, REPRESENTATION, run
 from results_io import cpu_model, write_result_key
 from verdicts import at_least, t_interval
 
@@ -101,6 +101,7 @@ def main() -> int:
         f"data.cache_dir={work / 'cache'}",
         f"data.synthetic.num_train={args.train_rows}",
         f"trainer.epochs={args.epochs}",
+        *REPRESENTATION,
         "trainer.eval_every=0",
         "checkpoint.every_steps=0",
         "checkpoint.at_end=false",

@@ -134,7 +134,7 @@ def check_multitask(cfg: JobConfig) -> list[str]:
     if m.expert_input == "interaction" and m.structure == "shared_bottom":
         out.append(
             "model.multitask.expert_input: interaction needs experts (structure mmoe or ple); shared_bottom's "
-            "towers read the arch's representation"
+            "towers read the arch's representation (expected expert_input: representation with shared_bottom)"
         )
     if any(w < 1 for w in m.tower + m.gate_hidden):
         out.append(f"model.multitask.tower / gate_hidden: expected positive widths, got {m.tower} / {m.gate_hidden}")
