@@ -179,6 +179,7 @@ def synthetic_task_problems(cfg: JobConfig) -> list[str]:
         out.append(
             "data.synthetic.task_domain_scale / domain_feature_shift: need data.features.domain and num_domains >= 2"
         )
+    out += _domain_group_problems(cfg)
     if s.conversion_label:
         if s.conversion_label not in f.labels[1:]:
             out.append(
@@ -196,6 +197,25 @@ def synthetic_task_problems(cfg: JobConfig) -> list[str]:
     if s.seconds_per_row <= 0:
         out.append(f"data.synthetic.seconds_per_row: expected a positive number, got {s.seconds_per_row}")
     return out
+
+
+def _domain_group_problems(cfg: JobConfig) -> list[str]:
+    """``data.synthetic.domain_groups``: a partition of the domains, with the domain column and a user feature."""
+    s, f = cfg.data.synthetic, cfg.data.features
+    if not s.domain_groups:
+        return []
+    members = sorted(d for group in s.domain_groups for d in group)
+    if members != list(range(s.num_domains)) or any(not group for group in s.domain_groups):
+        return [
+            f"data.synthetic.domain_groups: expected non-empty groups that together hold each of the "
+            f"{s.num_domains} domains 0..{s.num_domains - 1} once, got {s.domain_groups}"
+        ]
+    if not f.domain or len(f.sparse) < 2:
+        return ["data.synthetic.domain_groups: needs data.features.domain and two sparse features (user, item)"]
+    rows = {t.name: t.num_embeddings for t in cfg.embeddings.tables}.get(f.sparse[0].table, 0)
+    if rows < len(s.domain_groups):
+        return [f"data.synthetic.domain_groups: the user table has {rows} rows, fewer than the groups"]
+    return []
 
 
 DISTILLING_ARCHES = ("dlrm", "dcnv2")

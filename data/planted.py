@@ -72,6 +72,19 @@ class Inputs:
     """``[n]`` int64 day of each impression (the truth drifts by day); None = day 0."""
 
 
+def domain_groups(synth: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(group_of [D], group_domain [D])``: each domain's group, and the domain whose truth it reads.
+
+    The truth read is the group's first domain's. Without ``domain_groups`` every domain is its own group.
+    """
+    group_of = np.arange(synth.num_domains, dtype=np.int64)
+    group_domain = np.arange(synth.num_domains, dtype=np.int64)
+    for g, members in enumerate(synth.domain_groups):
+        group_of[members] = g
+        group_domain[members] = min(members)
+    return group_of, group_domain
+
+
 class PlantedModel:
     """The generator's ground truth (see the module docstring)."""
 
@@ -94,6 +107,7 @@ class PlantedModel:
         self.dense_weights = rng.standard_normal(len(features.dense))
         self.domain_bias = rng.standard_normal(synth.num_domains)
         self.domain_category = rng.standard_normal((synth.num_domains, c))
+        self.group_of, self.group_domain = domain_groups(synth)
         self.candidate = self._candidate_fields()
         # own generator, so the arrays above (and the data of configs without the term) stay as they were
         self.cross_matrix = np.random.default_rng(seed_words(synth.seed, 11)).standard_normal((c, c))
@@ -137,7 +151,7 @@ class PlantedModel:
     def draw(self, n: int, rng: np.random.Generator, first_row: int) -> Inputs:
         """Draw n examples' features (``first_row`` numbers them, for timestamps)."""
         s = self.synth
-        shift = s.domain_feature_shift > 0 and bool(self.features.domain)
+        shift = (s.domain_feature_shift > 0 or bool(s.domain_groups)) and bool(self.features.domain)
         domain = self._domains(n, rng) if shift else None  # drawn first only when the features depend on it
         sparse: list[np.ndarray | Ragged] = []
         for f, num_ids in enumerate(self.field_rows):
@@ -146,8 +160,10 @@ class PlantedModel:
                 lengths = rng.integers(1, s.multi_hot_max + 1, n)
                 ids = self._ids(rng.random(int(lengths.sum())), num_ids, salt)
                 sparse.append(Ragged.from_lengths(lengths, ids))
-            elif f == 1 and domain is not None:
-                sparse.append(self._shifted_ids(rng, domain, num_ids, salt))
+            elif f == 0 and domain is not None and s.domain_groups:
+                sparse.append(self._group_users(rng.random(n), self.group_of[domain], num_ids, salt))
+            elif f == 1 and domain is not None and s.domain_feature_shift > 0:
+                sparse.append(self._shifted_ids(rng, self.group_domain[domain], num_ids, salt))
             else:
                 sparse.append(self._ids(rng.random(n), num_ids, salt))
         dense = rng.standard_normal((n, len(self.features.dense)), dtype=np.float32)
@@ -182,6 +198,12 @@ class PlantedModel:
             rows = moved & (domain == d)
             ids[rows] = self._ids(u[rows], num_ids, salt + 7777 * int(d))
         return ids
+
+    def _group_users(self, u: np.ndarray, group: np.ndarray, num_ids: int, salt: int) -> np.ndarray:
+        """User ids of rows in ``group [n]``: Zipf over the group's own slice of ``num_ids // G`` ids."""
+        size = num_ids // len(self.synth.domain_groups)
+        ids = scatter(zipf_ranks(u, size, self.synth.zipf_exponent), size, self.salt + salt)
+        return ids + group * size
 
     def _ids(self, u: np.ndarray, num_ids: int, salt: int) -> np.ndarray:
         return scatter(zipf_ranks(u, num_ids, self.synth.zipf_exponent), num_ids, self.salt + salt)
@@ -242,10 +264,12 @@ class PlantedModel:
         out["dom"] = np.zeros(n)
         if inputs.domain is not None and s.num_domains > 1 and len(inputs.sparse) >= 2:
             category = self.group(self._ids_of(inputs.sparse[1]), 1)
-            out["dom"] = self.domain_bias[inputs.domain] + self.domain_category[inputs.domain, category]
+            truth = self.group_domain[inputs.domain]
+            out["dom"] = self.domain_bias[truth] + self.domain_category[truth, category]
         out["cross"] = self._cross_domain(inputs)
         category = self.group(self._ids_of(inputs.sparse[1]), 1) if len(inputs.sparse) >= 2 else None
-        out.update(self.task_terms.raw(latents, inputs.domain, category, n))
+        truth = None if inputs.domain is None else self.group_domain[inputs.domain]
+        out.update(self.task_terms.raw(latents, truth, category, n))
         return out
 
     def _cross_domain(self, inputs: Inputs) -> np.ndarray:

@@ -7,6 +7,7 @@
     recscale data inspect PATH [--json]
     recscale data zipper CONFIG --out DIR [--synthetic] [--set k=v ...]
     recscale data attach-teacher DATA --predictions RUN_DIR --out DIR [--column NAME] [--domain-column C --domain D]
+    recscale data partition CONFIG [--ids user,item] [--delay-column C] [--min-affinity A] [--json FILE]
 
 ``register(subparsers)`` adds the group to the ``recscale`` parser; each command is
 ``args.func(args) -> exit code`` and raises ``ValueError`` (or a subclass) for a user error.
@@ -96,6 +97,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--domain", type=int, default=None, help="keep only this domain's rows after the join")
     p.set_defaults(func=attach_teacher)
 
+    p = group.add_parser(
+        "partition", help="which domains should share one model: id overlap, label rates and delays per domain pair"
+    )
+    _config_args(p, None)
+    p.add_argument("--ids", default="", help="id features to compare (default: the first two sparse features)")
+    p.add_argument("--delay-column", default=None, help="conversion delay column (default: the generator's, if any)")
+    p.add_argument("--max-rows", type=int, default=1_000_000, help="read at most this many training rows (0 = all)")
+    p.add_argument("--min-affinity", type=float, default=0.5, help="merge groups while their affinity is >= this")
+    p.add_argument("--json", default="", help="also write the whole report to this file")
+    p.set_defaults(func=partition)
+
     p = group.add_parser("inspect", help="schema, rows, row groups and stats of a Parquet file or directory")
     p.add_argument("path", help="Parquet file, directory, or a converter / generator output directory")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -160,6 +172,63 @@ def attach_teacher(args: argparse.Namespace) -> int:
     print(f"wrote {out}: train with data.features.teacher={args.column}", file=sys.stderr)
     _print({"rows": result.rows, "rows_with_a_teacher_score": result.scored})
     return 0
+
+
+def partition(args: argparse.Namespace) -> int:
+    """``recscale data partition``: the Partitioner's report on the job's training split (``data/partitioner.py``)."""
+    from recscale.configs.tasks import resolve_tasks
+    from recscale.data import prepare_data
+    from recscale.data.partitioner import collect, report
+
+    cfg = _load(args)
+    f, s = cfg.data.features, cfg.data.synthetic
+    if not f.domain:
+        raise ValueError("data.features.domain: the partition report compares domains; expected a domain column")
+    num_domains = len(f.domain_names) or (s.num_domains if cfg.data.source == "synthetic" else 0)
+    if num_domains < 2:
+        raise ValueError("data.features.domain_names: expected the names of at least two domains")
+    sparse = [x.name for x in f.sparse]
+    ids = [x for x in args.ids.split(",") if x] or sparse[:2]
+    unknown = [x for x in ids if x not in sparse]
+    if unknown:
+        raise ValueError(f"--ids: {', '.join(unknown)} not among data.features.sparse ({', '.join(sparse)})")
+    if not 0.0 <= args.min_affinity <= 1.0:
+        raise ValueError(f"--min-affinity: expected a value in [0, 1], got {args.min_affinity}")
+    delay = (
+        args.delay_column if args.delay_column is not None else s.delay_column if cfg.data.source == "synthetic" else ""
+    )
+    tasks = resolve_tasks(cfg)
+    train = prepare_data(cfg.data, cfg.embeddings).train
+    stats = collect(train, f.domain, num_domains, ids, tasks, delay, args.max_rows)
+    names = [f.domain_names[d] if d < len(f.domain_names) else f"domain{d}" for d in range(num_domains)]
+    result = report(stats, names, tasks, args.min_affinity)
+    if args.json:
+        from recscale.trainer.run_dir import write_json
+
+        write_json(Path(args.json), result)
+    print(format_partition(result))
+    return 0
+
+
+def format_partition(result: dict[str, object]) -> str:
+    """The report as text: the affinity matrix with its parts, then the groups."""
+    names: list[str] = result["domains"]  # type: ignore[assignment]
+    width = max(8, *(len(n) for n in names))
+    lines = [f"domains: {', '.join(f'{n} ({r} rows)' for n, r in zip(names, result['rows'], strict=True))}"]  # type: ignore[call-overload]
+    for title, matrix in [
+        *((f"shared traffic, {f}", m) for f, m in result["shared_traffic"].items()),  # type: ignore[attr-defined]
+        ("label similarity", result["label_similarity"]),
+        ("affinity", result["affinity"]),
+    ]:
+        lines += ["", title, " " * width + "".join(f"{n:>{width + 1}}" for n in names)]
+        lines += [
+            f"{n:<{width}}" + "".join(f"{v:>{width + 1}.3f}" for v in row) for n, row in zip(names, matrix, strict=True)
+        ]
+    groups = "; ".join(", ".join(g) for g in result["groups"])  # type: ignore[attr-defined]
+    ids = ",".join("[" + ",".join(map(str, g)) + "]" for g in result["group_ids"])  # type: ignore[attr-defined]
+    lines += ["", f"groups (affinity >= {result['min_affinity']}): {groups}"]
+    lines += [f"one model, untied per group: --set model.lattice.domain_groups=[{ids}]"]
+    return "\n".join(lines)
 
 
 def _out_dir(args: argparse.Namespace, cfg: JobConfig) -> Path:

@@ -126,6 +126,12 @@ class SyntheticConfig:
     domain_feature_shift: float = 0.0
     """Domains shift the feature distribution: in domain d > 0 this fraction of the item ids (the second
     sparse feature, single-hot) follows the domain's own popularity order; 0 = every domain alike."""
+    domain_groups: list[list[int]] = field(default_factory=list)
+    """Domains that form one market: a partition of ``range(num_domains)`` (e.g. ``[[0, 1], [2, 3]]``). The
+    domains of a group share their users (the first sparse feature draws from the group's own slice of the
+    table, disjoint from other groups') and their truth and item distribution (every domain term reads the
+    group's first domain), so they differ only in traffic share: what a partitioner should put in one model.
+    Empty = every domain on its own, sharing users with all (the data of configs without it)."""
     useless_features: list[str] = field(default_factory=list)
     """Names of sparse or dense features that are drawn as usual but enter no term of any task's logit (pure
     noise: what feature selection should drop). Not the first two sparse features (the user and item roles)."""

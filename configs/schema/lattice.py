@@ -58,6 +58,10 @@ class LatticeConfig:
     untie_domains: int = 0
     """Domain groups G whose Transformer FFNs and fusion-block MLPs have their own weights (0 = tied).
     Every row runs all G copies and keeps its domain's (``data.features.domain``; ids clamped to 0..G-1)."""
+    domain_groups: list[list[int]] = field(default_factory=list)
+    """Untie by groups of domains instead of one copy per domain: ``[[0, 1], [2, 3]]`` gives domains 0 and 1
+    one copy and 2 and 3 another (the groups ``recscale data partition`` prints). A partition of the domain
+    ids 0..K-1 (ids above K-1 read K-1's group); ``untie_domains`` must then be 0 or the number of groups."""
     num_fmb_tokens: int = 8
     """Tokens each fusion block's Factorization Machine Block emits."""
     num_lcb_tokens: int = 8

@@ -16,7 +16,7 @@ Legend: B batch, G domain groups, D width.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -117,10 +117,25 @@ class UntiedByDomain(nn.Module):
         return one.scaled(len(self.groups))
 
 
-def domain_masks(domain_B: torch.Tensor | None, groups: int) -> torch.Tensor | None:
-    """One-hot ``[B, G]`` bool of each row's domain group (ids clamped to 0..G-1); None when G = 1.
+def group_lookup(domain_groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """``group_of [K]`` int64: the group of each domain id 0..K-1 (``model.lattice.domain_groups``).
 
-    A comparison with ``arange(G)`` rather than ``F.one_hot``: no range check on the host, fixed shapes.
+    Empty without groups (each domain its own).
+    """
+    out = torch.zeros(sum(len(g) for g in domain_groups), dtype=torch.int64)
+    for g, members in enumerate(domain_groups):
+        out[list(members)] = g
+    return out
+
+
+def domain_masks(
+    domain_B: torch.Tensor | None, groups: int, group_of: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """One-hot ``[B, G]`` bool of each row's domain group; None when G = 1.
+
+    Without ``group_of`` (or with it empty) the group is the domain id clamped to 0..G-1; with it, the id is
+    clamped to 0..K-1 and looked up in ``group_of [K]``. A comparison with ``arange(G)`` rather than
+    ``F.one_hot``: no range check on the host, fixed shapes.
     """
     if groups <= 1:
         return None
@@ -128,5 +143,8 @@ def domain_masks(domain_B: torch.Tensor | None, groups: int) -> torch.Tensor | N
         raise ValueError(
             "model.lattice.untie_domains: untied layers need the batch's domain ids (data.features.domain), got None"
         )
-    ids_B = domain_B.long().clamp(0, groups - 1)
+    if group_of is not None and group_of.numel():
+        ids_B = group_of[domain_B.long().clamp(0, group_of.numel() - 1)]
+    else:
+        ids_B = domain_B.long().clamp(0, groups - 1)
     return ids_B.unsqueeze(1) == torch.arange(groups, device=ids_B.device)

@@ -29,7 +29,7 @@ from torch import nn
 from recscale.modules.attention import AttentionBackend, time_positions
 from recscale.modules.flops import FlopCount, Lengths, matmul
 from recscale.modules.lattice.fusion import ExtendedContextStorage, fusion_block
-from recscale.modules.lattice.layers import LatticeMLP, domain_masks
+from recscale.modules.lattice.layers import LatticeMLP, domain_masks, group_lookup
 from recscale.modules.lattice.processors import FeatureTokens, SequenceTokens
 from recscale.modules.lattice.transformer import TransformerBlock
 from recscale.modules.outputs import DenseOutput
@@ -59,6 +59,7 @@ class LatticeOptions:
     swish_norm: str = "rms_gate_norm"
     bias: bool = False
     untie_domains: int = 0
+    domain_groups: tuple[tuple[int, ...], ...] = ()
     num_fmb_tokens: int = 8
     num_lcb_tokens: int = 8
     fm_rank: int = 16
@@ -94,7 +95,8 @@ class LatticeDense(nn.Module):
             raise ValueError(f"model.lattice.rope: expected position, time or none, got {opts.rope!r}")
         self.opts = opts
         d, norm, bias = opts.dim, opts.swish_norm, opts.bias
-        self.groups = max(1, opts.untie_domains)
+        self.groups = len(opts.domain_groups) or max(1, opts.untie_domains)
+        self.register_buffer("group_of", group_lookup(opts.domain_groups), persistent=False)
         self.events = list(sequence_dims or {})
         self.max_lengths = {e: int((sequence_lengths or {})[e]) for e in self.events}
         self.processors = FeatureTokens(num_dense, pooled, d, dense_arch, opts.dense_tokens, norm, bias)
@@ -167,7 +169,7 @@ class LatticeDense(nn.Module):
             timestamps: ``[B, L_e]`` int64 seconds (``rope: time`` only).
             domain: ``[B]`` int64 domain ids (``untie_domains > 0`` only).
         """
-        domain_BG = domain_masks(domain, self.groups)
+        domain_BG = domain_masks(domain, self.groups, self.group_of)
         x_BnD = self.processors(dense, pooled)
         s: dict[str, torch.Tensor] = {}
         positions: dict[str, torch.Tensor | None] = {}

@@ -36,7 +36,8 @@ def build_lattice(m: ModelConfig, inputs: ModelInputs) -> LatticeDense:
             ecs_map=c.ecs_map,
             swish_norm=c.swish_norm,
             bias=c.bias,
-            untie_domains=c.untie_domains,
+            untie_domains=len(c.domain_groups) or c.untie_domains,
+            domain_groups=tuple(tuple(g) for g in c.domain_groups),
             num_fmb_tokens=c.num_fmb_tokens,
             num_lcb_tokens=c.num_lcb_tokens,
             fm_rank=c.fm_rank,
@@ -77,6 +78,20 @@ def check_lattice(cfg: JobConfig) -> list[str]:
     if c.rope == "time" and f.sequences and not all(q.timestamps for q in f.sequences):
         missing = [q.name for q in f.sequences if not q.timestamps]
         out.append(f"model.lattice.rope: 'time' needs timestamps on every sequence; none on {missing}")
+    if c.domain_groups:
+        members = sorted(d for g in c.domain_groups for d in g)
+        if members != list(range(len(members))) or not all(c.domain_groups):
+            out.append(
+                "model.lattice.domain_groups: expected non-empty groups that together hold each domain id "
+                f"0..K-1 once, got {c.domain_groups}"
+            )
+        if c.untie_domains not in (0, len(c.domain_groups)):
+            out.append(
+                f"model.lattice.untie_domains: {c.untie_domains} copies, but domain_groups has "
+                f"{len(c.domain_groups)} groups; expected 0 or {len(c.domain_groups)}"
+            )
+        if not f.domain:
+            out.append("model.lattice.domain_groups: needs the domain column (data.features.domain)")
     if c.untie_domains > 0 and not f.domain:
         out.append(
             f"model.lattice.untie_domains: {c.untie_domains} domain groups need the domain column "

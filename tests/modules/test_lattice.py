@@ -211,6 +211,23 @@ def test_untied_rows_depend_only_on_their_domain_group() -> None:
         model(**{**x, "domain": None})
 
 
+def test_domain_groups_untie_by_group_as_the_same_model_does_on_group_ids() -> None:
+    """Domains {0, 2} and {1, 3} as two groups: the model on domain ids equals the untie_domains=2 model (same
+    weights) on the group ids; ids above the last domain read its group."""
+    grouped = _model(domain_groups=((0, 2), (1, 3))).eval()
+    by_id = _model(untie_domains=2).eval()
+    assert grouped.groups == 2
+    by_id.load_state_dict(grouped.state_dict())
+    x = _inputs(6)
+    domain = torch.tensor([0, 1, 2, 3, 2, 9])
+    group = torch.tensor([0, 1, 0, 1, 0, 1])
+    assert torch.equal(grouped(**{**x, "domain": domain})[0], by_id(**{**x, "domain": group})[0])
+    cfg = seq_config("lattice", model={"lattice": {**SMALL, "domain_groups": [[0, 1], [1, 2]], "untie_domains": 3}})
+    problems = "\n".join(check_model(cfg))
+    assert "model.lattice.domain_groups: expected non-empty groups that together hold each domain id" in problems
+    assert "model.lattice.untie_domains: 3 copies, but domain_groups has 2 groups; expected 0 or 2" in problems
+
+
 # -- Transformer block: QK-norm and RoPE -----------------------------------------------------------
 
 
