@@ -17,13 +17,15 @@ Per pair (i, j):
   drawn from the same users as a big one sees mostly the big one's frequent ids;
 - ``label_similarity[i, j]``: the mean over tasks of ``min(r_i, r_j) / max(r_i, r_j)`` of the positive
   rates (0 for a task that applies to one domain only), and of the median delays when there is a delay;
-- ``affinity[i, j] = mean_f shared_traffic[f][i, j] × label_similarity[i, j]``: a product, because either
-  criterion alone can veto a merge. Domains with no ids in common gain nothing from one model, and domains
-  with shared ids but unlike labels are the conflicting ones.
+- ``gradient_cosine[i, j]`` (with a pilot run, ``trainer/pilot_gradients.py``): the cosine of the two
+  domains' gradients on the dense trunk after a short pilot run;
+- ``affinity[i, j] = mean_f shared_traffic[f][i, j] × label_similarity[i, j] (× max(0, gradient_cosine))``:
+  a product, because any criterion alone can veto a merge. Domains with no ids in common gain nothing from
+  one model, and domains with shared ids but unlike labels or opposed gradients are the conflicting ones.
 
 ``groups`` joins domains by average linkage: while the two closest groups' mean pairwise affinity is at
 least ``min_affinity``, they merge. The paper also names a revenue-weighted compute budget, which only
-the user can weigh, and per-task gradient agreement from a pilot run, which this report does not compute.
+the user can weigh.
 """
 
 from __future__ import annotations
@@ -136,7 +138,11 @@ def _pairwise(n: int, value: Any) -> list[list[float]]:
 
 
 def report(
-    stats: Sequence[DomainStats], names: Sequence[str], tasks: Sequence[TaskConfig], min_affinity: float
+    stats: Sequence[DomainStats],
+    names: Sequence[str],
+    tasks: Sequence[TaskConfig],
+    min_affinity: float,
+    gradient_cosine: Sequence[Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """The matrices, per-domain profiles and groups of the module docstring, as plain JSON-able data."""
     n = len(stats)
@@ -181,6 +187,11 @@ def report(
     shared_traffic = {f: _pairwise(n, lambda i, j, f=f: shared(f, i, j)) for f in features}
     labels = _pairwise(n, label_similarity)
     affinity = [[_mean([shared_traffic[f][i][j] for f in features]) * labels[i][j] for j in range(n)] for i in range(n)]
+    if gradient_cosine is not None:
+        affinity = [
+            [a * max(0.0, g) for a, g in zip(row, cos, strict=True)]
+            for row, cos in zip(affinity, gradient_cosine, strict=True)
+        ]
     groups = average_linkage(affinity, min_affinity)
     return {
         "domains": list(names),
@@ -192,6 +203,7 @@ def report(
         "positive_rate": rates,
         "median_delay_s": delays if has_delay else None,
         "label_similarity": labels,
+        "gradient_cosine": None if gradient_cosine is None else [list(map(float, row)) for row in gradient_cosine],
         "affinity": affinity,
         "min_affinity": min_affinity,
         "groups": [[names[d] for d in g] for g in groups],

@@ -7,7 +7,7 @@
     recscale data inspect PATH [--json]
     recscale data zipper CONFIG --out DIR [--synthetic] [--set k=v ...]
     recscale data attach-teacher DATA --predictions RUN_DIR --out DIR [--column NAME] [--domain-column C --domain D]
-    recscale data partition CONFIG [--ids user,item] [--delay-column C] [--min-affinity A] [--json FILE]
+    recscale data partition CONFIG [--ids user,item] [--delay-column C] [--min-affinity A] [--pilot-steps N] [--json F]
 
 ``register(subparsers)`` adds the group to the ``recscale`` parser; each command is
 ``args.func(args) -> exit code`` and raises ``ValueError`` (or a subclass) for a user error.
@@ -105,6 +105,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--delay-column", default=None, help="conversion delay column (default: the generator's, if any)")
     p.add_argument("--max-rows", type=int, default=1_000_000, help="read at most this many training rows (0 = all)")
     p.add_argument("--min-affinity", type=float, default=0.5, help="merge groups while their affinity is >= this")
+    p.add_argument(
+        "--pilot-steps",
+        type=int,
+        default=0,
+        help="train a pilot this many batches, then compare the domains' trunk gradients (0 = no pilot)",
+    )
+    p.add_argument("--pilot-batches", type=int, default=8, help="batches the pilot's gradients are summed over")
     p.add_argument("--json", default="", help="also write the whole report to this file")
     p.set_defaults(func=partition)
 
@@ -201,7 +208,12 @@ def partition(args: argparse.Namespace) -> int:
     train = prepare_data(cfg.data, cfg.embeddings).train
     stats = collect(train, f.domain, num_domains, ids, tasks, delay, args.max_rows)
     names = [f.domain_names[d] if d < len(f.domain_names) else f"domain{d}" for d in range(num_domains)]
-    result = report(stats, names, tasks, args.min_affinity)
+    cosine = None
+    if args.pilot_steps:
+        from recscale.trainer.pilot_gradients import pilot_gradient_cosine
+
+        cosine = pilot_gradient_cosine(cfg, train, num_domains, args.pilot_steps, args.pilot_batches)
+    result = report(stats, names, tasks, args.min_affinity, cosine)
     if args.json:
         from recscale.trainer.run_dir import write_json
 
@@ -218,6 +230,7 @@ def format_partition(result: dict[str, object]) -> str:
     for title, matrix in [
         *((f"shared traffic, {f}", m) for f, m in result["shared_traffic"].items()),  # type: ignore[attr-defined]
         ("label similarity", result["label_similarity"]),
+        *([("pilot gradient cosine", result["gradient_cosine"])] if result["gradient_cosine"] else []),
         ("affinity", result["affinity"]),
     ]:
         lines += ["", title, " " * width + "".join(f"{n:>{width + 1}}" for n in names)]

@@ -86,6 +86,7 @@ def test_bad_input_names_the_column_or_domain(tmp_path):
         report(stats, ["a", "b", "c"], TASKS, 0.5)
 
 
+PILOT = ["--pilot-steps", "10", "--pilot-batches", "8"]
 PLANTED = [
     "data.synthetic.num_domains=4",
     "data.features.domain_names=[a,b,c,d]",
@@ -99,7 +100,15 @@ def test_the_report_groups_the_planted_domain_markets(tmp_path, capsys, groups, 
     sets = [*PLANTED, f"data.synthetic.domain_groups={groups}", f"data.cache_dir={tmp_path / 'cache'}"]
     out = tmp_path / "partition.json"
     assert (
-        run("data", "partition", "multitask_synthetic", *[x for s in sets for x in ("--set", s)], "--json", str(out))
+        run(
+            "data",
+            "partition",
+            "multitask_synthetic",
+            *[x for s in sets for x in ("--set", s)],
+            *PILOT,
+            "--json",
+            str(out),
+        )
         == 0
     )
     printed = capsys.readouterr().out
@@ -118,6 +127,7 @@ def test_the_report_groups_the_planted_domain_markets(tmp_path, capsys, groups, 
                 else result["shared_traffic"]["user"][i][j] == 0
             )
     assert result["median_delay_s"] is not None  # the preset's conversion delay column is read by default
+    assert "pilot gradient cosine" in printed and len(result["gradient_cosine"]) == 4
 
 
 def test_without_planted_markets_every_domain_lands_in_one_group(tmp_path, capsys):
@@ -136,3 +146,32 @@ def test_the_planted_markets_must_partition_the_domains():
 def test_cli_refuses_unknown_id_features(tmp_path):
     with pytest.raises(ValueError, match=r"--ids: buyer not among data.features.sparse"):
         run("data", "partition", "multitask_synthetic", "--ids", "user,buyer")
+
+
+def test_pilot_gradients_agree_for_copies_and_oppose_for_flipped_labels(tmp_path):
+    """Domain 2's rows are domain 0's, domain 1's the same rows with click flipped, interleaved so every batch
+    holds each copy: after the pilot, domains 0 and 2 have the same trunk gradient (cosine 1) and domain 1's
+    points away from it."""
+    from recscale.data import generate_synthetic
+    from recscale.trainer.pilot_gradients import pilot_gradient_cosine
+
+    sets = ["data.synthetic.num_train=3000", "data.synthetic.num_valid=500", "trainer.batch_size=300"]
+    cfg = load_config("multitask_synthetic", sets)
+    generate_synthetic(cfg.data, cfg.embeddings, tmp_path / "gen")
+    base = pq.read_table(tmp_path / "gen" / "train")
+    n = base.num_rows
+
+    def as_domain(d, table):
+        return table.set_column(table.schema.get_field_index("surface"), "surface", pa.array([d] * n, pa.int64()))
+
+    flipped = base.set_column(base.schema.get_field_index("click"), "click", pa.compute.subtract(1, base["click"]))
+    flipped = flipped.set_column(flipped.schema.get_field_index("purchase"), "purchase", pa.array([0] * n, pa.int8()))
+    copies = pa.concat_tables([as_domain(0, base), as_domain(1, flipped.cast(base.schema)), as_domain(2, base)])
+    order = np.arange(3 * n).reshape(3, n).T.flatten()  # row i of each copy side by side
+    (tmp_path / "mixed").mkdir()
+    pq.write_table(copies.take(pa.array(order)), tmp_path / "mixed" / "part-0.parquet")
+    cos = pilot_gradient_cosine(cfg, tmp_path / "mixed", 3, steps=10, batches=4)
+    assert cos[0][2] == pytest.approx(1.0, abs=1e-6)
+    assert cos[0][1] < 0 and cos[2][1] < 0
+    with pytest.raises(ValueError, match=r"30 batches of 300 rows, expected --pilot-steps 28 \+ --pilot-batches 4"):
+        pilot_gradient_cosine(cfg, tmp_path / "mixed", 3, steps=28, batches=4)
