@@ -223,7 +223,7 @@ DISTILLING_ARCHES = ("dlrm", "dcnv2")
 
 
 def _distillation_problems(cfg: JobConfig) -> list[str]:
-    """``model.teacher.head`` / ``label_scale`` / ``grad_scale`` / ``adapter``."""
+    """``model.teacher.head`` / ``label_scale`` / ``grad_scale`` / ``adapter`` / ``miss_target``."""
     t = cfg.model.teacher
     out = []
     if t.label_scale <= 0:
@@ -234,6 +234,8 @@ def _distillation_problems(cfg: JobConfig) -> list[str]:
         out.append(f"model.teacher.adapter_hidden: expected a positive width, got {t.adapter_hidden}")
     if t.adapter and t.head != "auxiliary":
         out.append("model.teacher.adapter: the adapter's second head needs model.teacher.head: auxiliary")
+    if t.miss_target == "label" and t.head != "auxiliary":
+        out.append("model.teacher.miss_target: label needs model.teacher.head: auxiliary (served heads learn labels)")
     if t.head == "auxiliary" and cfg.data.features.teacher:
         if cfg.model.arch not in DISTILLING_ARCHES:
             out.append(

@@ -135,7 +135,7 @@ def task_loss(cfg: JobConfig, device: torch.device | str = "cpu") -> TaskLoss:
     weight = t.loss_weight if cfg.data.features.teacher else 0.0
     tasks = tasks_from_config(resolve_tasks(cfg))
     head = t.head if cfg.data.features.teacher else "serving"
-    distill = Distillation(head, t.label_scale, head == "auxiliary" and t.adapter)
+    distill = Distillation(head, t.label_scale, head == "auxiliary" and t.adapter, t.miss_target)
     uncertainty = cfg.model.task_weighting == "uncertainty"
     return TaskLoss(tasks, cfg.model.task_normalization, weight, t.smoothing, distill, uncertainty).to(device)
 

@@ -71,6 +71,9 @@ class Distillation:
     """``auxiliary``: the soft label is ``min(1, label_scale x p)``."""
     adapter: bool = False
     """``auxiliary``: a second head learns the adapter's probability, and the adapter learns the labels."""
+    miss_target: Literal["skip", "label"] = "skip"
+    """``auxiliary``: on rows the teacher did not score, the distillation heads learn nothing (``skip``) or the
+    row's own label (``label``), so they are trained before the first teacher score arrives."""
 
 
 def tasks_from_config(tasks: Sequence[TaskConfig]) -> list[Task]:
@@ -251,20 +254,23 @@ class TaskLoss(nn.Module):
     ) -> torch.Tensor:
         """The teacher's terms on the rows it scored (module docstring; ``modules/distillation.py``)."""
         d = self.distillation
-        hit = torch.isfinite(teacher_BT) & self.is_bce
-        kd_rows = rows_BT * hit.to(rows_BT.dtype)
+        hit_BT = torch.isfinite(teacher_BT)
+        kd_rows = rows_BT * (hit_BT & self.is_bce).to(rows_BT.dtype)
         p_teacher = torch.sigmoid(torch.nan_to_num(teacher_BT.float(), nan=0.0))
         if d.head == "serving":
             return self.teacher_weight * self._soft_bce(self._served(logits_BH), p_teacher, kd_rows)
         T, H = len(self.tasks), self.num_heads
-        target = (p_teacher * d.label_scale).clamp(max=1.0)
-        loss = self.teacher_weight * self._soft_bce(logits_BH[:, H : H + T], target, kd_rows)
+        head_rows = kd_rows
+        if d.miss_target == "label":  # a miss row's distillation targets are its own label
+            head_rows = rows_BT * self.is_bce.to(rows_BT.dtype)
+        target = torch.where(hit_BT, (p_teacher * d.label_scale).clamp(max=1.0), labels_BT.float())
+        loss = self.teacher_weight * self._soft_bce(logits_BH[:, H : H + T], target, head_rows)
         if d.adapter:
             adapter_BT = logits_BH[:, H + 2 * T : H + 3 * T]
             fresh = F.binary_cross_entropy_with_logits(adapter_BT.float(), labels_BT, reduction="none")
             loss = loss + self._reduce(fresh * kd_rows, kd_rows)
-            recalibrated = torch.sigmoid(adapter_BT.detach().float())
-            loss = loss + self.teacher_weight * self._soft_bce(logits_BH[:, H + T : H + 2 * T], recalibrated, kd_rows)
+            recalibrated = torch.where(hit_BT, torch.sigmoid(adapter_BT.detach().float()), labels_BT.float())
+            loss = loss + self.teacher_weight * self._soft_bce(logits_BH[:, H + T : H + 2 * T], recalibrated, head_rows)
         return loss
 
     def _soft_bce(self, logits_BT: torch.Tensor, p_BT: torch.Tensor, rows_BT: torch.Tensor) -> torch.Tensor:

@@ -82,3 +82,7 @@ class TeacherConfig:
     adapter)."""
     adapter_hidden: int = 8
     """Hidden width of the adapter MLP (1 -> adapter_hidden -> 1, ReLU)."""
+    miss_target: Literal["skip", "label"] = "skip"
+    """``auxiliary``: what the distillation heads learn on a row the teacher did not score: nothing (``skip``)
+    or the row's label (``label``), so the heads are already trained when the teacher's first scores arrive
+    (a stream's first period has none) instead of starting from their random initialisation."""

@@ -62,6 +62,8 @@ def test_the_multitask_presets_are_consistent():
         ),
         (["model.tasks.0.given=click"], "model.tasks[0] (click).given: a task cannot be conditioned on itself"),
         (["trainer.early_stopping.metric=mse"], "trainer.early_stopping.metric: 'mse' needs a regression task"),
+        (["model.teacher.miss_target=label"], "model.teacher.miss_target: label needs model.teacher.head: auxiliary"),
+        (["model.teacher.adapter=true"], "model.teacher.adapter: the adapter's second head needs model.teacher.head"),
     ],
 )
 def test_task_mistakes_name_the_key(overrides, message):

@@ -46,15 +46,16 @@ def _soft_bce(z, p, eps):
     return float(F.binary_cross_entropy_with_logits(torch.tensor(z), torch.tensor(p * (1 - eps) + eps / 2)))
 
 
+@pytest.mark.parametrize("miss_target", ["skip", "label"])
 @pytest.mark.parametrize("adapter", [False, True])
-def test_the_auxiliary_loss_equals_its_formula_row_by_row(adapter):
+def test_the_auxiliary_loss_equals_its_formula_row_by_row(adapter, miss_target):
     torch.manual_seed(0)
     model = DistilledDense(_Arch(), 1, grad_scale=3.0, adapter_hidden=4 if adapter else 0)
     dense, pooled, labels, teacher = _inputs()
     logits = model(dense, pooled, teacher)[0]
     assert logits.shape == (32, 4 if adapter else 2)
     lam, alpha, eps = 0.7, 2.5, 0.05
-    loss = TaskLoss([Task("click")], "batch", lam, eps, Distillation("auxiliary", alpha, adapter))
+    loss = TaskLoss([Task("click")], "batch", lam, eps, Distillation("auxiliary", alpha, adapter, miss_target))
     got = float(loss(logits.detach(), labels, torch.ones(32), teacher_BT=teacher))
     n, want = 32, 0.0
     for b in range(n):
@@ -62,7 +63,10 @@ def test_the_auxiliary_loss_equals_its_formula_row_by_row(adapter):
         y = float(labels[b, 0])
         want += float(F.binary_cross_entropy_with_logits(torch.tensor(z[0]), torch.tensor(y))) / n
         if math.isnan(float(teacher[b, 0])):
-            continue  # a miss: labels only
+            if miss_target == "label":  # the distillation heads learn the label; the adapter nothing
+                want += lam * _soft_bce(z[1], y, eps) / n
+                want += lam * _soft_bce(z[2], y, eps) / n if adapter else 0.0
+            continue
         p = 1 / (1 + math.exp(-float(teacher[b, 0])))
         want += lam * _soft_bce(z[1], min(1.0, alpha * p), eps) / n
         if adapter:
