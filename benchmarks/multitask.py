@@ -61,10 +61,14 @@ ARCHITECTURES = {
     "lattice_tied": [*LATTICE, "model.lattice.untie_domains=0", "model.lattice.fmb_mlp=[120]"],
     "mmoe_interaction": ["model.multitask.structure=mmoe", "model.multitask.expert_input=interaction"],
     "ple_interaction": ["model.multitask.structure=ple", "model.multitask.expert_input=interaction"],
+    "lattice_small": [*LATTICE, "model.lattice.fmb_mlp=[30]"],
+    "lattice_tied_small": [*LATTICE, "model.lattice.untie_domains=0", "model.lattice.fmb_mlp=[90]"],
 }
 """``lattice`` reads the domain (its untied fusion MLP), which the DCN-V2-based models never see;
 ``lattice_tied`` (one fusion MLP, widened to the same FLOPs) sees what they see: the fair comparison.
-``*_interaction``: the experts on DCN-V2's cross output in place of its shared deep MLP."""
+``*_interaction``: the experts on DCN-V2's cross output in place of its shared deep MLP. ``lattice_small`` and
+``lattice_tied_small``: the fusion MLP narrowed so that Lattice costs no more training FLOPs per example than
+``ple_interaction`` (293,696 against 296,976)."""
 REPRESENTATION = ["model.multitask.expert_input=representation"]
 """Every arm's base: the preset's experts read the cross output (``interaction``), but ``shared_bottom``, ``mmoe``,
 ``ple`` and the ``teacher`` and ``esmm`` parts were measured with the experts on the shared deep MLP's output;
@@ -117,7 +121,8 @@ def architecture_verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> 
         interval = t_interval(diff)
         out[f"{arm}_minus_shared_bottom"] = {"per_seed": diff, "interval": interval, "verdict": at_least(interval, 0)}
     flops = {arm: runs[arm][str(seeds[0])]["train_flops_per_example"] for arm in runs}
-    for arm, ple in [(a, p) for a in ("lattice", "lattice_tied") for p in ("ple", "ple_interaction")]:
+    lattices = ("lattice", "lattice_tied", "lattice_small", "lattice_tied_small")
+    for arm, ple in [(a, p) for a in lattices for p in ("ple", "ple_interaction")]:
         if not runs.get(arm) or not runs.get(ple):
             continue
         rel = _paired(runs, arm, ple, seeds, relative=True)

@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/zipper.py            # 3 seeds x (drift, no drift) x 4 arms on 2 CPU ranks
     .venv/bin/python benchmarks/zipper.py --drift 1.0 --key zipper_drift_1.0 --control-from zipper
     .venv/bin/python benchmarks/zipper.py --set trainer.batch_size=512 --key zipper_batch_512   # 4x the steps
+    .venv/bin/python benchmarks/zipper.py --set trainer.batch_size=256 --key zipper_batch_256 --seeds 3,4,5,6,7 --extend
 
 The ``zipper_synthetic`` preset, shrunk to 300,000 training rows over its 60 days: impressions whose
 truth drifts daily (``data.synthetic.drift_per_day``, 0.3 here), a purchase after a click with an
@@ -96,6 +97,7 @@ def main() -> int:
     parser.add_argument(
         "--control-from", default="", help="take the no-drift control's runs from this key of --out instead of training"
     )
+    parser.add_argument("--extend", action="store_true", help="keep the key's earlier seeds of every arm, add --seeds")
     args = parser.parse_args()
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -108,14 +110,21 @@ def main() -> int:
     path = Path(args.out)
     chosen = args.arms.split(",") if args.arms else list(ARMS)
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    earlier = stored.get(args.key, {}).get("runs", {})
+    before = stored.get(args.key, {})
+    earlier = before.get("runs", {})
+    if args.extend:  # the same recipe, more seeds: every arm keeps its earlier runs
+        same = {"overrides": args.set, "drift_per_day": args.drift, "train_rows": args.train_rows}
+        differ = [k for k, v in same.items() if before.get(k) != v]
+        if differ or before.get("control_from"):
+            raise SystemExit(f"--extend: {args.key} was run with other {', '.join(differ) or 'control_from'}")
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     if args.control_from:
         runs["no_drift"] = stored[args.control_from]["runs"]["no_drift"]
     for drift in (args.drift,) if args.control_from else (args.drift, 0.0):
         label = "drift" if drift else "no_drift"
-        runs[label] = {arm: dict(earlier.get(label, {}).get(arm, {})) for arm in ARMS if arm not in chosen}
-        runs[label].update({arm: {} for arm in chosen})
+        kept = list(ARMS) if args.extend else [arm for arm in ARMS if arm not in chosen]
+        runs[label] = {arm: dict(earlier.get(label, {}).get(arm, {})) for arm in kept}
+        runs[label].update({arm: runs[label].get(arm, {}) for arm in chosen})
         for seed in seeds:
             for arm in chosen:
                 result = run_arm(work, arm, seed, drift, common, args.set)
@@ -131,9 +140,12 @@ def main() -> int:
         "train_rows": args.train_rows,
         "seeds": seeds,
         "runs": runs,
-        "verdicts": verdicts(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if args.extend:
+        result["seeds"] = sorted({*before["seeds"], *seeds})
+        result["seconds"] += before["seconds"]
+    result["verdicts"] = verdicts(runs, result["seeds"])
     write_result_key(path, args.key, result)
     print(json.dumps(result["verdicts"], indent=2))
     return 0
