@@ -73,6 +73,15 @@ def _scan(path: Path, columns: list[str], max_rows: int, batch_rows: int = 65_53
             return
 
 
+def domain_count(path: Path, domain_column: str) -> int:
+    """One more than the largest value of ``domain_column`` under ``path`` (the domains a split holds)."""
+    dataset = ds.dataset(str(path), format="parquet")
+    if domain_column not in dataset.schema.names:
+        raise ValueError(f"{path}: no column {domain_column!r} (columns: {dataset.schema.names})")
+    largest = pc.max(dataset.to_table(columns=[domain_column])[domain_column]).as_py()
+    return 0 if largest is None else int(largest) + 1
+
+
 def _ids_by_row(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, row)``: every id of a single- or multi-valued column with the row it belongs to (nulls dropped)."""
     if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):

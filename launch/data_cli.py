@@ -185,15 +185,13 @@ def partition(args: argparse.Namespace) -> int:
     """``recscale data partition``: the Partitioner's report on the job's training split (``data/partitioner.py``)."""
     from recscale.configs.tasks import resolve_tasks
     from recscale.data import prepare_data
-    from recscale.data.partitioner import collect, report
+    from recscale.data.partitioner import collect, domain_count, report
 
     cfg = _load(args)
     f, s = cfg.data.features, cfg.data.synthetic
     if not f.domain:
         raise ValueError("data.features.domain: the partition report compares domains; expected a domain column")
     num_domains = len(f.domain_names) or (s.num_domains if cfg.data.source == "synthetic" else 0)
-    if num_domains < 2:
-        raise ValueError("data.features.domain_names: expected the names of at least two domains")
     sparse = [x.name for x in f.sparse]
     ids = [x for x in args.ids.split(",") if x] or sparse[:2]
     unknown = [x for x in ids if x not in sparse]
@@ -206,6 +204,9 @@ def partition(args: argparse.Namespace) -> int:
     )
     tasks = resolve_tasks(cfg)
     train = prepare_data(cfg.data, cfg.embeddings).train
+    num_domains = num_domains or domain_count(train, f.domain)  # unnamed domains: the ids the data holds
+    if num_domains < 2:
+        raise ValueError(f"{train}: column {f.domain!r} holds {num_domains} domain(s); the report needs at least two")
     stats = collect(train, f.domain, num_domains, ids, tasks, delay, args.max_rows)
     names = [f.domain_names[d] if d < len(f.domain_names) else f"domain{d}" for d in range(num_domains)]
     cosine = None

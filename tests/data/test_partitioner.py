@@ -175,3 +175,18 @@ def test_pilot_gradients_agree_for_copies_and_oppose_for_flipped_labels(tmp_path
     assert cos[0][1] < 0 and cos[2][1] < 0
     with pytest.raises(ValueError, match=r"30 batches of 300 rows, expected --pilot-steps 28 \+ --pilot-batches 4"):
         pilot_gradient_cosine(cfg, tmp_path / "mixed", 3, steps=28, batches=4)
+
+
+def test_parquet_data_without_domain_names_counts_the_domains_it_holds(tmp_path, capsys):
+    from recscale.data import generate_synthetic
+
+    cfg = load_config("multitask_synthetic", [*PLANTED, "data.synthetic.domain_groups=[[0,1],[2,3]]"])
+    generate_synthetic(cfg.data, cfg.embeddings, tmp_path / "gen")
+    sets = [
+        "data.source=parquet",
+        f"data.train_path={tmp_path / 'gen' / 'train'}",
+        f"data.valid_path={tmp_path / 'gen' / 'valid'}",
+        "data.features.domain_names=[]",
+    ]
+    assert run("data", "partition", "multitask_synthetic", *[x for s in sets for x in ("--set", s)]) == 0
+    assert "groups (affinity >= 0.5): domain0, domain1; domain2, domain3" in capsys.readouterr().out
