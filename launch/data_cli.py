@@ -20,6 +20,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from recscale.configs import JobConfig, load_config, validate
 
@@ -223,13 +224,13 @@ def partition(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_partition(result: dict[str, object]) -> str:
+def format_partition(result: dict[str, Any]) -> str:
     """The report as text: the affinity matrix with its parts, then the groups."""
-    names: list[str] = result["domains"]  # type: ignore[assignment]
+    names: list[str] = result["domains"]
     width = max(8, *(len(n) for n in names))
-    lines = [f"domains: {', '.join(f'{n} ({r} rows)' for n, r in zip(names, result['rows'], strict=True))}"]  # type: ignore[call-overload]
+    lines = [f"domains: {', '.join(f'{n} ({r} rows)' for n, r in zip(names, result['rows'], strict=True))}"]
     for title, matrix in [
-        *((f"shared traffic, {f}", m) for f, m in result["shared_traffic"].items()),  # type: ignore[attr-defined]
+        *((f"shared traffic, {f}", m) for f, m in result["shared_traffic"].items()),
         ("label similarity", result["label_similarity"]),
         *([("pilot gradient cosine", result["gradient_cosine"])] if result["gradient_cosine"] else []),
         ("affinity", result["affinity"]),
@@ -238,8 +239,8 @@ def format_partition(result: dict[str, object]) -> str:
         lines += [
             f"{n:<{width}}" + "".join(f"{v:>{width + 1}.3f}" for v in row) for n, row in zip(names, matrix, strict=True)
         ]
-    groups = "; ".join(", ".join(g) for g in result["groups"])  # type: ignore[attr-defined]
-    ids = ",".join("[" + ",".join(map(str, g)) + "]" for g in result["group_ids"])  # type: ignore[attr-defined]
+    groups = "; ".join(", ".join(g) for g in result["groups"])
+    ids = ",".join("[" + ",".join(map(str, g)) + "]" for g in result["group_ids"])
     lines += ["", f"groups (affinity >= {result['min_affinity']}): {groups}"]
     lines += [f"one model, untied per group: --set model.lattice.domain_groups=[{ids}]"]
     return "\n".join(lines)
