@@ -20,6 +20,10 @@ def recscale(*args: str) -> str:
     return proc.stdout
 
 
+FINAL_EVAL_ONLY = ["trainer.eval_every=0", "checkpoint.every_steps=0", "checkpoint.at_end=false"]
+"""Overrides of a benchmark run judged by its final evaluation alone: no periodic evaluation, no checkpoints."""
+
+
 def quiet(run_root: Path) -> list[str]:
     """Overrides every benchmark run takes: its run directory under ``run_root``, no progress bar, no
     TensorBoard files (the results are read from ``summary.json`` and ``metrics.jsonl``)."""

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 from cli_runs import ROOT, quiet, recscale, train
-from results_io import cpu_model, write_result_key, write_results
+from results_io import cpu_model, write_result_or_key, write_results
 from sklearn.metrics import log_loss
 from verdicts import at_least, t_interval
 
@@ -182,16 +182,9 @@ def main() -> int:
         "verdicts": verdicts(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = Path(args.out)
     if args.key:
         result["generator"] = common[1:]
-        write_result_key(out, args.key, result)
-        print(json.dumps(result["verdicts"], indent=2))
-        return 0
-    if out.is_file():  # the tuning sweep and the variants stay
-        kept = {k: v for k, v in json.loads(out.read_text()).items() if k not in result}
-        result.update(kept)
-    write_results(out, result)
+    write_result_or_key(args.out, result, args.key)  # without a key, the tuning sweep and the variants stay
     print(json.dumps(result["verdicts"], indent=2))
     return 0
 

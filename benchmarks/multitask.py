@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli_runs import ROOT, quiet, train
+from cli_runs import FINAL_EVAL_ONLY, ROOT, quiet, train
 from results_io import cpu_model, write_result_key
 from verdicts import at_least, at_most, t_interval
 
@@ -192,9 +192,7 @@ def main() -> int:
         f"data.synthetic.num_train={args.train_rows}",
         *REPRESENTATION,
         "trainer.epochs=2",
-        "trainer.eval_every=0",
-        "checkpoint.every_steps=0",
-        "checkpoint.at_end=false",
+        *FINAL_EVAL_ONLY,
     ]
     arms = {"architectures": ARCHITECTURES, "teacher": TEACHER_ARMS, "esmm": ESMM_ARMS}[args.part]
     started = time.perf_counter()

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli_runs import ROOT
+from cli_runs import FINAL_EVAL_ONLY, ROOT
 from multitask import ARCHITECTURES, REPRESENTATION, run
 from results_io import cpu_model, write_result_key
 from verdicts import at_least, t_interval
@@ -102,9 +102,7 @@ def main() -> int:
         f"data.synthetic.num_train={args.train_rows}",
         f"trainer.epochs={args.epochs}",
         *REPRESENTATION,
-        "trainer.eval_every=0",
-        "checkpoint.every_steps=0",
-        "checkpoint.at_end=false",
+        *FINAL_EVAL_ONLY,
         *args.set,
     ]
     arms = args.arms.split(",")

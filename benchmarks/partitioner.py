@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli_runs import ROOT, quiet, recscale, train
-from results_io import cpu_model, write_result_key, write_results
+from cli_runs import FINAL_EVAL_ONLY, ROOT, quiet, recscale, train
+from results_io import cpu_model, write_result_or_key
 from verdicts import at_least, t_interval
 
 MARKETS = [[0, 1], [2, 3]]
@@ -113,9 +113,7 @@ def main() -> int:
         f"data.synthetic.num_train={args.train_rows}",
         *DATA,
         "trainer.epochs=2",
-        "trainer.eval_every=0",
-        "checkpoint.every_steps=0",
-        "checkpoint.at_end=false",
+        *FINAL_EVAL_ONLY,
         *args.set,
     ]
     started = time.perf_counter()
@@ -134,12 +132,7 @@ def main() -> int:
         "verdicts": verdicts(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = Path(args.out)
-    if args.key:
-        write_result_key(out, args.key, result)
-    else:  # the variants' keys stay
-        kept = json.loads(out.read_text()) if out.is_file() else {}
-        write_results(out, {**{k: v for k, v in kept.items() if k not in result}, **result})
+    write_result_or_key(args.out, result, args.key)
     print(json.dumps(result["verdicts"], indent=2))
     return 0
 

@@ -31,6 +31,16 @@ def write_result_key(path: Path | str, key: str, data: Any) -> Path:
     return write_results(path, merged)
 
 
+def write_result_or_key(path: Path | str, result: dict[str, Any], key: str = "") -> Path:
+    """A benchmark's result: under ``key`` of ``path`` (a variant), or without a key as the file's top level,
+    where ``result``'s keys replace the file's and the file's other keys (variants, sweeps) stay."""
+    if key:
+        return write_result_key(path, key, result)
+    path = Path(path)
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    return write_results(path, {**{k: v for k, v in kept.items() if k not in result}, **result})
+
+
 def cpu_model() -> str:
     """This machine's CPU model name (``/proc/cpuinfo``), for naming where a benchmark ran."""
     cpuinfo = Path("/proc/cpuinfo")
