@@ -50,7 +50,7 @@ def apply_expert_parallel(
     Raises:
         ValueError: a MoWE with a fixed partition, or ``exchange: padded``, at ``ep_size > 1``.
     """
-    deepspeed_environment()  # before DeepSpeed's communication starts (it compiles an op then)
+    deepspeed_environment()  # before DeepSpeed's communication starts (see its docstring)
     cfg = cfg or MoEParallelConfig()
     if ep_rank is None:
         ep_rank = dist.get_rank() % ep_size if dist.is_initialized() else 0

@@ -191,10 +191,33 @@ def all_ranks_agree(flag: bool) -> bool:
 def deepspeed_environment() -> None:
     """Settings DeepSpeed reads from the environment, set (unless the user did) before it initialises.
 
-    ``DS_ACCELERATOR``: CUDA when there is a GPU, else CPU. ``TORCH_EXTENSIONS_DIR``: the JIT ops
-    DeepSpeed compiles at start-up (``deepspeed_shm_comm``) go under this Python environment, not the
-    shared ``~/.cache/torch_extensions``, where a second checkout's processes would rebuild the ``.so``
-    (its sources live at another path) while this one's ranks load it.
+    ``DS_ACCELERATOR``: CUDA when there is a GPU, else CPU. ``TORCH_EXTENSIONS_DIR``: any op DeepSpeed
+    JIT-compiles goes under this Python environment, not the shared ``~/.cache/torch_extensions``,
+    where a second checkout's processes would rebuild the ``.so`` (its sources live at another path)
+    while this one's ranks load it. The one op its start-up would compile on CPU is skipped
+    (``skip_shared_memory_op``).
     """
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    skip_shared_memory_op()
+
+
+SHM_OP = "deepspeed_shm_comm"
+"""DeepSpeed's CPU shared-memory all-reduce op, which its communication backend JIT-compiles at start-up."""
+
+
+def skip_shared_memory_op() -> None:
+    """Tell DeepSpeed its CPU shared-memory op is unavailable, so it is never compiled.
+
+    DeepSpeed's CPU backend compiles ``deepspeed_shm_comm`` (about a minute on two cores, once per
+    Python environment) when its communication starts, but uses it only in ``inference_all_reduce``,
+    which recscale never calls: training collectives go through ``torch.distributed`` either way.
+    The switch is DeepSpeed's table of compatible ops (``deepspeed.ops.__compatible_ops__``, a
+    module-level dict DeepSpeed builds once and keeps edits to; no public API exists);
+    ``tests/sharding/test_deepspeed_private.py`` fails naming it if that changes.
+    """
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible[SHM_OP] = False

@@ -4,6 +4,8 @@
 ``safe_get_local_*`` helpers are ZeRO-3 only), and ``sharding/dense_deepspeed.py`` reads the bf16
 ZeRO 0 optimizer's fp32 copies and sets the engine's step counters. When a DeepSpeed release renames
 or changes one of these, this test fails naming it, instead of a checkpoint silently missing state.
+``sharding/process_group.py`` also switches off, through DeepSpeed's table of compatible ops, the CPU
+shared-memory op DeepSpeed would otherwise compile at start-up; that is pinned here too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from recscale.configs.schema import DenseOptimizerConfig
 from recscale.sharding.dense_parallel import DeepSpeedDense
+from recscale.sharding.process_group import SHM_OP, deepspeed_environment
 from recscale.sharding.zero_fragments import ZeroParamAccess, is_zero_partitioned
 from tests.distributed import run_distributed
 
@@ -80,6 +83,10 @@ def _check(rank: int, world: int) -> dict[str, str]:
             if isinstance(backend.engine.global_steps, int) and hasattr(backend.engine, "global_samples")
             else "missing"
         )
+    backend = getattr(deepspeed.comm.comm, "cdb", None)
+    problems[f"deepspeed.comm.comm.cdb.shm_comm_op is None (no {SHM_OP} compiled)"] = (
+        "" if backend is not None and getattr(backend, "shm_comm_op", "absent") is None else "built or absent"
+    )
     zero0 = _engine(0, True).engine.optimizer
     pairs = list(zip(getattr(zero0, "fp16_groups", []), getattr(zero0, "fp32_groups", [])))
     fp32_copies = pairs and all(
@@ -95,3 +102,17 @@ def test_deepspeed_state_that_checkpoints_read_is_still_there():
     problems = run_distributed(_check, 1)[0]
     broken = {k: v for k, v in problems.items() if v}
     assert not broken, f"{WHO} changed state that {WHERE}:\n" + "\n".join(f"  {k}: {v}" for k, v in broken.items())
+
+
+def test_deepspeed_start_up_compiles_no_shared_memory_op(monkeypatch):
+    for key in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR"):  # restored afterwards
+        monkeypatch.setenv(key, "cpu" if key == "DS_ACCELERATOR" else str(deepspeed.__path__[0]))
+    deepspeed_environment()
+    compatible = deepspeed.ops.__compatible_ops__
+    assert compatible.get(SHM_OP) is False, (
+        f"{WHO}: deepspeed.ops.__compatible_ops__ no longer takes {SHM_OP!r} (sharding/process_group.py "
+        f"skip_shared_memory_op); without it every fresh environment compiles the op at DeepSpeed's start-up"
+    )
+    from deepspeed.comm.torch import build_shm_op
+
+    assert build_shm_op() is None
