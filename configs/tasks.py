@@ -223,7 +223,7 @@ DISTILLING_ARCHES = ("dlrm", "dcnv2")
 
 
 def _distillation_problems(cfg: JobConfig) -> list[str]:
-    """``model.teacher.head`` / ``label_scale`` / ``grad_scale`` / ``adapter`` / ``miss_target``."""
+    """``model.teacher.head`` / ``label_scale`` / ``grad_scale`` / ``adapter`` (and its update) / ``miss_target``."""
     t = cfg.model.teacher
     out = []
     if t.label_scale <= 0:
@@ -234,6 +234,18 @@ def _distillation_problems(cfg: JobConfig) -> list[str]:
         out.append(f"model.teacher.adapter_hidden: expected a positive width, got {t.adapter_hidden}")
     if t.adapter and t.head != "auxiliary":
         out.append("model.teacher.adapter: the adapter's second head needs model.teacher.head: auxiliary")
+    if t.adapter_update == "before":
+        if t.adapter_lr <= 0:
+            out.append(f"model.teacher.adapter_lr: expected a positive learning rate, got {t.adapter_lr}")
+        if not t.adapter:
+            out.append("model.teacher.adapter_update: before needs model.teacher.adapter: true")
+        if cfg.sharding.dense != "ddp":
+            out.append(
+                f"model.teacher.adapter_update: before needs sharding.dense: ddp (DeepSpeed's optimizer would "
+                f"own the adapter's weights); got {cfg.sharding.dense!r}"
+            )
+        if cfg.trainer.stages:
+            out.append("model.teacher.adapter_update: before does not go with trainer.stages (they set requires_grad)")
     if t.miss_target == "label" and t.head != "auxiliary":
         out.append("model.teacher.miss_target: label needs model.teacher.head: auxiliary (served heads learn labels)")
     if t.head == "auxiliary" and cfg.data.features.teacher:

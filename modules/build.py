@@ -111,7 +111,8 @@ def build_model(
         if distills(cfg):
             t = cfg.model.teacher
             hidden = t.adapter_hidden if t.adapter else 0
-            dense = DistilledDense(dense, len(cfg.data.features.labels), t.grad_scale, hidden)
+            own_lr = t.adapter_lr if t.adapter and t.adapter_update == "before" else 0.0
+            dense = DistilledDense(dense, len(cfg.data.features.labels), t.grad_scale, hidden, own_lr)
         if cfg.model.task_weighting == "uncertainty":  # outermost: its log variances come after every output
             dense = TaskUncertainty(dense, [t.name for t in resolve_tasks(cfg)])
     return BuiltModel(
@@ -135,7 +136,8 @@ def task_loss(cfg: JobConfig, device: torch.device | str = "cpu") -> TaskLoss:
     weight = t.loss_weight if cfg.data.features.teacher else 0.0
     tasks = tasks_from_config(resolve_tasks(cfg))
     head = t.head if cfg.data.features.teacher else "serving"
-    distill = Distillation(head, t.label_scale, head == "auxiliary" and t.adapter, t.miss_target)
+    adapter = head == "auxiliary" and t.adapter
+    distill = Distillation(head, t.label_scale, adapter, t.miss_target, adapter and t.adapter_update == "before")
     uncertainty = cfg.model.task_weighting == "uncertainty"
     return TaskLoss(tasks, cfg.model.task_normalization, weight, t.smoothing, distill, uncertainty).to(device)
 

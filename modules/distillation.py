@@ -16,8 +16,14 @@ learning. The adapter sees only ``z_F`` and this data's fresh labels: it learns 
 to a teacher trained on older days, and the second head distils that recalibrated probability (the
 stop-gradient ``sg`` keeps the head from training the adapter). Only ``ŷ_S`` is served.
 
-Everything trains in one step with the dense optimizer; the second head's target uses the adapter's value
-before this step's update (a one-step lag against updating the adapter first).
+When the adapter trains (``model.teacher.adapter_update``):
+
+- ``joint``: everything trains in one step with the dense optimizer; the second head's target uses the
+  adapter's value before this step's update (a one-step lag).
+- ``before``: the adapter has its own Adam (``adapter_lr``) and takes its step on the batch first, inside
+  the forward pass; ``ŷ_A`` is then recomputed without gradient and the student trains on it. Its
+  gradients are averaged over the ranks, so every rank's adapter stays the same, and its Adam moments are
+  buffers, so checkpoints carry them.
 """
 
 from __future__ import annotations
@@ -26,10 +32,16 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from recscale.modules.flops import FlopCount, flop_counter, linear, linear_module
 from recscale.modules.outputs import DenseOutput
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+"""The adapter's own Adam (``adapter_update: before``): torch's defaults."""
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -54,27 +66,86 @@ class StudentAdapter(nn.Module):
     """One small MLP per task on the teacher's logit alone: ``[B, T]`` -> ``[B, T]``.
 
     Task t: ``z -> Linear(1, h) -> ReLU -> Linear(h, 1)``, batched over tasks. Its input is data (no gradient).
+
+    Args:
+        num_tasks: T.
+        hidden: h.
+        own_lr: > 0: the adapter trains itself (``own_step``) with its own Adam at this rate, and its
+            parameters take no gradient from the model's loss (``requires_grad`` off, so data-parallel
+            wrappers and the dense optimizer leave them alone); 0: the dense optimizer trains it.
     """
 
-    def __init__(self, num_tasks: int, hidden: int) -> None:
+    PARAMS = ("w1", "b1", "w2", "b2")
+
+    def __init__(self, num_tasks: int, hidden: int, own_lr: float = 0.0) -> None:
         super().__init__()
         self.num_tasks = num_tasks
         self.hidden = hidden
+        self.own_lr = own_lr
         self.w1 = nn.Parameter(torch.empty(num_tasks, hidden).uniform_(-1.0, 1.0))  # fan-in 1, as nn.Linear
         self.b1 = nn.Parameter(torch.empty(num_tasks, hidden).uniform_(-1.0, 1.0))
         bound = 1.0 / math.sqrt(hidden)
         self.w2 = nn.Parameter(torch.empty(num_tasks, hidden).uniform_(-bound, bound))
         self.b2 = nn.Parameter(torch.empty(num_tasks).uniform_(-bound, bound))
+        if own_lr > 0:
+            self.register_buffer("adam_steps", torch.zeros((), dtype=torch.int64))
+            for name in self.PARAMS:
+                p = getattr(self, name)
+                p.requires_grad_(False)
+                self.register_buffer(f"exp_avg_{name}", torch.zeros_like(p))
+                self.register_buffer(f"exp_avg_sq_{name}", torch.zeros_like(p))
 
     def forward(self, teacher_BT: torch.Tensor) -> torch.Tensor:
         """``teacher_BT [B, T]`` logits (NaN already zeroed) -> recalibrated logits ``[B, T]``."""
-        hidden_BTH = torch.relu(teacher_BT.unsqueeze(2) * self.w1 + self.b1)
-        return (hidden_BTH * self.w2).sum(dim=2) + self.b2
+        return self._logits(teacher_BT, self.w1, self.b1, self.w2, self.b2)
+
+    @staticmethod
+    def _logits(
+        teacher_BT: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+    ) -> torch.Tensor:
+        hidden_BTH = torch.relu(teacher_BT.unsqueeze(2) * w1 + b1)
+        return (hidden_BTH * w2).sum(dim=2) + b2
+
+    def own_step(self, teacher_BT: torch.Tensor, labels_BT: torch.Tensor, row_weights_BT: torch.Tensor) -> None:
+        """One Adam step on ``Σ w · BCE(ŷ_A, y)`` of this batch, the gradient averaged over the ranks.
+
+        ``teacher_BT`` are the logits (NaN zeroed), ``row_weights_BT`` each row's weight in its task's mean
+        (0 where the teacher scored nothing or the task does not apply). Every rank must call it at the same
+        step (it all-reduces); it runs in fp32 whatever the model's compute dtype.
+        """
+        params = [getattr(self, n).detach().float().requires_grad_() for n in self.PARAMS]
+        with torch.enable_grad(), torch.autocast(teacher_BT.device.type, enabled=False):
+            logits_BT = self._logits(teacher_BT.float(), *params)
+            per_BT = F.binary_cross_entropy_with_logits(logits_BT, labels_BT.float(), reduction="none")
+            grads = torch.autograd.grad((per_BT * row_weights_BT.float()).sum(), params)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flat)
+            flat = flat / dist.get_world_size()
+        beta1, beta2 = ADAM_BETAS
+        with torch.no_grad():
+            self.adam_steps += 1
+            steps = self.adam_steps.double()  # bias corrections on the device: no host read in the step
+            correction1, correction2 = (1 - beta1**steps).float(), (1 - beta2**steps).float()
+            for name, grad in zip(self.PARAMS, flat.split([p.numel() for p in params])):
+                p = getattr(self, name)
+                m, v = getattr(self, f"exp_avg_{name}"), getattr(self, f"exp_avg_sq_{name}")
+                grad = grad.view_as(p).to(m.dtype)
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                update = self.own_lr * (m / correction1) / ((v / correction2).sqrt() + ADAM_EPS)
+                p.sub_(update.to(p.dtype))
 
     def flops(self) -> FlopCount:
-        """Per example: each task's two tiny layers (no gradient into the teacher's logit)."""
+        """Per example: each task's two tiny layers (no gradient into the teacher's logit).
+
+        Trained by its own step, it runs forward twice (the step, then the value the student learns).
+        """
         per_task = linear(1, self.hidden, input_grad=False) + linear(self.hidden, 1)
-        return FlopCount(per_task.forward * self.num_tasks, per_task.backward * self.num_tasks)
+        forward = per_task.forward * self.num_tasks
+        if self.own_lr > 0:
+            return FlopCount(2 * forward, per_task.backward * self.num_tasks)
+        return FlopCount(forward, per_task.backward * self.num_tasks)
 
 
 class DistilledDense(nn.Module):
@@ -85,13 +156,19 @@ class DistilledDense(nn.Module):
         num_tasks: T, the tasks the teacher scores (one logit each).
         grad_scale: β of ``g_β``.
         adapter_hidden: > 0: add the adapter (that hidden width) and the second head; 0 = none.
+        adapter_lr: > 0: the adapter steps itself first with its own Adam at this rate
+            (``adapter_update: before``); 0: the dense optimizer trains it with everything else.
 
-    ``forward(dense, pooled, teacher=None)`` returns the arch's logits ``[B, H]`` without a teacher input
-    (serving), else ``[B, H + T]`` (served, distillation) or ``[B, H + 3T]`` (served, distillation, second
-    head, adapter); ``teacher [B, T]`` holds the teacher's logits, NaN where it scored nothing.
+    ``forward(dense, pooled, teacher=None, adapter_target=None)`` returns the arch's logits ``[B, H]``
+    without a teacher input (serving), else ``[B, H + T]`` (served, distillation) or ``[B, H + 3T]`` (served,
+    distillation, second head, adapter); ``teacher [B, T]`` holds the teacher's logits, NaN where it scored
+    nothing. ``adapter_target`` (training, own-step adapter): ``(labels [B, T], row weights [B, T])`` of the
+    adapter's step (``TaskLoss.adapter_row_weights``), taken before the adapter's logits are computed.
     """
 
-    def __init__(self, arch: nn.Module, num_tasks: int, grad_scale: float = 1.0, adapter_hidden: int = 0) -> None:
+    def __init__(
+        self, arch: nn.Module, num_tasks: int, grad_scale: float = 1.0, adapter_hidden: int = 0, adapter_lr: float = 0.0
+    ) -> None:
         super().__init__()
         if not hasattr(arch, "represent") or getattr(arch, "head", None) is None:
             raise ValueError(
@@ -104,9 +181,17 @@ class DistilledDense(nn.Module):
         width: int = arch.out_dim
         self.distill = nn.Linear(width, num_tasks)
         self.second: nn.Linear | None = nn.Linear(width, num_tasks) if adapter_hidden else None
-        self.adapter: StudentAdapter | None = StudentAdapter(num_tasks, adapter_hidden) if adapter_hidden else None
+        self.adapter: StudentAdapter | None = (
+            StudentAdapter(num_tasks, adapter_hidden, adapter_lr) if adapter_hidden else None
+        )
 
-    def forward(self, dense: torch.Tensor, pooled: torch.Tensor, teacher: torch.Tensor | None = None) -> DenseOutput:
+    def forward(
+        self,
+        dense: torch.Tensor,
+        pooled: torch.Tensor,
+        teacher: torch.Tensor | None = None,
+        adapter_target: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> DenseOutput:
         """``dense [B, N]``, ``pooled [B, sum D]``, ``teacher [B, T]`` or None -> logits (class docstring)."""
         r = self.arch.represent(dense, pooled)
         served = self.arch.head(r)
@@ -115,7 +200,10 @@ class DistilledDense(nn.Module):
         shared = scale_grad(r, self.grad_scale)
         parts = [served, self.distill(shared)]
         if self.second is not None and self.adapter is not None:
-            parts += [self.second(shared), self.adapter(torch.nan_to_num(teacher.float(), nan=0.0).to(r.dtype))]
+            z_BT = torch.nan_to_num(teacher.float(), nan=0.0)
+            if adapter_target is not None and self.training and self.adapter.own_lr > 0:
+                self.adapter.own_step(z_BT, *adapter_target)
+            parts += [self.second(shared), self.adapter(z_BT.to(r.dtype))]
         return torch.cat(parts, dim=1), served.new_zeros(()), {}
 
     def flops(self) -> dict[str, FlopCount]:

@@ -176,6 +176,9 @@ class RecModel(nn.Module):
             dense = torch.cat([dense, teacher_inputs(batch.teacher, self.teacher_clip)], dim=1)
         if self.distills:  # the auxiliary distillation heads and the adapter read the teacher's logits
             kwargs["teacher"] = batch.teacher
+            if self.training and self.task_loss is not None and self.task_loss.distillation.adapter_first:
+                weights = self.task_loss.adapter_row_weights(batch.labels, batch.weights, batch.domain, batch.teacher)
+                kwargs["adapter_target"] = (batch.labels, weights)
         dense = dense.to(self.compute_dtype)
         pooled = pooled.to(self.compute_dtype)
         if self.autocast:

@@ -74,6 +74,9 @@ class Distillation:
     miss_target: Literal["skip", "label"] = "skip"
     """``auxiliary``: on rows the teacher did not score, the distillation heads learn nothing (``skip``) or the
     row's own label (``label``), so they are trained before the first teacher score arrives."""
+    adapter_first: bool = False
+    """The adapter takes its own step before the model's (``adapter_update: before``): its label loss is not
+    part of the model's loss (``TaskLoss.adapter_row_weights`` gives that step its rows)."""
 
 
 def tasks_from_config(tasks: Sequence[TaskConfig]) -> list[Task]:
@@ -267,11 +270,28 @@ class TaskLoss(nn.Module):
         loss = self.teacher_weight * self._soft_bce(logits_BH[:, H : H + T], target, head_rows)
         if d.adapter:
             adapter_BT = logits_BH[:, H + 2 * T : H + 3 * T]
-            fresh = F.binary_cross_entropy_with_logits(adapter_BT.float(), labels_BT, reduction="none")
-            loss = loss + self._reduce(fresh * kd_rows, kd_rows)
+            if not d.adapter_first:
+                fresh = F.binary_cross_entropy_with_logits(adapter_BT.float(), labels_BT, reduction="none")
+                loss = loss + self._reduce(fresh * kd_rows, kd_rows)
             recalibrated = torch.where(hit_BT, torch.sigmoid(adapter_BT.detach().float()), labels_BT.float())
             loss = loss + self.teacher_weight * self._soft_bce(logits_BH[:, H + T : H + 2 * T], recalibrated, head_rows)
         return loss
+
+    def adapter_row_weights(
+        self, labels_BT: torch.Tensor, weights_B: torch.Tensor, domain_B: torch.Tensor | None, teacher_BT: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, T]``: each row's weight in its task's mean adapter loss, as the joint loss weights it.
+
+        Rows the teacher scored, of ``bce`` tasks that apply to them, times the example weights, divided
+        like the task loss (``normalization``: by the batch or by the task's rows); 0 elsewhere.
+        """
+        rows_BT = weights_B.unsqueeze(1).expand_as(labels_BT)
+        if self.masked:
+            rows_BT = rows_BT * self.masks(labels_BT, domain_B)
+        kd_rows = rows_BT * (torch.isfinite(teacher_BT) & self.is_bce).to(rows_BT.dtype)
+        if self.normalization == "rows":
+            return kd_rows / kd_rows.sum(dim=0).clamp_min(1.0)
+        return kd_rows / kd_rows.shape[0]
 
     def _soft_bce(self, logits_BT: torch.Tensor, p_BT: torch.Tensor, rows_BT: torch.Tensor) -> torch.Tensor:
         """BCE against smoothed soft labels ``(1 - ε) p + ε / 2`` on ``rows``, reduced like the task loss."""

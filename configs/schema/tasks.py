@@ -82,6 +82,13 @@ class TeacherConfig:
     adapter)."""
     adapter_hidden: int = 8
     """Hidden width of the adapter MLP (1 -> adapter_hidden -> 1, ReLU)."""
+    adapter_update: Literal["joint", "before"] = "joint"
+    """How the adapter trains: ``joint`` (with the model, by the dense optimizer, in the same step: the second
+    head learns the adapter's value from before the step) or ``before`` (ExFM's order: each step the adapter
+    first takes its own Adam step on the batch, at ``adapter_lr``; the second head then learns its updated
+    value). ``before`` needs ``sharding.dense: ddp`` and no ``trainer.stages``."""
+    adapter_lr: float = 0.001
+    """``adapter_update: before``: the learning rate of the adapter's own Adam."""
     miss_target: Literal["skip", "label"] = "skip"
     """``auxiliary``: what the distillation heads learn on a row the teacher did not score: nothing (``skip``)
     or the row's label (``label``), so the heads are already trained when the teacher's first scores arrive

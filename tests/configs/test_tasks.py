@@ -64,6 +64,15 @@ def test_the_multitask_presets_are_consistent():
         (["trainer.early_stopping.metric=mse"], "trainer.early_stopping.metric: 'mse' needs a regression task"),
         (["model.teacher.miss_target=label"], "model.teacher.miss_target: label needs model.teacher.head: auxiliary"),
         (["model.teacher.adapter=true"], "model.teacher.adapter: the adapter's second head needs model.teacher.head"),
+        (
+            ["model.teacher.adapter_update=before"],
+            "model.teacher.adapter_update: before needs model.teacher.adapter: true",
+        ),
+        (
+            ["model.teacher.adapter_update=before", "sharding.dense=deepspeed"],
+            "model.teacher.adapter_update: before needs sharding.dense: ddp",
+        ),
+        (["model.teacher.adapter_update=before", "model.teacher.adapter_lr=0"], "model.teacher.adapter_lr: expected a"),
     ],
 )
 def test_task_mistakes_name_the_key(overrides, message):

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from recscale.modules.distillation import DistilledDense, StudentAdapter, scale_grad
 from recscale.modules.flops import total
 from recscale.modules.tasks import Distillation, Task, TaskLoss
+from tests.distributed import run_distributed
 
 
 class _Arch(torch.nn.Module):
@@ -148,3 +149,95 @@ def test_flops_equal_flop_counter_mode(adapter):
     # FlopCounterMode counts matmuls; the adapter is elementwise (counted analytically, not by the mode)
     adapter_flops = total({"a": StudentAdapter(2, adapter).flops()}).train if adapter else 0
     assert counter.get_total_flops() == (analytic.train - adapter_flops) * 8
+
+
+def _reference_adam_steps(adapter: StudentAdapter, batches, lr: float) -> list[torch.Tensor]:
+    """The adapter's parameters after torch's Adam on ``Σ w · BCE`` of each ``(z, y, w)`` batch in turn."""
+    params = [torch.nn.Parameter(getattr(adapter, n).detach().clone()) for n in StudentAdapter.PARAMS]
+    opt = torch.optim.Adam(params, lr=lr)
+    for z, y, w in batches:
+        opt.zero_grad()
+        per = F.binary_cross_entropy_with_logits(StudentAdapter._logits(z, *params), y, reduction="none")
+        (per * w).sum().backward()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+def test_the_adapters_own_step_is_torch_adam_on_its_label_loss():
+    torch.manual_seed(0)
+    adapter = StudentAdapter(2, 4, own_lr=0.05)
+    assert not any(p.requires_grad for p in adapter.parameters())  # the model's loss cannot train it
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        (
+            torch.randn(16, 2, generator=g),
+            (torch.rand(16, 2, generator=g) < 0.4).float(),
+            torch.rand(16, 2, generator=g),
+        )
+        for _ in range(3)
+    ]
+    want = _reference_adam_steps(adapter, batches, 0.05)
+    for z, y, w in batches:
+        adapter.own_step(z, y, w)
+    for name, expected in zip(StudentAdapter.PARAMS, want):
+        torch.testing.assert_close(getattr(adapter, name), expected, rtol=1e-5, atol=1e-6)
+    assert int(adapter.adam_steps) == 3 and "exp_avg_sq_w1" in adapter.state_dict()  # checkpoints carry its state
+
+
+def test_adapter_update_before_steps_the_adapter_first_and_leaves_it_out_of_the_loss():
+    torch.manual_seed(0)
+    model = DistilledDense(_Arch(), 1, adapter_hidden=4, adapter_lr=0.05)
+    dense, pooled, labels, teacher = _inputs()
+    loss = TaskLoss([Task("click")], "batch", 1.0, 0.0, Distillation("auxiliary", 1.0, True, "skip", True))
+    weights = loss.adapter_row_weights(labels, torch.ones(32), None, teacher)
+    hit = torch.isfinite(teacher)
+    torch.testing.assert_close(weights, hit.float() / 32)  # the joint loss's weights: scored rows over the batch
+    z = torch.nan_to_num(teacher, nan=0.0)
+    stepped = StudentAdapter(1, 4, own_lr=0.05)
+    stepped.load_state_dict(model.adapter.state_dict())
+    stepped.own_step(z, labels, weights)
+    logits = model(dense, pooled, teacher, (labels, weights))[0]
+    # the second head learns the adapter's value after this step's update, not before it
+    torch.testing.assert_close(logits[:, 3:4], stepped(z))
+    torch.testing.assert_close(model.adapter.w1, stepped.w1)
+    # the model's loss is the joint one without the adapter's label term, and sends it no gradient
+    joint = TaskLoss([Task("click")], "batch", 1.0, 0.0, Distillation("auxiliary", 1.0, True, "skip", False))
+    fresh = F.binary_cross_entropy_with_logits(logits[:, 3:4], labels, reduction="none")
+    value = loss(logits, labels, torch.ones(32), teacher_BT=teacher)
+    torch.testing.assert_close(
+        value, joint(logits, labels, torch.ones(32), teacher_BT=teacher) - (fresh * hit).sum() / 32
+    )
+    value.backward()
+    assert all(p.grad is None for p in model.adapter.parameters()) and model.second.weight.grad.abs().sum() > 0
+    # evaluation never steps it
+    model.eval()
+    model(dense, pooled, teacher, (labels, weights))
+    torch.testing.assert_close(model.adapter.w1, stepped.w1)
+
+
+def _two_rank_adapter_step(rank: int, world: int, state: dict, batches: list) -> dict:
+    adapter = StudentAdapter(2, 4, own_lr=0.05)
+    adapter.load_state_dict(state)
+    for per_rank in batches:
+        z, y, w = per_rank[rank]
+        adapter.own_step(z, y, w)
+    return {k: v.clone() for k, v in adapter.state_dict().items()}
+
+
+@pytest.mark.distributed
+def test_two_ranks_step_the_adapter_as_one_process_on_both_batches():
+    torch.manual_seed(0)
+    adapter = StudentAdapter(2, 4, own_lr=0.05)
+    g = torch.Generator().manual_seed(2)
+
+    def part():
+        return torch.randn(8, 2, generator=g), (torch.rand(8, 2, generator=g) < 0.4).float(), torch.full((8, 2), 1 / 8)
+
+    batches = [[part(), part()] for _ in range(2)]
+    got = run_distributed(_two_rank_adapter_step, 2, adapter.state_dict(), batches)
+    assert all(torch.equal(got[0][k], got[1][k]) for k in got[0])  # every rank's adapter stays the same
+    # one process on the 16 rows, each weighted 1/16: the mean of the ranks' mean gradients
+    joined = [tuple(torch.cat([a, b]) for a, b in zip(*pair)) for pair in batches]
+    want = _reference_adam_steps(adapter, [(z, y, w / 2) for z, y, w in joined], 0.05)
+    for name, expected in zip(StudentAdapter.PARAMS, want):
+        torch.testing.assert_close(got[0][name], expected, rtol=1e-5, atol=1e-6)

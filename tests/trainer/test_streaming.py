@@ -160,7 +160,9 @@ def test_partitioned_generation_writes_the_same_rows_one_folder_per_day(tmp_path
     assert b.select(a.column_names).equals(a)
 
 
-def test_a_student_streams_with_an_auxiliary_head_and_adapter_on_the_joined_scores(streamed, tmp_path):
+def test_a_student_streams_with_an_auxiliary_head_and_adapter_on_2_ranks_and_resumes_bit_exactly(streamed, tmp_path):
+    """The adapter steps itself first (``adapter_update: before``, an all-reduce in the forward pass); its Adam
+    moments are checkpointed with the model, so a run resumed inside a period repeats the losses bit for bit."""
     cfg, run_dir, root = streamed
     paths = prepare_data(cfg.data, cfg.embeddings)
     data = tmp_path / "student_data"
@@ -176,12 +178,21 @@ def test_a_student_streams_with_an_auxiliary_head_and_adapter_on_the_joined_scor
         "model.teacher.as_feature=false",
         "model.teacher.head=auxiliary",
         "model.teacher.adapter=true",
+        "model.teacher.adapter_update=before",
+        "model.teacher.adapter_lr=0.01",
         "model.teacher.grad_scale=2.0",
+        "checkpoint.every_steps=3",
         "checkpoint.at_end=false",
     )
     out = new_run(tmp_path, "student", student)
-    assert run_distributed(train_worker, 1, student, out, False) == [7]
+    assert run_distributed(train_worker, 2, student, out, False) == [7, 7]
     summary = json.loads((out / "summary.json").read_text())
     assert {"distill_heads", "adapter"} <= set(summary["flops_breakdown"])
     assert [r["period"] for r in summary["streaming"]["progressive"]] == ["day=00001", "day=00002", "day=00003"]
-    assert all(math.isfinite(x) for x in losses(out).values())
+    full = losses(out)
+    assert all(math.isfinite(x) for x in full.values())
+    resumed = new_run(tmp_path, "resumed", student)
+    shutil.copytree(out / "checkpoints" / "step_00000003", resumed / "checkpoints" / "step_00000003")
+    run_distributed(train_worker, 2, student, resumed, True)
+    got = losses(resumed)
+    assert sorted(got) == [4, 5, 6, 7] and all(got[s] == full[s] for s in got)
