@@ -51,6 +51,7 @@ ARMS = {
         "model.teacher.head=auxiliary",
         "model.teacher.adapter=true",
         "model.teacher.adapter_update=before",
+        "model.teacher.adapter_lr=0.01",  # of 0.001 / 0.01 / 0.1 on tuning seed 10: mean NE 0.92297 / 0.92285 / 0.92462
     ],
 }
 DEFAULT_ARMS = ("plain", "single_head", "auxiliary", "auxiliary_adapter")

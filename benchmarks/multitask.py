@@ -221,6 +221,8 @@ def main() -> int:
         "verdicts": judge(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if args.arms:  # the kept arms' time counts too
+        result["seconds"] = round(result["seconds"] + merged[args.part]["seconds"], 1)
     write_result_key(path, args.part, result)
     print(json.dumps(result["verdicts"], indent=2))
     return 0

@@ -43,7 +43,7 @@ def auc(p: np.ndarray, labels: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def frappe(tmp_path_factory):
-    """(AUC by --quantize, the run's own final evaluation AUC) of a 1-epoch DCN-V2 on Frappe."""
+    """(AUC by --quantize, the run's own final evaluation AUC) of a DCN-V2 trained half an epoch on Frappe."""
     root = tmp_path_factory.mktemp("frappe")
     base = load_config("frappe", [])
     convert_csv([FRAPPE / "train.csv"], root / "data", base.data, base.embeddings, valid_inputs=[FRAPPE / "valid.csv"])
@@ -52,7 +52,7 @@ def frappe(tmp_path_factory):
         [
             f"data.train_path={root / 'data' / 'train'}",
             f"data.valid_path={root / 'data' / 'valid'}",
-            "trainer.epochs=1",
+            "trainer.max_steps=25",  # half an epoch (batch 4096): AUC 0.92, enough to compare quantizations
             "metrics.tensorboard=false",
             "metrics.progress_bar=never",
         ],
@@ -61,15 +61,16 @@ def frappe(tmp_path_factory):
     run_distributed(train_worker, 1, cfg, run_dir, False)
     valid = pq.read_table(root / "data" / "valid")
     labels = valid.column("label").to_numpy()
-    result, run_auc = {}, None
+    result, run_auc, scores = {}, None, {}
     for kind in ("none", "fp16", "int8", "int4"):
         manifest = export_run(run_dir, "latest", root / kind, kind)
         run_auc = manifest["metrics"]["auc"]
-        result[kind] = auc(load(root / kind).predict(valid)[:, 0].astype(np.float64), labels)
+        scores[kind] = load(root / kind).predict(valid)[:, 0]
+        result[kind] = auc(scores[kind].astype(np.float64), labels)
     # the raw CSV, read by the artifact as the converter read it, against the converted rows
     predict_file(root / "none", FRAPPE / "valid.csv", root / "raw.parquet")
     from_raw = pq.read_table(root / "raw.parquet").column("p_label").to_numpy()
-    result["raw_max_abs_diff"] = float(np.abs(from_raw - load(root / "none").predict(valid)[:, 0]).max())
+    result["raw_max_abs_diff"] = float(np.abs(from_raw - scores["none"]).max())
     return result, run_auc
 
 
