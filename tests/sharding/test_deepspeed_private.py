@@ -104,9 +104,9 @@ def test_deepspeed_state_that_checkpoints_read_is_still_there():
     assert not broken, f"{WHO} changed state that {WHERE}:\n" + "\n".join(f"  {k}: {v}" for k, v in broken.items())
 
 
-def test_deepspeed_start_up_compiles_no_shared_memory_op(monkeypatch):
-    for key in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR"):  # restored afterwards
-        monkeypatch.setenv(key, "cpu" if key == "DS_ACCELERATOR" else str(deepspeed.__path__[0]))
+def test_deepspeed_start_up_compiles_no_shared_memory_op(monkeypatch, tmp_path):
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # both restored afterwards
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # were the op built after all, it would land here
     deepspeed_environment()
     compatible = deepspeed.ops.__compatible_ops__
     assert compatible.get(SHM_OP) is False, (
