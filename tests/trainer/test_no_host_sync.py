@@ -23,6 +23,16 @@ from tests.trainer.runs import new_run, small_job
 ROUTED = ["model.kunlun.mowe.partition=routed", "model.kunlun.mowe.num_experts=4", "model.kunlun.mowe.top_k=2"]
 """Kunlun's mixture of Wukong experts with a router (the partition that expert parallelism applies to)."""
 
+EXFM_ADAPTER_FIRST = [
+    "data.features.teacher=teacher",
+    "data.synthetic.teacher_hit_rate=0.8",
+    "model.teacher.as_feature=false",
+    "model.teacher.head=auxiliary",
+    "model.teacher.adapter=true",
+    "model.teacher.adapter_update=before",
+]
+"""ExFM's auxiliary head and student adapter, the adapter stepped first (generated teacher scores, some missing)."""
+
 COUNTED_WINDOW = (4, 8)
 """The log boundaries whose steps in between are counted (after the 3 warm-up steps)."""
 
@@ -87,8 +97,9 @@ def _count_reads(rank: int, world: int, cfg: Any, run_dir: Path) -> dict[str, An
         ("quickstart", ["trainer.pipeline=false", "sharding.dense=deepspeed", "sharding.zero_stage=1"]),
         ("dcnv2_hilomoe", []),  # HiLoMoE routing, training stages
         ("kunlun_synthetic", ROUTED),  # sequences, attention, routed MoWE with every expert on every rank
+        ("quickstart", EXFM_ADAPTER_FIRST),  # the adapter's own Adam step (an all-reduce) in the forward pass
     ],
-    ids=["dcnv2-pipeline", "dcnv2-plain-deepspeed", "hilomoe", "kunlun-routed"],
+    ids=["dcnv2-pipeline", "dcnv2-plain-deepspeed", "hilomoe", "kunlun-routed", "dcnv2-exfm-adapter-before"],
 )
 def test_training_steps_make_no_host_reads(tmp_path: Path, cache: Path, preset: str, overrides: list[str]) -> None:
     cfg = small_job(cache, *SHORT, *overrides, preset=preset)
