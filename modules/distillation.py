@@ -21,18 +21,18 @@ When the adapter trains (``model.teacher.adapter_update``):
 - ``joint``: everything trains in one step with the dense optimizer; the second head's target uses the
   adapter's value before this step's update (a one-step lag).
 - ``before``: the adapter has its own Adam (``adapter_lr``) and takes its step on the batch first, inside
-  the forward pass; ``ŷ_A`` is then recomputed without gradient and the student trains on it. Its
-  gradients are averaged over the ranks, so every rank's adapter stays the same, and its Adam moments are
-  buffers, so checkpoints carry them.
+  the forward pass; ``ŷ_A`` is then recomputed without gradient and the student trains on it. Under data
+  parallelism the sharding layer gives it a ``grad_reducer`` that averages its gradient over the ranks, so
+  every rank's adapter stays the same; its Adam moments are buffers, so checkpoints carry them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -73,6 +73,9 @@ class StudentAdapter(nn.Module):
         own_lr: > 0: the adapter trains itself (``own_step``) with its own Adam at this rate, and its
             parameters take no gradient from the model's loss (``requires_grad`` off, so data-parallel
             wrappers and the dense optimizer leave them alone); 0: the dense optimizer trains it.
+
+    ``grad_reducer`` (None: one process) maps this rank's flat gradient to the ranks' mean; the sharding
+    layer sets it (``sharding/apply.py``), keeping collectives out of the model code.
     """
 
     PARAMS = ("w1", "b1", "w2", "b2")
@@ -82,6 +85,7 @@ class StudentAdapter(nn.Module):
         self.num_tasks = num_tasks
         self.hidden = hidden
         self.own_lr = own_lr
+        self.grad_reducer: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.w1 = nn.Parameter(torch.empty(num_tasks, hidden).uniform_(-1.0, 1.0))  # fan-in 1, as nn.Linear
         self.b1 = nn.Parameter(torch.empty(num_tasks, hidden).uniform_(-1.0, 1.0))
         bound = 1.0 / math.sqrt(hidden)
@@ -110,8 +114,8 @@ class StudentAdapter(nn.Module):
         """One Adam step on ``Σ w · BCE(ŷ_A, y)`` of this batch, the gradient averaged over the ranks.
 
         ``teacher_BT`` are the logits (NaN zeroed), ``row_weights_BT`` each row's weight in its task's mean
-        (0 where the teacher scored nothing or the task does not apply). Every rank must call it at the same
-        step (it all-reduces); it runs in fp32 whatever the model's compute dtype.
+        (0 where the teacher scored nothing or the task does not apply). With a ``grad_reducer`` every rank
+        must call it at the same step (it is a collective); it runs in fp32 whatever the compute dtype.
         """
         params = [getattr(self, n).detach().float().requires_grad_() for n in self.PARAMS]
         with torch.enable_grad(), torch.autocast(teacher_BT.device.type, enabled=False):
@@ -119,9 +123,8 @@ class StudentAdapter(nn.Module):
             per_BT = F.binary_cross_entropy_with_logits(logits_BT, labels_BT.float(), reduction="none")
             grads = torch.autograd.grad((per_BT * row_weights_BT.float()).sum(), params)
         flat = torch.cat([g.reshape(-1) for g in grads])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flat)
-            flat = flat / dist.get_world_size()
+        if self.grad_reducer is not None:
+            flat = self.grad_reducer(flat)
         beta1, beta2 = ADAM_BETAS
         with torch.no_grad():
             self.adam_steps += 1

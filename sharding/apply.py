@@ -5,7 +5,8 @@ Order (fixed; docs/sharding.md):
   2. embedding plan (planner or hand-built), on every rank,
   3. TorchRec ``DistributedModelParallel`` over the tables only (it adds no DDP: no dense params),
   4. expert parallelism: HiLoMoE blocks and routed MoWE layers swapped for expert-parallel twins
-     (``dense: deepspeed``; experts over ``ep_size`` ranks), or the balance statistics made global,
+     (``dense: deepspeed``; experts over ``ep_size`` ranks), or the balance statistics made global;
+     ExFM student adapters that step themselves average their gradient over the ranks,
   5. dense data parallelism: DDP, or a DeepSpeed engine (ZeRO 0/1/2),
   6. the top-level ``RecModel`` the train pipeline drives.
 """
@@ -18,12 +19,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 from torchrec.optim.keyed import KeyedOptimizerWrapper
 
 from recscale.configs.schema import OptimizerConfig, ShardingConfig
 from recscale.modules.build import BuiltModel
+from recscale.modules.distillation import StudentAdapter
 from recscale.modules.managed_rows import RowReset
 from recscale.modules.model import RecModel
 from recscale.sharding.dense_parallel import DDPDense, DeepSpeedDense, DenseBackend
@@ -32,7 +35,7 @@ from recscale.sharding.managed_exchange import GroupExchange
 from recscale.sharding.moe_collectives import install_global_balance_stats
 from recscale.sharding.plan import EmbeddingPlan
 from recscale.sharding.planner import PlanningError, plan_embeddings, sharders
-from recscale.sharding.process_group import DistInfo, all_ranks_agree, host_group
+from recscale.sharding.process_group import DistInfo, all_ranks_agree, host_group, mean_across_ranks
 
 
 class Updater:
@@ -104,6 +107,16 @@ class ParallelModel:
         self.model.dense = self.dense.module
 
 
+def average_adapter_gradients(dense: nn.Module) -> None:
+    """Give each ExFM student adapter that takes its own step the ranks' mean of its gradient.
+
+    ``adapter_update: before`` (``modules/distillation.py``): every rank's adapter then stays the same.
+    """
+    for module in dense.modules():
+        if isinstance(module, StudentAdapter) and module.own_lr > 0:
+            module.grad_reducer = mean_across_ranks
+
+
 def parallelize(
     built: BuiltModel,
     sharding: ShardingConfig,
@@ -155,7 +168,7 @@ def parallelize(
     env = ShardingEnv.from_process_group(dist.GroupMember.WORLD)  # type: ignore[arg-type]
     dmp = DistributedModelParallel(built.sparse, device=info.device, plan=plan, env=env, sharders=sharders())
 
-    # 4. expert parallelism, and MoE balance statistics over the global batch
+    # 4. expert parallelism, MoE balance statistics and own-step adapters over the global batch
     bf16 = precision == "bf16"
     dense_module = built.dense.to(info.device)
     if sharding.dense == "deepspeed":
@@ -164,6 +177,8 @@ def parallelize(
         dense_module = apply_expert_parallel(dense_module, sharding.ep_size, sharding.moe)
     elif sharding.moe.balance_stats == "global" and info.world_size > 1:
         install_global_balance_stats(dense_module)
+    if info.world_size > 1:
+        average_adapter_gradients(dense_module)
 
     # 5. the dense part
     backend: DenseBackend

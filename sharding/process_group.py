@@ -188,6 +188,13 @@ def all_ranks_agree(flag: bool) -> bool:
     return bool(t.item())
 
 
+def mean_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over all ranks (a SUM all-reduce, then 1/world; not differentiable)."""
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / dist.get_world_size()
+
+
 def deepspeed_environment() -> None:
     """Settings DeepSpeed reads from the environment, set (unless the user did) before it initialises.
 

@@ -216,8 +216,11 @@ def test_adapter_update_before_steps_the_adapter_first_and_leaves_it_out_of_the_
 
 
 def _two_rank_adapter_step(rank: int, world: int, state: dict, batches: list) -> dict:
+    from recscale.sharding.apply import average_adapter_gradients
+
     adapter = StudentAdapter(2, 4, own_lr=0.05)
     adapter.load_state_dict(state)
+    average_adapter_gradients(adapter)  # what parallelize() does at world size > 1
     for per_rank in batches:
         z, y, w = per_rank[rank]
         adapter.own_step(z, y, w)

@@ -160,6 +160,27 @@ def test_partitioned_generation_writes_the_same_rows_one_folder_per_day(tmp_path
     assert b.select(a.column_names).equals(a)
 
 
+def _train_recording_the_adapter(rank: int, world: int, cfg, run_dir) -> list:
+    """``train_worker`` that also returns the adapter's parameters after each of its own steps."""
+    import torch
+
+    from recscale.modules.distillation import StudentAdapter
+    from recscale.trainer.loop import train
+
+    seen, original = [], StudentAdapter.own_step
+
+    def recording(self, *args):
+        original(self, *args)
+        seen.append(torch.cat([p.detach().reshape(-1) for p in self.parameters()]).clone())
+
+    StudentAdapter.own_step = recording
+    try:
+        train(cfg, run_dir)
+    finally:
+        StudentAdapter.own_step = original
+    return seen
+
+
 def test_a_student_streams_with_an_auxiliary_head_and_adapter_on_2_ranks_and_resumes_bit_exactly(streamed, tmp_path):
     """The adapter steps itself first (``adapter_update: before``, an all-reduce in the forward pass); its Adam
     moments are checkpointed with the model, so a run resumed inside a period repeats the losses bit for bit."""
@@ -185,7 +206,10 @@ def test_a_student_streams_with_an_auxiliary_head_and_adapter_on_2_ranks_and_res
         "checkpoint.at_end=false",
     )
     out = new_run(tmp_path, "student", student)
-    assert run_distributed(train_worker, 2, student, out, False) == [7, 7]
+    adapters = run_distributed(_train_recording_the_adapter, 2, student, out)
+    assert len(adapters[0]) == len(adapters[1]) == 7
+    # the ranks average the adapter's gradient (parallelize() installs it): the same adapter after every step
+    assert all(a.equal(b) for a, b in zip(*adapters)) and not adapters[0][0].equal(adapters[0][-1])
     summary = json.loads((out / "summary.json").read_text())
     assert {"distill_heads", "adapter"} <= set(summary["flops_breakdown"])
     assert [r["period"] for r in summary["streaming"]["progressive"]] == ["day=00001", "day=00002", "day=00003"]
