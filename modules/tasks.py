@@ -258,7 +258,7 @@ class TaskLoss(nn.Module):
         """The teacher's terms on the rows it scored (module docstring; ``modules/distillation.py``)."""
         d = self.distillation
         hit_BT = torch.isfinite(teacher_BT)
-        kd_rows = rows_BT * (hit_BT & self.is_bce).to(rows_BT.dtype)
+        kd_rows = self._scored_rows(rows_BT, teacher_BT)
         p_teacher = torch.sigmoid(torch.nan_to_num(teacher_BT.float(), nan=0.0))
         if d.head == "serving":
             return self.teacher_weight * self._soft_bce(self._served(logits_BH), p_teacher, kd_rows)
@@ -288,10 +288,18 @@ class TaskLoss(nn.Module):
         rows_BT = weights_B.unsqueeze(1).expand_as(labels_BT)
         if self.masked:
             rows_BT = rows_BT * self.masks(labels_BT, domain_B)
-        kd_rows = rows_BT * (torch.isfinite(teacher_BT) & self.is_bce).to(rows_BT.dtype)
+        kd_rows = self._scored_rows(rows_BT, teacher_BT)
+        return kd_rows / self._denominator(kd_rows)
+
+    def _scored_rows(self, rows_BT: torch.Tensor, teacher_BT: torch.Tensor) -> torch.Tensor:
+        """``rows_BT`` on the rows the teacher scored, of ``bce`` tasks; 0 elsewhere."""
+        return rows_BT * (torch.isfinite(teacher_BT) & self.is_bce).to(rows_BT.dtype)
+
+    def _denominator(self, rows_BT: torch.Tensor) -> torch.Tensor | int:
+        """What a task's summed loss is divided by: its rows (``rows`` normalization) or the batch size."""
         if self.normalization == "rows":
-            return kd_rows / kd_rows.sum(dim=0).clamp_min(1.0)
-        return kd_rows / kd_rows.shape[0]
+            return rows_BT.sum(dim=0).clamp_min(1.0)
+        return rows_BT.shape[0]
 
     def _soft_bce(self, logits_BT: torch.Tensor, p_BT: torch.Tensor, rows_BT: torch.Tensor) -> torch.Tensor:
         """BCE against smoothed soft labels ``(1 - ε) p + ε / 2`` on ``rows``, reduced like the task loss."""
@@ -306,10 +314,7 @@ class TaskLoss(nn.Module):
 
         With ``log_variance_T`` the tasks are weighted by their learned uncertainty too (``uncertainty_weighted``).
         """
-        if self.normalization == "rows":
-            per_task = per_BT.sum(dim=0) / rows_BT.sum(dim=0).clamp_min(1.0)
-        else:
-            per_task = per_BT.sum(dim=0) / per_BT.shape[0]
+        per_task = per_BT.sum(dim=0) / self._denominator(rows_BT)
         if log_variance_T is not None:
             return uncertainty_weighted(per_task, log_variance_T, self.weights, self.is_bce)
         return (per_task * self.weights).sum()
