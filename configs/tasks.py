@@ -124,7 +124,18 @@ def _window_problems(cfg: JobConfig, where: str, t: TaskConfig) -> list[str]:
     if t.windows < 1:
         return [f"{where}.windows: expected >= 1, got {t.windows}"]
     if t.windows == 1:
-        return []
+        return [f"{where}.window_shares: needs windows > 1, got windows: 1"] if t.window_shares else []
+    if t.window_heads == "scaled" and t.loss != "bce":
+        return [f"{where}.window_heads: scaled heads model a probability; they need loss: bce, got {t.loss!r}"]
+    if t.window_shares and t.window_heads != "scaled":
+        return [f"{where}.window_shares: start values of scaled heads, but window_heads is {t.window_heads!r}"]
+    if t.window_shares and len(t.window_shares) != t.windows - 1:
+        return [
+            f"{where}.window_shares: expected {t.windows - 1} values (one per window but the last), "
+            f"got {len(t.window_shares)}"
+        ]
+    if any(not 0.0 < x < 1.0 for x in t.window_shares):
+        return [f"{where}.window_shares: expected each in (0, 1), got {t.window_shares}"]
     if not f.window:
         return [f"{where}.windows: {t.windows} Zipper windows need data.features.window (a window column)"]
     if f.num_windows != t.windows:
@@ -159,7 +170,7 @@ def _esmm_problems(cfg: JobConfig, where: str, t: TaskConfig) -> list[str]:
 
 def heads(cfg: JobConfig) -> int:
     """Outputs of the dense arch: one per task, ``windows`` for a Zipper task with ``linear`` heads."""
-    return sum(1 if t.window_heads == "offset" else t.windows for t in resolve_tasks(cfg))
+    return sum(t.windows if t.window_heads == "linear" else 1 for t in resolve_tasks(cfg))
 
 
 def synthetic_task_problems(cfg: JobConfig) -> list[str]:
@@ -173,6 +184,8 @@ def synthetic_task_problems(cfg: JobConfig) -> list[str]:
     for key in (*keys, "drift_per_day"):
         if getattr(s, key) < 0:
             out.append(f"data.synthetic.{key}: expected >= 0, got {getattr(s, key)}")
+    if not 0.0 < s.drift_memory <= 1.0:
+        out.append(f"data.synthetic.drift_memory: expected a value in (0, 1], got {s.drift_memory}")
     if not 0.0 <= s.domain_feature_shift <= 1.0:
         out.append(f"data.synthetic.domain_feature_shift: expected a fraction in [0, 1], got {s.domain_feature_shift}")
     if (s.task_domain_scale > 0 or s.domain_feature_shift > 0) and (not f.domain or s.num_domains < 2):

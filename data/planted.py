@@ -339,6 +339,9 @@ class PlantedModel:
         if self.cross_sequence is not None:
             cross = self.synth.cross_domain_scale * (raw["cross"] - self.term_mean["cross"]) / self.term_std["cross"]
             self.cross_share = float(cross.var() / logits[:, 0].var())
+        drift = self._drift(inputs, np.zeros(len(inputs.dense), dtype=np.int64)) if self.drift.memory < 1 else None
+        if drift is not None:  # a mean-reverting drift has its stationary spread on day 0 too: the rates hold
+            logits = logits + drift[:, None]
         for t in range(self.num_tasks):
             rate = self.synth.conversion_rate if t == self.conversion else self.synth.click_rate
             self.bias[t] = solve_bias(logits[:, t], rate)
@@ -363,13 +366,20 @@ class PlantedModel:
                 out += scale * (raw[name] - self.task_mean[name]) / self.task_std[name]
         return out
 
+    def _drift(self, inputs: Inputs, day: np.ndarray | None) -> np.ndarray | None:
+        """``[n]`` the drift of each row's logit on ``day``; None without drift."""
+        if day is None or self.drift.rate <= 0 or len(inputs.sparse) < 2:
+            return None
+        cluster = self.group(self._ids_of(inputs.sparse[0]), 0)
+        category = self.group(self._ids_of(inputs.sparse[1]), 1)
+        return self.drift.term(day, inputs.dense.astype(np.float64), cluster, category)
+
     def probabilities(self, inputs: Inputs) -> np.ndarray:
         """True click probability per task ``[n, T]`` (float64)."""
         logits = self._unbiased(self.raw_terms(inputs)) + self.bias
-        if inputs.day is not None and self.drift.rate > 0 and len(inputs.sparse) >= 2:
-            cluster = self.group(self._ids_of(inputs.sparse[0]), 0)
-            category = self.group(self._ids_of(inputs.sparse[1]), 1)
-            logits += self.drift.term(inputs.day, inputs.dense.astype(np.float64), cluster, category)[:, None]
+        drift = self._drift(inputs, inputs.day)
+        if drift is not None:
+            logits += drift[:, None]
         return sigmoid(logits)
 
     def summary(self) -> dict[str, object]:

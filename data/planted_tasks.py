@@ -79,29 +79,45 @@ class Drift:
 
     On day τ (impression time // 1 day, counted from row 0) every task's logit gains
 
-        drift_τ(x) = η · ( w_τ · z / √N  +  W_τ[c, g] ) / √2,   w_τ = Σ_{k=1..τ} ε_k,  W_τ = Σ_{k=1..τ} E_k
+        drift_τ(x) = η · ( w_τ · z / √N  +  W_τ[c, g] ) / √2,   w_τ = ρ w_{τ-1} + ε_τ,  W_τ = ρ W_{τ-1} + E_τ
 
-    with ε_k ~ N(0, I_N) over the dense features z and E_k ~ N(0, 1)^{C×C} over the user cluster c and item
-    category g: the dense features' and the cluster x category effects wander, so the drift's standard
-    deviation grows like η·√τ and a model trained on older data is further from today's truth. Day 0 (the
-    pilot) has none, so the biases and the term scales are those of the stationary model.
+    with ε_τ ~ N(0, I_N) over the dense features z and E_τ ~ N(0, 1)^{C×C} over the user cluster c and item
+    category g: the dense features' and the cluster x category effects wander, so a model trained on older
+    data is further from today's truth. ρ is ``drift_memory``:
+
+    - ρ = 1 (a random walk): w_0 = W_0 = 0, so day 0 (the pilot) is the stationary model and its biases and
+      term scales hold there; the drift's standard deviation grows like η·√τ, so the truth's spread, and
+      with it the base rates, move away from those of day 0 as the days pass.
+    - ρ < 1 (mean-reverting, AR(1)): w_0 and W_0 are drawn from the walk's stationary law N(0, 1/(1 - ρ²)),
+      so the drift's standard deviation is η/√(1 - ρ²) every day, the biases are solved with it included,
+      and the base rates hold every day; days k apart have truths whose drifts correlate as ρ^k.
     """
 
     def __init__(self, synth: SyntheticConfig, num_dense: int) -> None:
         self.rate = synth.drift_per_day
+        self.memory = synth.drift_memory
         self.seed = synth.seed
         self.num_dense = num_dense
         self.num_clusters = synth.num_clusters
-        self._dense = np.zeros((1, num_dense))  # [days, N] cumulative walks, day 0 = 0
-        self._cells = np.zeros((1, synth.num_clusters, synth.num_clusters))
+        c = synth.num_clusters
+        self._dense = np.zeros((1, num_dense))  # [days, N] the walks, day 0 first
+        self._cells = np.zeros((1, c, c))
+        if self.memory < 1.0:  # start from the stationary law, from its own seed
+            rng = np.random.default_rng(seed_words(self.seed, 17, 0))
+            spread = 1.0 / np.sqrt(1.0 - self.memory**2)
+            self._dense = spread * rng.standard_normal((1, num_dense))
+            self._cells = spread * rng.standard_normal((1, c, c))
 
     def _extend(self, day: int) -> None:
-        """Grow the cumulative walks up to ``day`` (each day's step from its own seed)."""
+        """Grow the walks up to ``day`` (each day's step from its own seed)."""
+        rho = self.memory
         while len(self._dense) <= day:
             rng = np.random.default_rng(seed_words(self.seed, 17, len(self._dense)))
-            self._dense = np.vstack([self._dense, self._dense[-1] + rng.standard_normal(self.num_dense)])
+            step = self._dense[-1] * rho if rho < 1.0 else self._dense[-1]  # ρ = 1: the walk, bit for bit
+            self._dense = np.vstack([self._dense, step + rng.standard_normal(self.num_dense)])
             c = self.num_clusters
-            self._cells = np.concatenate([self._cells, (self._cells[-1] + rng.standard_normal((c, c)))[None]])
+            cells = self._cells[-1] * rho if rho < 1.0 else self._cells[-1]
+            self._cells = np.concatenate([self._cells, (cells + rng.standard_normal((c, c)))[None]])
 
     def term(self, day: np.ndarray, dense: np.ndarray, cluster: np.ndarray, category: np.ndarray) -> np.ndarray:
         """``[n]`` the drift of each row's logit (zeros when η = 0)."""

@@ -142,9 +142,14 @@ def build_zipper(data: DataConfig, train: Path, valid: Path, out: Path) -> dict[
 
     ``out/train``: the matured rows with their window and window label; ``out/valid``: every row, window
     K-1, the longest window's label. The directory appears atomically; it must not exist yet.
+
+    ``seen_share``: per window, the share of the longest window's conversions seen within it, counted on the
+    impressions whose longest window has closed (whichever window they were given): F_k of ``scaled`` heads
+    (``model.tasks[*].window_shares``). None without such a conversion.
     """
     plan = plan_zipper(data, train)
     last = len(plan.windows) - 1
+    seen = np.zeros(len(plan.windows), dtype=np.int64)  # conversions of closed impressions within each window
 
     def train_rows(batch: pa.RecordBatch):  # type: ignore[no-untyped-def]
         keys = [np.asarray(batch.column(k).to_numpy(zero_copy_only=False)) for k in plan.keys]
@@ -153,6 +158,9 @@ def build_zipper(data: DataConfig, train: Path, valid: Path, out: Path) -> dict[
         time = np.asarray(batch.column(plan.time_column).to_numpy(zero_copy_only=False), dtype=np.float64)
         matured = time + limit <= plan.now
         labels = _labels(batch, plan, limit)
+        closed = time + plan.windows[-1] <= plan.now  # every window of these has closed, whatever their own
+        for k, w in enumerate(plan.windows):
+            seen[k] += int(_labels(batch, plan, np.full(batch.num_rows, w))[closed].sum())
         keep = pa.array(matured)
         return _with(batch.filter(keep), plan, labels[matured], window[matured]), window[matured], labels[matured]
 
@@ -175,6 +183,8 @@ def build_zipper(data: DataConfig, train: Path, valid: Path, out: Path) -> dict[
             "window_column": plan.window_column,
             "train": {w: {"rows": r, "positives": p} for w, (r, p) in sorted(train_counts.items())},
             "valid": {w: {"rows": r, "positives": p} for w, (r, p) in sorted(valid_counts.items())},
+            "seen_share": (seen / seen[-1]).tolist() if seen[-1] else None,
+            "seen_share_conversions": int(seen[-1]),
         }
         write_json(tmp / ZIPPER_JSON, record)
     return record

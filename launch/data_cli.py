@@ -164,6 +164,10 @@ def zipper(args: argparse.Namespace) -> int:
         raise ValueError(f"--out: {out} already exists")
     record = build_zipper(cfg.data, paths.train, paths.valid, out)
     print(f"wrote {out}: train with data.features.window={record['window_column']}", file=sys.stderr)
+    shares = record["seen_share"]
+    if isinstance(shares, list) and len(shares) > 1:
+        listed = ",".join(f"{x:.4f}" for x in shares[:-1])
+        print(f"scaled window heads: start them at model.tasks.N.window_shares=[{listed}]", file=sys.stderr)
     _print(record)
     return 0
 

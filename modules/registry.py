@@ -204,12 +204,18 @@ def get_spec(arch: str) -> ModelSpec:
 
 
 def build_dense(spec: ModelSpec, m: ModelConfig, inputs: ModelInputs) -> nn.Module:
-    """``spec``'s dense arch with its per-task layers (``model.multitask``) and offset window heads.
+    """``spec``'s dense arch with its per-task layers (``model.multitask``) and shared-logit window heads.
 
-    The offset heads wrap it when a delayed task asks for them (``model.tasks[*].window_heads``).
+    The window heads wrap it when a delayed task asks for ``offset`` or ``scaled`` ones
+    (``model.tasks[*].window_heads``).
     """
     dense = wrap_multitask(spec.build(m, inputs), m.multitask, inputs.num_tasks, m.activation, m.dropout)
-    return wrap_window_heads(dense, [t.windows for t in m.tasks], [t.window_heads == "offset" for t in m.tasks])
+    windows, kinds, shares = (
+        [t.windows for t in m.tasks],
+        [t.window_heads for t in m.tasks],
+        [t.window_shares for t in m.tasks],
+    )
+    return wrap_window_heads(dense, windows, kinds, shares)
 
 
 def check_model(cfg: JobConfig) -> list[str]:

@@ -1,10 +1,18 @@
-"""Zipper heads that differ only by an offset: one logit per delayed task, plus a learned shift per window.
+"""Zipper heads that share one logit: a delayed task's K attribution-window heads derived from one output.
 
-With ``window_heads: offset`` a delayed task's K attribution-window heads share the dense arch's one logit
-``z`` and differ by a learned offset each: ``head_k = z + b_k`` (``b`` starts at 0). When a conversion's
-delay does not depend on the example, the window-W label is ``Bernoulli(p · P(delay <= W))`` and the windows
-differ only in how much of p they see, which such heads express; every row then trains the one shared
-logit, instead of one head in K (``linear``: the arch's last layer has K outputs per task).
+``model.tasks[*].window_heads`` chooses how a delayed task's K heads are made (``linear``, the default, has
+none of this module: the arch's last layer has K outputs for the task):
+
+- ``offset``: ``head_k = z + b_k``, a learned shift per window (``b`` starts at 0).
+- ``scaled``: the delayed-feedback model (Chapelle, KDD 2014). A conversion the longest window would see is
+  seen within window k with probability ``F_k``, whatever the example, so the window-k label is
+  ``Bernoulli(p · F_k)``. The longest head is ``z`` itself (``p = σ(z)``, what is served; its window is the
+  label's definition, ``F_K = 1``) and ``head_k = logit(σ(z) · σ(a_k))`` for k < K, with ``F_k = σ(a_k)``
+  learned from ``window_shares`` (1/2 each without). Computed stably as ``z + log σ(a_k) − softplus(z + log σ(−a_k))``.
+
+Either way every row trains the one shared logit, instead of one head in K. With ``scaled`` the censored
+windows' labels are modelled exactly when the delay does not depend on the example, so a short window's
+rows neither pull the served prediction down nor need an offset of the served head to be learned.
 """
 
 from __future__ import annotations
@@ -14,56 +22,89 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from recscale.modules.flops import FlopCount
 
+SHARED_KINDS = ("offset", "scaled")
+"""``window_heads`` values whose K heads derive from one logit of the dense arch."""
 
-class WindowOffsets(nn.Module):
-    """``dense -> [B, D]`` logits (one per ``offset`` task) expanded to ``[B, H]`` heads.
+
+class SharedWindowHeads(nn.Module):
+    """``dense -> [B, D]`` logits (one per shared-head task) expanded to ``[B, H]`` heads.
 
     Args:
         dense: the dense arch; its outputs are, per task in order, ``windows`` logits (``linear`` heads) or
-            one (``offset`` heads).
+            one (``offset`` / ``scaled`` heads).
         windows: per task, its number of windows K.
-        offset: per task, whether its K heads are offsets of one logit.
+        kinds: per task, its ``window_heads`` (``linear``, ``offset`` or ``scaled``).
+        shares: per task, the starting F_k of its ``scaled`` heads (K - 1 values; empty = 1/2 each).
+
+    Parameters: ``offsets`` (one per window of the ``offset`` tasks) and ``seen_logits`` (``a_k``, one per
+    window but the last of the ``scaled`` tasks).
     """
 
-    def __init__(self, dense: nn.Module, windows: Sequence[int], offset: Sequence[bool]) -> None:
+    def __init__(
+        self, dense: nn.Module, windows: Sequence[int], kinds: Sequence[str], shares: Sequence[Sequence[float]] = ()
+    ) -> None:
         super().__init__()
         self.inner = dense
-        self.offsets = nn.Parameter(torch.zeros(sum(k for k, o in zip(windows, offset) if o)))
-        columns, shifts = [], []  # per output head: the inner column it reads, its offset (-1 = none)
-        column, shift = 0, 0
-        for k, o in zip(windows, offset):
-            if o:
+        columns: list[int] = []  # per output head: the inner column it reads
+        offset_heads: list[int] = []  # output heads shifted by offsets[i], in order
+        scaled_heads: list[int] = []  # output heads scaled by σ(seen_logits[i]), in order
+        starts: list[float] = []  # F_k each scaled head starts at
+        column = 0
+        for i, (k, kind) in enumerate(zip(windows, kinds, strict=True)):
+            first = len(columns)
+            if kind in SHARED_KINDS and k > 1:
                 columns += [column] * k
-                shifts += list(range(shift, shift + k))
-                column, shift = column + 1, shift + k
+                column += 1
+                if kind == "offset":
+                    offset_heads += range(first, first + k)
+                else:
+                    scaled_heads += range(first, first + k - 1)  # the longest head is the logit itself
+                    starts += list(shares[i]) if i < len(shares) and shares[i] else [0.5] * (k - 1)
             else:
                 columns += list(range(column, column + k))
-                shifts += [-1] * k
                 column += k
         self.columns = columns
-        self.register_buffer("use_offset", torch.tensor([s >= 0 for s in shifts]), persistent=False)
-        self.register_buffer("shift_index", torch.tensor([max(s, 0) for s in shifts]), persistent=False)
+        # only the parameters some task uses (no empty ones: checkpoints of offset heads stay loadable)
+        self.offsets = nn.Parameter(torch.zeros(len(offset_heads))) if offset_heads else None
+        self.seen_logits = (
+            nn.Parameter(torch.logit(torch.tensor(starts, dtype=torch.float64)).float()) if scaled_heads else None
+        )
+        self.register_buffer("offset_heads", torch.tensor(offset_heads, dtype=torch.long), persistent=False)
+        self.register_buffer("scaled_heads", torch.tensor(scaled_heads, dtype=torch.long), persistent=False)
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """The inner arch's outputs, its logits expanded to every window head."""
+        """The inner arch's outputs, its logits expanded to every window head ``[B, H]``."""
         logits, aux, diagnostics = self.inner(*args, **kwargs)
         heads = logits[:, self.columns]
-        if self.offsets.numel():
-            shifts = self.offsets[self.shift_index] * self.use_offset.to(self.offsets.dtype)
-            heads = heads + shifts.to(heads.dtype)
+        if self.offsets is not None:
+            shifted = heads[:, self.offset_heads] + self.offsets.to(heads.dtype)
+            heads = heads.index_copy(1, self.offset_heads, shifted)
+        if self.seen_logits is not None:
+            z, a = heads[:, self.scaled_heads], self.seen_logits.to(heads.dtype)
+            scaled = z + F.logsigmoid(a) - F.softplus(z + F.logsigmoid(-a))  # logit(σ(z) · σ(a))
+            heads = heads.index_copy(1, self.scaled_heads, scaled)
         return heads, aux, diagnostics
 
+    def seen_share(self) -> torch.Tensor:
+        """``[windows of scaled tasks but the last]`` F_k: the share of conversions each window sees."""
+        if self.seen_logits is None:
+            return torch.zeros(0)
+        return torch.sigmoid(self.seen_logits.detach())
+
     def flops(self, *args: Any, **kwargs: Any) -> dict[str, FlopCount]:
-        """The inner arch's FLOPs (the offsets are adds, which count 0)."""
+        """The inner arch's FLOPs (the offsets and scalings are elementwise, which count 0)."""
         counts: dict[str, FlopCount] = self.inner.flops(*args, **kwargs)
         return counts
 
 
-def wrap_window_heads(dense: nn.Module, windows: Sequence[int], offset: Sequence[bool]) -> nn.Module:
-    """``dense`` as is, or under ``WindowOffsets`` when some delayed task has offset heads."""
-    if not any(o and k > 1 for k, o in zip(windows, offset)):
+def wrap_window_heads(
+    dense: nn.Module, windows: Sequence[int], kinds: Sequence[str], shares: Sequence[Sequence[float]] = ()
+) -> nn.Module:
+    """``dense`` as is, or under ``SharedWindowHeads`` when some delayed task has shared-logit heads."""
+    if not any(kind in SHARED_KINDS and k > 1 for k, kind in zip(windows, kinds, strict=True)):
         return dense
-    return WindowOffsets(dense, windows, offset)
+    return SharedWindowHeads(dense, windows, kinds, shares)

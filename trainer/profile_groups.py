@@ -112,8 +112,8 @@ class ResolvedGroup:
 
 
 def _unwrap(dense: nn.Module) -> tuple[nn.Module, str]:
-    """``MoEDense(inner)`` / ``WindowOffsets(inner)`` -> (inner, ``"inner."``); other arches -> (arch, "")."""
-    if type(dense).__name__ in ("MoEDense", "WindowOffsets") and hasattr(dense, "inner"):
+    """``MoEDense(inner)`` / ``SharedWindowHeads(inner)`` -> (inner, ``"inner."``); other arches -> (arch, "")."""
+    if type(dense).__name__ in ("MoEDense", "SharedWindowHeads") and hasattr(dense, "inner"):
         inner, prefix = _unwrap(dense.inner)
         return inner, "inner." + prefix
     return dense, ""

@@ -157,6 +157,11 @@ class SyntheticConfig:
     """The truth drifts: a daily random walk whose step has this standard deviation in the logit (the
     dense features' and the user-cluster x item-category effects wander); 0 = stationary. Days count from
     row 0 of ``train/`` by ``seconds_per_row``; ``valid/`` continues the timeline after ``train/``."""
+    drift_memory: float = 1.0
+    """ρ in (0, 1] of the drift: each day the walk keeps ρ times its state and adds the step. 1 = a random
+    walk from 0 on day 0, whose spread (and with it the base rates) grows with the days; < 1 = mean-reverting
+    (AR(1)), started from its stationary law so its spread is ``drift_per_day / sqrt(1 - ρ²)`` on every day
+    and the base rates hold on every day; days k apart correlate as ρ^k."""
     time_column: str = ""
     """Column for the impression time (int64 seconds: a fixed start + ``seconds_per_row`` x row index, the
     rows of ``valid/`` after those of ``train/``); empty = not written."""

@@ -42,9 +42,16 @@ class TaskConfig:
     """Zipper attribution windows (delayed labels): the task gets this many heads; head w trains on the rows
     whose ``data.features.window`` is w (labels observed within window w, ``recscale data zipper``), and
     metrics and serving read the last head (the longest window). 1 = one head, no window column."""
-    window_heads: Literal["linear", "offset"] = "linear"
-    """The window heads: ``linear`` (the arch's last layer has one output per window) or ``offset`` (one
-    output, each window adding a learned shift: every row trains the shared logit)."""
+    window_heads: Literal["linear", "offset", "scaled"] = "linear"
+    """The window heads: ``linear`` (the arch's last layer has one output per window), ``offset`` (one
+    output, each window adding a learned shift: every row trains the shared logit) or ``scaled`` (one output
+    z, served as is; a shorter window k predicts ``σ(z) · F_k``, F_k the learned share of conversions it
+    sees: the delayed-feedback model, exact when the delay does not depend on the example; ``bce`` only)."""
+    window_shares: list[float] = field(default_factory=list)
+    """``scaled`` heads: the starting F_k, one per window but the last, each in (0, 1); F_k is learned from
+    there. ``recscale data zipper`` measures them (``seen_share`` of zipper.json: the share of the longest
+    window's conversions each window sees, on impressions whose longest window has closed) and prints the
+    setting. Empty = 1/2 each."""
 
 
 @dataclass(kw_only=True)

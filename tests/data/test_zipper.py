@@ -86,6 +86,13 @@ def test_each_impression_is_emitted_once_its_window_closes_with_the_label_seen_w
     assert set(valid.column("zipper_window").to_numpy()) == {2}
     assert np.array_equal(valid.column("buy").to_numpy(), ((buy == 1) & (delay <= 7 * DAY)).astype(np.int8))
     assert sum(v["rows"] for v in record["train"].values()) == int(matured.sum())
+    # F_k: among closed impressions' 7-day conversions, the share within each window (Exp(2 d) delays)
+    closed = (time + 7 * DAY <= now) & (buy == 1) & (delay <= 7 * DAY)
+    shares = [float((delay[closed] <= w).mean()) for w in windows]
+    assert record["seen_share"] == pytest.approx(shares, abs=1e-12) and record["seen_share"][-1] == 1.0
+    assert record["seen_share_conversions"] == int(closed.sum())
+    truth = (1 - np.exp(-windows / (2 * DAY))) / (1 - np.exp(-3.5))
+    assert np.allclose(shares, truth, atol=0.03), (shares, truth)
 
 
 def test_one_long_window_is_the_matured_only_dataset(tmp_path):
@@ -172,6 +179,31 @@ def test_the_truth_drifts_by_day_and_day_zero_is_the_stationary_truth():
     assert 0.5 * 0.2 * 5 < moved < 1.5 * 0.2 * 5, moved  # std grows like rate * sqrt(days)
 
 
+def test_a_mean_reverting_drift_keeps_its_spread_and_the_base_rate_on_every_day():
+    rho, rate = 0.8, 0.3
+    cfg = load_config(
+        "zipper_synthetic", [f"data.synthetic.drift_per_day={rate}", f"data.synthetic.drift_memory={rho}"]
+    )
+    model = PlantedModel(cfg.data.features, cfg.embeddings, cfg.data.synthetic)
+    inputs = model.draw(40_000, np.random.default_rng(3), 0)
+    drift = {day: model._drift(inputs, np.full(40_000, day)) for day in (0, 1, 3, 60)}
+    spread = rate / np.sqrt(1 - rho**2)
+    for day in (0, 60):
+        assert 0.8 * spread < drift[day].std() < 1.2 * spread, (day, drift[day].std())  # it does not grow
+        inputs.day = np.full(40_000, day)
+        clicked = model.probabilities(inputs)[:, 0].mean()
+        assert abs(clicked - cfg.data.synthetic.click_rate) < 0.02, (day, clicked)
+    for k in (1, 3):  # days k apart correlate as rho^k (one walk: loose bounds)
+        assert abs(np.corrcoef(drift[0], drift[k])[0, 1] - rho**k) < 0.2
+    walk = load_config("zipper_synthetic", [f"data.synthetic.drift_per_day={rate}"])
+    grown = PlantedModel(walk.data.features, walk.embeddings, walk.data.synthetic)._drift(inputs, np.full(40_000, 60))
+    assert grown.std() > 2 * spread  # the random walk's spread grows like rate * sqrt(days)
+    bad = load_config("zipper_synthetic", ["data.synthetic.drift_memory=0", "data.source=synthetic"])
+    from recscale.configs.tasks import synthetic_task_problems
+
+    assert "data.synthetic.drift_memory: expected a value in (0, 1], got 0.0" in synthetic_task_problems(bad)
+
+
 def test_conversions_later_than_the_limit_are_never_observed(tmp_path):
     from recscale.data.synthetic import generate_synthetic
 
@@ -204,13 +236,13 @@ def test_variants_compared_on_one_validation_set_label_it_by_the_same_window(tmp
 def test_offset_window_heads_share_one_logit_and_shift_it_per_window():
     from recscale.configs.tasks import heads
     from recscale.modules.build import build_model, flops_per_example
-    from recscale.modules.window_heads import WindowOffsets
+    from recscale.modules.window_heads import SharedWindowHeads
     from tests.batches import random_batch
 
     cfg = load_config("zipper_synthetic", ["model.tasks.1.window_heads=offset"])
     assert heads(cfg) == 2  # the arch emits click and one purchase logit
     built = build_model(cfg, sparse_device="cpu")
-    assert isinstance(built.dense, WindowOffsets) and built.task_loss.num_heads == 4
+    assert isinstance(built.dense, SharedWindowHeads) and built.task_loss.num_heads == 4
     batch = random_batch(cfg, 8, seed=0)
     inner, _, _ = built.dense.inner(batch.dense, built.sparse(batch.sparse))
     with torch.no_grad():
@@ -220,3 +252,103 @@ def test_offset_window_heads_share_one_logit_and_shift_it_per_window():
     assert torch.equal(out[:, 1:], inner[:, 1:2] + torch.tensor([-1.0, -0.5, 0.0]))
     plain = load_config("zipper_synthetic", ["model.tasks.1.windows=1", "data.features.window="])
     assert flops_per_example(cfg) == flops_per_example(plain)  # the offsets are adds: no FLOPs
+
+
+def test_scaled_window_heads_are_the_logit_of_the_probability_times_the_seen_share():
+    from recscale.configs.tasks import heads
+    from recscale.modules.build import build_model, flops_per_example
+    from tests.batches import random_batch
+
+    cfg = load_config("zipper_synthetic", ["model.tasks.1.window_heads=scaled"])
+    assert heads(cfg) == 2
+    built = build_model(cfg, sparse_device="cpu")
+    batch = random_batch(cfg, 8, seed=0)
+    inner, _, _ = built.dense.inner(batch.dense, built.sparse(batch.sparse))
+    assert built.dense.seen_logits.shape == (2,) and built.dense.offsets is None  # the 7-day head has none
+    with torch.no_grad():
+        built.dense.seen_logits.copy_(torch.tensor([-0.4, 1.4]))
+    out, _, _ = built.dense(batch.dense, built.sparse(batch.sparse))
+    assert torch.equal(out[:, 0], inner[:, 0]) and torch.equal(out[:, 3], inner[:, 1])  # click; served = z
+    z = inner[:, 1:2].double()
+    share = torch.sigmoid(torch.tensor([-0.4, 1.4], dtype=torch.float64))
+    expected = torch.logit(torch.sigmoid(z) * share)
+    assert torch.allclose(out[:, 1:3].double(), expected, atol=1e-5, rtol=0)
+    assert torch.allclose(built.dense.seen_share(), share.float())
+    plain = load_config("zipper_synthetic", ["model.tasks.1.windows=1", "data.features.window="])
+    assert flops_per_example(cfg) == flops_per_example(plain)
+
+
+def test_scaled_window_heads_are_stable_at_extreme_logits_and_learn_each_windows_seen_share():
+    from recscale.modules.window_heads import SharedWindowHeads
+
+    class Linear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 1)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+            return self.layer(x), torch.zeros(()), {}
+
+    heads = SharedWindowHeads(Linear(), windows=[3], kinds=["scaled"])
+    with torch.no_grad():
+        heads.inner.layer.weight.zero_()
+        heads.inner.layer.bias.fill_(60.0)  # p = 1 in float32
+        heads.seen_logits.fill_(-30.0)
+    out, _, _ = heads(torch.zeros(2, 3))
+    assert torch.isfinite(out).all() and torch.allclose(out[:, 0], torch.full((2,), -30.0), atol=1e-4)
+    assert torch.equal(out[:, 2], torch.full((2,), 60.0))
+    # labels of window k are Bernoulli(p(x) F_k): the heads recover F and p's logit
+    torch.manual_seed(0)
+    heads = SharedWindowHeads(Linear(), windows=[3], kinds=["scaled"])
+    truth_w, truth_b, seen = torch.tensor([1.0, -0.5, 0.8]), -0.5, torch.tensor([0.4, 0.8, 1.0])
+    x = torch.randn(60_000, 3)
+    window = torch.randint(0, 3, (60_000,))
+    labels = torch.bernoulli(torch.sigmoid(x @ truth_w + truth_b) * seen[window])
+    optimizer = torch.optim.Adam(heads.parameters(), lr=0.05)
+    for _ in range(300):
+        out, _, _ = heads(x)
+        loss = F.binary_cross_entropy_with_logits(out.gather(1, window[:, None]).squeeze(1), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.allclose(heads.seen_share(), seen[:2], atol=0.03), heads.seen_share()
+    assert torch.allclose(heads.inner.layer.weight[0], truth_w, atol=0.06)
+    assert abs(heads.inner.layer.bias.item() - truth_b) < 0.06
+
+
+def test_scaled_window_heads_start_at_the_given_shares():
+    from recscale.modules.build import build_model
+
+    cfg = load_config(
+        "zipper_synthetic", ["model.tasks.1.window_heads=scaled", "model.tasks.1.window_shares=[0.4,0.8]"]
+    )
+    built = build_model(cfg, sparse_device="cpu")
+    assert torch.allclose(built.dense.seen_share(), torch.tensor([0.4, 0.8]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.tasks.1.window_heads=scaled", "model.tasks.1.loss=regression"],
+            "window_heads: scaled heads model a probability; they need loss: bce",
+        ),
+        (
+            ["model.tasks.1.window_shares=[0.4,0.8]"],
+            "window_shares: start values of scaled heads, but window_heads is 'linear'",
+        ),
+        (
+            ["model.tasks.1.window_heads=scaled", "model.tasks.1.window_shares=[0.4]"],
+            "window_shares: expected 2 values (one per window but the last), got 1",
+        ),
+        (
+            ["model.tasks.1.window_heads=scaled", "model.tasks.1.window_shares=[0.4,1.0]"],
+            "window_shares: expected each in (0, 1)",
+        ),
+    ],
+)
+def test_bad_window_head_settings_name_the_task_key(overrides, message):
+    from recscale.configs.tasks import task_problems
+
+    problems = task_problems(load_config("zipper_synthetic", overrides))
+    assert any(p.startswith(f"model.tasks[1] (purchase).{message}") for p in problems), problems

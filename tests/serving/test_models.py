@@ -89,3 +89,25 @@ def test_a_graph_that_fixes_the_batch_size_is_refused_in_one_line():
         "model 'dcnv2' does not export with torch.export: the dense arch fixes the batch size while tracing, so no "
         "graph serves every batch size"
     )
+
+
+@pytest.mark.parametrize("heads", ["linear", "offset", "scaled"])
+def test_zipper_models_export_the_longest_window_of_each_delayed_task(heads):
+    cfg = load_config("zipper_synthetic", [*SMALL, f"model.tasks.1.window_heads={heads}"])
+    built = build_model(cfg, sparse_device="cpu")
+    weights = {name: bag.weight.detach() for name, bag in built.sparse.ebc.embedding_bags.items()}
+    with torch.no_grad():  # shorter windows that differ from the served one
+        for name in ("offsets", "seen_logits"):
+            if getattr(built.dense, name, None) is not None:
+                getattr(built.dense, name).copy_(torch.linspace(-1.0, 0.5, getattr(built.dense, name).numel()))
+    program = export_program(cfg, assemble(cfg, built, weights, "none")).module()
+    inputs = _inputs(cfg, 7, 0)
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=[f.name for f in cfg.data.features.sparse],
+        values=torch.cat(inputs[1::2]),
+        lengths=torch.cat([torch.diff(o, append=torch.tensor([len(v)])) for v, o in zip(inputs[1::2], inputs[2::2])]),
+    )
+    with torch.no_grad():
+        heads_BH = built.dense(inputs[0], built.sparse(kjt))[0]
+    assert heads_BH.shape[1] == 4  # click, purchase's 1-, 3- and 7-day heads
+    assert torch.allclose(program(*inputs), torch.sigmoid(heads_BH[:, [0, 3]]), atol=1e-5), heads
