@@ -151,8 +151,7 @@ class StepLoop:
         self.total_steps = total_steps
         self.schedule = schedule
         self.metrics = MetricsLog(run_dir, info.is_main, cfg.metrics.tensorboard)
-        profiling = bool(cfg.metrics.profile_steps)
-        timer = PhaseTimer(info.device, synchronize=profiling)  # per-phase device waits only under --profile
+        timer = PhaseTimer(info.device)
         stepper_cls = HybridTrainPipeline if cfg.trainer.pipeline else PlainStepper
         self.stepper = stepper_cls(parallel.model, parallel.updater, info.device, timer)
         self.meter = RunMeter(cfg, info, parallel.dense.inner, per_rank_batch, timer)

@@ -29,28 +29,26 @@ class PhaseTimer:
     events on the current stream around each phase, whose elapsed times are read in ``take``, so
     timing adds no host synchronisation to the step; a phase's time is how long it held the compute
     stream (the copy and input all-to-all that TorchRec runs on its side streams count only where
-    the compute stream waits for them). ``synchronize=True`` (``--profile``) waits for the device
-    after each phase instead, which serialises the pipeline but times each phase's own work.
+    the compute stream waits for them). ``--profile`` times the same way, so profiled steps keep the
+    pipeline's overlap; each op's own device time is in its ``torch.profiler`` trace.
 
     A step driver may time the whole step (``begin_step`` / ``end_step``) and name one phase the
     ``residual``: it gets the step's time not claimed by the other phases.
 
     Args:
         device: the training device.
-        synchronize: CUDA only: wait for the device after every phase (profiling).
         residual: the phase that gets the unclaimed time of each timed step, or None.
     """
 
-    def __init__(self, device: torch.device, synchronize: bool = False, residual: str | None = None) -> None:
+    def __init__(self, device: torch.device, residual: str | None = None) -> None:
         self.device = device
-        self.synchronize = synchronize
         self.residual = residual
         self.totals: dict[str, float] = defaultdict(float)
         self._events: list[tuple[str, Any, Any]] = []  # (phase, start, end) CUDA events not read yet
         self._step_start: Any = None
 
     def _use_events(self) -> bool:
-        return self.device.type == "cuda" and not self.synchronize
+        return self.device.type == "cuda"
 
     def _now(self) -> Any:
         """A point in time: a recorded CUDA event, or host seconds."""
@@ -58,8 +56,6 @@ class PhaseTimer:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
-        if self.synchronize and self.device.type == "cuda":  # --profile only: each phase waits for the device
-            torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
     def _add(self, phase: str, start: Any, end: Any) -> None:
