@@ -159,8 +159,9 @@ def build_zipper(data: DataConfig, train: Path, valid: Path, out: Path) -> dict[
         matured = time + limit <= plan.now
         labels = _labels(batch, plan, limit)
         closed = time + plan.windows[-1] <= plan.now  # every window of these has closed, whatever their own
-        for k, w in enumerate(plan.windows):
-            seen[k] += int(_labels(batch, plan, np.full(batch.num_rows, w))[closed].sum())
+        delay = np.asarray(batch.column(plan.delay_column).to_numpy(zero_copy_only=False), dtype=np.float64)
+        converted = delay[closed & (_labels(batch, plan, np.full(batch.num_rows, plan.windows[-1])) == 1)]
+        seen[:] += (converted[:, None] <= plan.windows[None, :]).sum(axis=0)
         keep = pa.array(matured)
         return _with(batch.filter(keep), plan, labels[matured], window[matured]), window[matured], labels[matured]
 

@@ -210,12 +210,10 @@ def build_dense(spec: ModelSpec, m: ModelConfig, inputs: ModelInputs) -> nn.Modu
     (``model.tasks[*].window_heads``).
     """
     dense = wrap_multitask(spec.build(m, inputs), m.multitask, inputs.num_tasks, m.activation, m.dropout)
-    windows, kinds, shares = (
-        [t.windows for t in m.tasks],
-        [t.window_heads for t in m.tasks],
-        [t.window_shares for t in m.tasks],
+    tasks = m.tasks
+    return wrap_window_heads(
+        dense, [t.windows for t in tasks], [t.window_heads for t in tasks], [t.window_shares for t in tasks]
     )
-    return wrap_window_heads(dense, windows, kinds, shares)
 
 
 def check_model(cfg: JobConfig) -> list[str]:
