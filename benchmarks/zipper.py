@@ -11,6 +11,13 @@
         --arms matured,fresh,zipper_offset,zipper_scaled --key zipper_ar_0.8      # a mean-reverting drift
     .venv/bin/python benchmarks/zipper.py --nproc 1 --set data.reader.shuffle=false --set trainer.batch_size=256 \
         --arms matured,fresh,zipper_offset,zipper_scaled --key zipper_ordered_batch_256   # in time order
+    .venv/bin/python benchmarks/zipper.py --nproc 1 --set data.reader.shuffle=false --set trainer.batch_size=256 \
+        --data-set data.synthetic.id_effect_scale=0.15 --data-set data.synthetic.interaction_scale=0.2 \
+        --data-set data.synthetic.hierarchical_scale=0.2 --data-set data.zipper.order=arrival \
+        --seeds 0,1,2,3,4 --key zipper_simple_truth     # a truth the rows nearly learn, in the stream's order
+    # the same in impression order (no data.zipper.order, --arms matured,zipper_offset,zipper_scaled, key
+    # zipper_simple_truth_impression_order), and each with --data-set data.synthetic.drift_memory=0.9
+    # --control-from <that key> (keys zipper_simple_truth_ar_0.9, zipper_simple_truth_ar_0.9_impression_order)
 
 The ``zipper_synthetic`` preset, shrunk to 300,000 training rows over its 60 days: impressions whose
 truth drifts daily (``data.synthetic.drift_per_day``, 0.3 here), a purchase after a click with an

@@ -15,6 +15,11 @@ The validation split is labelled by ``valid_window_s`` (default the longest wind
 delay <= W_{K-1}``) and every row is given window K-1: it must hold impressions whose longest window has
 closed, or outcomes known otherwise (the synthetic generator knows them).
 
+``train/`` keeps the input's order by default (``data.zipper.order: impression``). ``arrival`` writes it
+in the order a production stream delivers it, by the time each label becomes known (time + W_w), as one
+``day=YYYY-MM-DD/`` folder per UTC day: trained in time order, a day's 1-day labels come beside the
+7-day labels of the week before, not at the very end of the stream.
+
 The assignment is ``u = mix64(key_0, mix64(key_1, ... mix64(salt)))`` mapped to [0, 1) and cut at the
 cumulative probabilities: deterministic across reruns and machines. One window of 7 days reproduces the
 classic "matured labels only" dataset, one window of 1 day the "fresh but incomplete" one, at the same
@@ -23,7 +28,9 @@ NOW: the baselines Zipper is compared with.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +44,7 @@ from recscale.data.hashing import mix64
 from recscale.data.partition import parquet_files
 
 ZIPPER_JSON = "zipper.json"
+SECONDS_PER_DAY = 86_400
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class ZipperPlan:
     window_column: str
     valid_window: float
     """Seconds of the window that labels the validation rows."""
+    order: str
+    """``impression`` or ``arrival``: the row order of ``train/`` (``data.zipper.order``)."""
 
 
 def window_of(keys: list[np.ndarray], cuts: np.ndarray, salt: int) -> np.ndarray:
@@ -94,8 +104,10 @@ def plan_zipper(data: DataConfig, train: Path) -> ZipperPlan:
     if z.valid_window_s < 0:
         raise ValueError(f"data.zipper.valid_window_s: expected >= 0 seconds, got {z.valid_window_s}")
     valid_window = z.valid_window_s or float(windows[-1])
+    if z.order not in ("impression", "arrival"):
+        raise ValueError(f"data.zipper.order: expected 'impression' or 'arrival', got {z.order!r}")
     return ZipperPlan(
-        z.label, z.time_column, z.delay_column, windows, cuts, keys, now, z.salt, z.window_column, valid_window
+        z.label, z.time_column, z.delay_column, windows, cuts, keys, now, z.salt, z.window_column, valid_window, z.order
     )
 
 
@@ -116,8 +128,16 @@ def _with(batch: pa.RecordBatch, plan: ZipperPlan, labels: np.ndarray, window: n
     return table.append_column(plan.window_column, pa.array(window))
 
 
+def _count(counts: dict[str, list[int]], window: np.ndarray, labels: np.ndarray) -> None:
+    """Add a batch's rows and positives per window to ``counts`` (window -> [rows, positives])."""
+    for w in np.unique(window):
+        rows = counts.setdefault(str(int(w)), [0, 0])
+        rows[0] += int((window == w).sum())
+        rows[1] += int(labels[window == w].sum())
+
+
 def _write(files: list[str], out: Path, transform) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
-    """Stream ``files`` through ``transform(batch) -> (table, window)`` into ``out/part-*.parquet``."""
+    """Stream ``files`` through ``transform(batch) -> (table, window, labels)`` into ``out/part-*.parquet``."""
     out.mkdir(parents=True)
     counts: dict[str, list[int]] = {}
     for i, file in enumerate(files):
@@ -125,15 +145,53 @@ def _write(files: list[str], out: Path, transform) -> dict[str, list[int]]:  # t
         reader = pq.ParquetFile(file)
         for batch in reader.iter_batches(batch_size=65_536):
             table, window, labels = transform(batch)
-            for w in np.unique(window):
-                rows = counts.setdefault(str(int(w)), [0, 0])
-                rows[0] += int((window == w).sum())
-                rows[1] += int(labels[window == w].sum())
+            _count(counts, window, labels)
             if writer is None:
                 writer = pq.ParquetWriter(out / f"part-{i:05d}.parquet", table.schema)
             writer.write_table(table)
         if writer is not None:
             writer.close()
+    return counts
+
+
+def _arrival(table: pa.Table, plan: ZipperPlan) -> np.ndarray:
+    """``[n]`` the second each row's label becomes known: impression time + its window."""
+    time = np.asarray(table.column(plan.time_column).to_numpy(zero_copy_only=False), dtype=np.int64)
+    window = np.asarray(table.column(plan.window_column).to_numpy(zero_copy_only=False), dtype=np.int64)
+    return time + plan.windows[window].astype(np.int64)
+
+
+def _write_by_arrival(  # type: ignore[no-untyped-def]
+    files: list[str], out: Path, transform, plan: ZipperPlan
+) -> dict[str, list[int]]:
+    """Like ``_write``, in arrival order: one ``out/day=YYYY-MM-DD/part-00000.parquet`` per UTC day.
+
+    Each day's rows are sorted by arrival (ties in input order). Two passes, so memory holds one day and not
+    the dataset: every batch's rows are spilled to the folder of their arrival day, then each day is read
+    back, sorted and written once.
+    """
+    spill = out.parent / f"{out.name}.spill"
+    counts: dict[str, list[int]] = {}
+    pieces = 0
+    for file in files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536):
+            table, window, labels = transform(batch)
+            _count(counts, window, labels)
+            day = _arrival(table, plan) // SECONDS_PER_DAY
+            for d in np.unique(day):
+                (spill / str(d)).mkdir(parents=True, exist_ok=True)
+                pq.write_table(table.filter(pa.array(day == d)), spill / str(d) / f"{pieces:08d}.parquet")
+                pieces += 1
+    out.mkdir(parents=True)
+    for folder in sorted(spill.iterdir(), key=lambda p: int(p.name)) if spill.is_dir() else []:
+        table = pq.read_table(sorted(folder.iterdir()))  # pieces in input order
+        order = np.argsort(_arrival(table, plan), kind="stable")
+        date = datetime.fromtimestamp(int(folder.name) * SECONDS_PER_DAY, tz=timezone.utc).date().isoformat()
+        (out / f"day={date}").mkdir()
+        pq.write_table(table.take(pa.array(order)), out / f"day={date}" / "part-00000.parquet", row_group_size=65_536)
+        shutil.rmtree(folder)
+    if spill.is_dir():
+        spill.rmdir()
     return counts
 
 
@@ -171,7 +229,10 @@ def build_zipper(data: DataConfig, train: Path, valid: Path, out: Path) -> dict[
         return _with(batch, plan, labels, window), window, labels
 
     with atomic_dir(out) as tmp:
-        train_counts = _write(parquet_files(train), tmp / "train", train_rows)
+        if plan.order == "arrival":
+            train_counts = _write_by_arrival(parquet_files(train), tmp / "train", train_rows, plan)
+        else:
+            train_counts = _write(parquet_files(train), tmp / "train", train_rows)
         valid_counts = _write(parquet_files(valid), tmp / "valid", valid_rows)
         record: dict[str, object] = {
             "now": plan.now,
@@ -182,6 +243,7 @@ def build_zipper(data: DataConfig, train: Path, valid: Path, out: Path) -> dict[
             "label": plan.label,
             "valid_window_s": plan.valid_window,
             "window_column": plan.window_column,
+            "order": plan.order,
             "train": {w: {"rows": r, "positives": p} for w, (r, p) in sorted(train_counts.items())},
             "valid": {w: {"rows": r, "positives": p} for w, (r, p) in sorted(valid_counts.items())},
             "seen_share": (seen / seen[-1]).tolist() if seen[-1] else None,

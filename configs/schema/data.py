@@ -316,6 +316,12 @@ class ZipperConfig:
     the same validation rows the same value (e.g. 7 days for a 1-day-only baseline)."""
     window_column: str = "zipper_window"
     """Column written with each row's window (``data.features.window`` of the job that trains on it)."""
+    order: Literal["impression", "arrival"] = "impression"
+    """Row order of ``train/``. ``impression``: the input's order (one file per input file). ``arrival``: the
+    order a production stream delivers the rows, by the time each label becomes known (impression time +
+    its window), as one ``day=YYYY-MM-DD/`` folder per UTC day of that time; read in time order (one rank
+    with ``data.reader.shuffle: false``, or ``trainer.streaming``) the model trains on a day's 1-day labels
+    beside the 7-day labels of the week before, as it would in production."""
 
 
 @dataclass(kw_only=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 
 from recscale.configs import load_config
 from recscale.data import ParquetBatchReader
+from recscale.data.partition import parquet_files
 from recscale.data.planted import PlantedModel
 from recscale.data.zipper import build_zipper, window_of
 from recscale.modules.tasks import Task, TaskLoss
@@ -102,6 +105,35 @@ def test_one_long_window_is_the_matured_only_dataset(tmp_path):
     out = pq.read_table(tmp_path / "z" / "train")
     time = table.column("t").to_numpy()
     assert np.array_equal(out.column("t").to_numpy(), time[time + 7 * DAY <= cfg.data.zipper.now_s])
+
+
+def test_arrival_order_writes_the_same_rows_by_the_day_their_label_is_known(tmp_path):
+    cfg, _ = _stream(tmp_path)
+    first = build_zipper(cfg.data, tmp_path / "in" / "train", tmp_path / "in" / "valid", tmp_path / "z")
+    cfg.data.zipper.order = "arrival"
+    again = build_zipper(cfg.data, tmp_path / "in" / "train", tmp_path / "in" / "valid", tmp_path / "za")
+    assert again["train"] == first["train"] and again["seen_share"] == first["seen_share"]
+    assert (first["order"], again["order"]) == ("impression", "arrival")
+    windows = np.array([DAY, 3 * DAY, 7 * DAY])
+    days = sorted(p.name for p in (tmp_path / "za" / "train").iterdir())
+    assert days and all(p.startswith("day=") for p in days)
+    arrivals = []
+    for folder in days:  # each row sits in the UTC day its label became known
+        part = pq.read_table(tmp_path / "za" / "train" / folder)
+        arrival = part.column("t").to_numpy() + windows[part.column("zipper_window").to_numpy()]
+        dates = {datetime.fromtimestamp(int(a), tz=timezone.utc).date().isoformat() for a in arrival}
+        assert dates == {folder.removeprefix("day=")}
+        arrivals.append(arrival)
+    arrival = np.concatenate(arrivals)
+    assert np.all(np.diff(arrival) >= 0)  # the folders in name order are the stream in time order
+    # the same rows, only reordered: the windows interleave (a short window's row comes before older long ones)
+    base = pq.read_table(tmp_path / "z" / "train").sort_by([("t", "ascending")])
+    reread = pq.read_table(tmp_path / "za" / "train").drop_columns(["day"]).sort_by([("t", "ascending")])
+    assert reread.select(base.column_names).equals(base)
+    flat = np.concatenate([pq.read_table(f).column("t").to_numpy() for f in parquet_files(tmp_path / "za" / "train")])
+    assert np.any(np.diff(flat) < 0)
+    # the valid split keeps the input order, window K-1
+    assert pq.read_table(tmp_path / "za" / "valid").equals(pq.read_table(tmp_path / "z" / "valid"))
 
 
 def test_bad_zipper_settings_are_one_line_naming_the_key(tmp_path):

@@ -18,6 +18,7 @@ from recscale.configs.loader import ConfigError
 from recscale.data.errors import DataError
 from recscale.data.prepare import prepare_data
 from recscale.data.teacher_join import attach_teacher
+from recscale.data.zipper import build_zipper
 from recscale.reports.report import write_report
 from recscale.trainer.streaming import PREDICTIONS
 from tests.distributed import run_distributed
@@ -220,3 +221,45 @@ def test_a_student_streams_with_an_auxiliary_head_and_adapter_on_2_ranks_and_res
     run_distributed(train_worker, 2, student, resumed, True)
     got = losses(resumed)
     assert sorted(got) == [4, 5, 6, 7] and all(got[s] == full[s] for s in got)
+
+
+def test_a_zipper_build_in_arrival_order_streams_day_by_day_on_2_ranks(tmp_path):
+    """``data.zipper.order: arrival`` writes the layout ``trainer.streaming`` trains on: each arrival day is a
+    period, scored and then trained on in time order, its windows mixed."""
+    shrink = [
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.synthetic.num_train=8000",
+        "data.synthetic.num_valid=500",
+        "data.synthetic.seconds_per_row=108",  # 800 impressions a day, 10 days
+        "data.zipper.order=arrival",
+    ]
+    built = load_config("zipper_synthetic", [*shrink, "data.source=synthetic"])
+    paths = prepare_data(built.data, built.embeddings)
+    record = build_zipper(built.data, paths.train, paths.valid, tmp_path / "z")
+    days = sorted(p.name for p in (tmp_path / "z" / "train").iterdir())
+    assert len(days) == 10 and record["order"] == "arrival"  # labels known on days 1..10
+    job = [
+        *shrink,
+        "data.source=parquet",
+        f"data.train_path={tmp_path / 'z' / 'train'}",
+        f"data.valid_path={tmp_path / 'z' / 'valid'}",
+        "trainer.streaming.enabled=true",
+        "trainer.batch_size=16",  # the first UTC day holds the 1-day rows of the first two hours only
+        "trainer.log_every=100",
+        "metrics.tensorboard=false",
+        "metrics.progress_bar=never",
+        "checkpoint.every_steps=0",
+    ]
+    cfg = load_config("zipper_synthetic", job)
+    run_dir = new_run(tmp_path, "run", cfg)
+    steps = run_distributed(train_worker, 2, cfg, run_dir, False)
+    progressive = _records(run_dir, "progressive")
+    assert [r["period"] for r in progressive] == days[1:]
+    windows = {}
+    for day in days[1:]:  # every later day mixes the windows whose labels became known that day
+        part = pq.read_table(tmp_path / "z" / "train" / day)
+        windows[day] = set(part["zipper_window"].to_numpy().tolist())
+        assert progressive[days.index(day) - 1]["num_examples"] == part.num_rows
+    assert windows[days[-1]] == {0, 1, 2}
+    rows = sum(v["rows"] for v in record["train"].values())
+    assert steps[0] == steps[1] > 0 and steps[0] <= rows // 16
