@@ -17,8 +17,8 @@ closed, or outcomes known otherwise (the synthetic generator knows them).
 
 ``train/`` keeps the input's order by default (``data.zipper.order: impression``). ``arrival`` writes it
 in the order a production stream delivers it, by the time each label becomes known (time + W_w), as one
-``day=YYYY-MM-DD/`` folder per UTC day: trained in time order, a day's 1-day labels come beside the
-7-day labels of the week before, not at the very end of the stream.
+``day=YYYY-MM-DD/`` folder per 24 hours counted back from NOW: trained in time order, a day's 1-day labels
+come beside the 7-day labels of the week before, not at the very end of the stream.
 
 The assignment is ``u = mix64(key_0, mix64(key_1, ... mix64(salt)))`` mapped to [0, 1) and cut at the
 cumulative probabilities: deterministic across reruns and machines. One window of 7 days reproduces the
@@ -164,11 +164,13 @@ def _arrival(table: pa.Table, plan: ZipperPlan) -> np.ndarray:
 def _write_by_arrival(  # type: ignore[no-untyped-def]
     files: list[str], out: Path, transform, plan: ZipperPlan
 ) -> dict[str, list[int]]:
-    """Like ``_write``, in arrival order: one ``out/day=YYYY-MM-DD/part-00000.parquet`` per UTC day.
+    """Like ``_write``, in arrival order: one ``out/day=YYYY-MM-DD/part-00000.parquet`` per day.
 
-    Each day's rows are sorted by arrival (ties in input order). Two passes, so memory holds one day and not
-    the dataset: every batch's rows are spilled to the folder of their arrival day, then each day is read
-    back, sorted and written once.
+    Day j (0 = the last) holds the rows whose label arrived in ``(NOW - (j+1)·24 h, NOW - j·24 h]``, sorted by
+    arrival (ties in input order), and is named by the UTC date it starts on: the calendar day when NOW is
+    midnight UTC. So the last day is whole, and a stream that starts a whole number of days before NOW (the
+    generator's) has no short first day. Two passes, so memory holds one day and not the dataset: every
+    batch's rows are spilled to the folder of their day, then each day is read back, sorted and written once.
     """
     spill = out.parent / f"{out.name}.spill"
     counts: dict[str, list[int]] = {}
@@ -177,16 +179,17 @@ def _write_by_arrival(  # type: ignore[no-untyped-def]
         for batch in pq.ParquetFile(file).iter_batches(batch_size=65_536):
             table, window, labels = transform(batch)
             _count(counts, window, labels)
-            day = _arrival(table, plan) // SECONDS_PER_DAY
-            for d in np.unique(day):
-                (spill / str(d)).mkdir(parents=True, exist_ok=True)
-                pq.write_table(table.filter(pa.array(day == d)), spill / str(d) / f"{pieces:08d}.parquet")
+            back = (plan.now - _arrival(table, plan)) // SECONDS_PER_DAY  # days before NOW, >= 0
+            for j in np.unique(back):
+                (spill / str(j)).mkdir(parents=True, exist_ok=True)
+                pq.write_table(table.filter(pa.array(back == j)), spill / str(j) / f"{pieces:08d}.parquet")
                 pieces += 1
     out.mkdir(parents=True)
-    for folder in sorted(spill.iterdir(), key=lambda p: int(p.name)) if spill.is_dir() else []:
+    for folder in sorted(spill.iterdir(), key=lambda p: -int(p.name)) if spill.is_dir() else []:  # oldest first
         table = pq.read_table(sorted(folder.iterdir()))  # pieces in input order
         order = np.argsort(_arrival(table, plan), kind="stable")
-        date = datetime.fromtimestamp(int(folder.name) * SECONDS_PER_DAY, tz=timezone.utc).date().isoformat()
+        start = plan.now - (int(folder.name) + 1) * SECONDS_PER_DAY + 1
+        date = datetime.fromtimestamp(start, tz=timezone.utc).date().isoformat()
         (out / f"day={date}").mkdir()
         pq.write_table(table.take(pa.array(order)), out / f"day={date}" / "part-00000.parquet", row_group_size=65_536)
         shutil.rmtree(folder)

@@ -319,9 +319,10 @@ class ZipperConfig:
     order: Literal["impression", "arrival"] = "impression"
     """Row order of ``train/``. ``impression``: the input's order (one file per input file). ``arrival``: the
     order a production stream delivers the rows, by the time each label becomes known (impression time +
-    its window), as one ``day=YYYY-MM-DD/`` folder per UTC day of that time; read in time order (one rank
-    with ``data.reader.shuffle: false``, or ``trainer.streaming``) the model trains on a day's 1-day labels
-    beside the 7-day labels of the week before, as it would in production."""
+    its window), as one ``day=YYYY-MM-DD/`` folder per 24 hours counted back from NOW (named by the UTC date
+    each starts on); read in time order (one rank with ``data.reader.shuffle: false``, or
+    ``trainer.streaming``) the model trains on a day's 1-day labels beside the 7-day labels of the week
+    before, as it would in production."""
 
 
 @dataclass(kw_only=True)

@@ -117,13 +117,14 @@ def test_arrival_order_writes_the_same_rows_by_the_day_their_label_is_known(tmp_
     windows = np.array([DAY, 3 * DAY, 7 * DAY])
     days = sorted(p.name for p in (tmp_path / "za" / "train").iterdir())
     assert days and all(p.startswith("day=") for p in days)
-    arrivals = []
-    for folder in days:  # each row sits in the UTC day its label became known
+    now, arrivals = again["now"], []
+    for j, folder in enumerate(reversed(days)):  # folder j from the end: labels known in (NOW-(j+1)d, NOW-jd]
         part = pq.read_table(tmp_path / "za" / "train" / folder)
         arrival = part.column("t").to_numpy() + windows[part.column("zipper_window").to_numpy()]
-        dates = {datetime.fromtimestamp(int(a), tz=timezone.utc).date().isoformat() for a in arrival}
-        assert dates == {folder.removeprefix("day=")}
-        arrivals.append(arrival)
+        assert np.all((arrival > now - (j + 1) * DAY) & (arrival <= now - j * DAY)), folder
+        start = datetime.fromtimestamp(now - (j + 1) * DAY + 1, tz=timezone.utc).date().isoformat()
+        assert folder == f"day={start}"
+        arrivals.insert(0, arrival)
     arrival = np.concatenate(arrivals)
     assert np.all(np.diff(arrival) >= 0)  # the folders in name order are the stream in time order
     # the same rows, only reordered: the windows interleave (a short window's row comes before older long ones)
