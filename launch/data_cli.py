@@ -164,6 +164,13 @@ def zipper(args: argparse.Namespace) -> int:
         raise ValueError(f"--out: {out} already exists")
     record = build_zipper(cfg.data, paths.train, paths.valid, out)
     print(f"wrote {out}: train with data.features.window={record['window_column']}", file=sys.stderr)
+    if record["order"] == "arrival":
+        days = sum(1 for p in (out / "train").iterdir() if p.is_dir())
+        print(
+            f"{out / 'train'}: {days} days in arrival order; train in that order with trainer.streaming.enabled=true, "
+            "or data.reader.shuffle=false on one rank",
+            file=sys.stderr,
+        )
     shares = record["seen_share"]
     if isinstance(shares, list) and len(shares) > 1:
         listed = ",".join(f"{x:.4f}" for x in shares[:-1])

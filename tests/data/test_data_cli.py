@@ -149,3 +149,28 @@ def test_cli_errors_are_value_errors(tmp_path):
         run("data", "convert", "criteo", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "o"), "--no-progress")
     with pytest.raises(DataError, match="no such Parquet file or directory"):
         run("data", "inspect", str(tmp_path / "nothing"))
+
+
+def test_zipper_builds_at_now_and_says_how_to_train_on_it(tmp_path, capsys):
+    sets = [
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.synthetic.num_train=6000",
+        "data.synthetic.num_valid=500",
+        "data.synthetic.seconds_per_row=144",  # 600 impressions a day, 10 days
+        "data.zipper.order=arrival",
+    ]
+    argv = ["data", "zipper", "zipper_synthetic", "--synthetic", *[x for s in sets for x in ("--set", s)]]
+    assert run(*argv, "--out", str(tmp_path / "z")) == 0
+    out = capsys.readouterr()
+    record = json.loads(out.out)
+    assert record["order"] == "arrival" and record["windows_s"] == [86400.0, 259200.0, 604800.0]
+    assert json.loads((tmp_path / "z" / "zipper.json").read_text()) == record
+    days = sorted(p.name for p in (tmp_path / "z" / "train").iterdir())
+    rows = sum(pq.read_metadata(f).num_rows for d in days for f in (tmp_path / "z" / "train" / d).glob("*.parquet"))
+    assert rows == sum(v["rows"] for v in record["train"].values()) and len(days) == 9
+    assert "data.features.window=zipper_window" in out.err
+    assert "9 days in arrival order; train in that order with trainer.streaming.enabled=true" in out.err
+    shares = ",".join(f"{x:.4f}" for x in record["seen_share"][:-1])
+    assert f"model.tasks.N.window_shares=[{shares}]" in out.err
+    with pytest.raises(ValueError, match=r"--out: .* already exists"):
+        run(*argv, "--out", str(tmp_path / "z"))
