@@ -42,9 +42,9 @@ from recscale.configs.schema import DataConfig, ZipperConfig
 from recscale.data.files import atomic_dir, write_json
 from recscale.data.hashing import mix64
 from recscale.data.partition import parquet_files
+from recscale.data.planted_tasks import SECONDS_PER_DAY
 
 ZIPPER_JSON = "zipper.json"
-SECONDS_PER_DAY = 86_400
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,7 @@ def synth(args: argparse.Namespace) -> int:
 def zipper(args: argparse.Namespace) -> int:
     """``recscale data zipper``: the job's training and validation data as a Zipper dataset in ``--out``."""
     from recscale.data import prepare_data
+    from recscale.data.partition import period_subdirs
     from recscale.data.zipper import build_zipper
 
     cfg = _load(args, ["data.source=synthetic"] if args.synthetic else [])
@@ -165,7 +166,7 @@ def zipper(args: argparse.Namespace) -> int:
     record = build_zipper(cfg.data, paths.train, paths.valid, out)
     print(f"wrote {out}: train with data.features.window={record['window_column']}", file=sys.stderr)
     if record["order"] == "arrival":
-        days = sum(1 for p in (out / "train").iterdir() if p.is_dir())
+        days = len(period_subdirs(out / "train"))
         print(
             f"{out / 'train'}: {days} days in arrival order; train in that order with trainer.streaming.enabled=true, "
             "or data.reader.shuffle=false on one rank",
