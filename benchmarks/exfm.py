@@ -22,7 +22,13 @@ the adapter at least 0.02 % better than the auxiliary head alone. Writes ``bench
 
 ``--arms`` picks the students (default the four above). ``auxiliary_adapter_before`` trains the adapter in
 ExFM's order (``model.teacher.adapter_update: before``: its own Adam steps first, each step), compared with
-the auxiliary head alone and with the jointly trained adapter.
+the auxiliary head alone and with the jointly trained adapter. ``--extend`` adds ``--seeds`` to the seeds
+already recorded (under ``--key``, with the same arms and generator) and judges them all together.
+
+A longer stream, where the student has more rows a day (key ``rows_120k_a_day``)::
+
+    .venv/bin/python benchmarks/exfm.py --work ~/recscale-data/benchmarks/exfm_4x --key rows_120k_a_day \
+        --generator data.synthetic.num_train=960000,data.synthetic.seconds_per_row=0.72
 """
 
 from __future__ import annotations
@@ -169,6 +175,19 @@ def sweep(work: Path, seeds: list[int], common: list[str], out: str) -> int:
     return 0
 
 
+def _recorded(out: Path, key: str, arms: dict[str, list[str]], generator: list[str]) -> dict[str, Any]:
+    """What ``--extend`` adds to: the result under ``key`` of ``out`` (the top level without a key), which must
+    have been run with the same arms and generator settings."""
+    stored = json.loads(out.read_text()) if out.is_file() else {}
+    before = stored.get(key, {}) if key else stored
+    if not before.get("runs"):
+        raise SystemExit(f"--extend: {out} has no runs under {key or 'its top level'}")
+    differ = [name for name, v in (("arms", arms), ("generator", generator)) if before.get(name, []) != v]
+    if differ:
+        raise SystemExit(f"--extend: {key or out} was run with other {' and '.join(differ)}")
+    return before
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(Path.home() / "recscale-data" / "benchmarks" / "exfm"))
@@ -179,6 +198,9 @@ def main() -> int:
     parser.add_argument("--generator", default="", help="k=v,... generator settings of a variant (with --key)")
     parser.add_argument("--key", default="", help="write the result under this key of --out (a variant)")
     parser.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"arms to train, of {', '.join(ARMS)}")
+    parser.add_argument(
+        "--extend", action="store_true", help="keep the recorded seeds (same arms and generator), add --seeds"
+    )
     args = parser.parse_args()
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -191,6 +213,7 @@ def main() -> int:
     if unknown := sorted(set(chosen) - set(ARMS)):
         parser.error(f"--arms: no arm named {', '.join(unknown)}; arms: {', '.join(ARMS)}")
     arms = {arm: [*ARMS[arm], *extra] if arm.startswith("auxiliary") else ARMS[arm] for arm in chosen}
+    before = _recorded(Path(args.out), args.key, arms, common[1:]) if args.extend else {}
     runs = {str(seed): run_seed(work, seed, common, arms) for seed in seeds}
     result = {
         "what": __doc__.split("\n\n")[0],
@@ -203,6 +226,11 @@ def main() -> int:
         "verdicts": verdicts(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if before:  # the same recipe: the earlier seeds, their time, and verdicts over all of them
+        result["seeds"] = sorted({*before["seeds"], *seeds})
+        result["runs"] = {**before["runs"], **runs}
+        result["verdicts"] = verdicts(result["runs"], result["seeds"])
+        result["seconds"] = round(result["seconds"] + before["seconds"], 1)
     if args.key:
         result["generator"] = common[1:]
     write_result_or_key(args.out, result, args.key)  # without a key, the tuning sweep and the variants stay

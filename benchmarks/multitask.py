@@ -23,7 +23,12 @@ trained as p_click · p_purchase on every row) and in ESMM form with learned tas
 (``model.task_weighting: uncertainty``). Reported, no target: the purchase AUC on clicked rows (the CVR
 metric), the click AUC, the ESMM arms' CTCVR AUC on every row with its oracle, paired by seed.
 
-Each part writes its key of ``benchmarks/results/multitask.json`` (other keys are kept).
+Each part writes its key of ``benchmarks/results/multitask.json`` (other keys are kept). ``--extend`` (with
+``--part architectures``) keeps every recorded run and adds ``--seeds`` to ``--arms``; each pair is then judged on
+the seeds both arms ran::
+
+    .venv/bin/python benchmarks/multitask.py --part architectures --extend \
+        --arms lattice_small,ple_interaction --seeds 5,6,7,8,9,10,11,12,13,14
 """
 
 from __future__ import annotations
@@ -105,6 +110,11 @@ def run(work: Path, overrides: list[str], seed: int, common: list[str]) -> dict[
     return out
 
 
+def _both(runs: dict[str, dict[str, Any]], a: str, b: str, seeds: list[int]) -> list[int]:
+    """The seeds both arms ran (``--extend`` may add seeds to some arms only)."""
+    return [s for s in seeds if str(s) in runs[a] and str(s) in runs[b]]
+
+
 def _paired(runs: dict[str, dict[str, Any]], a: str, b: str, seeds: list[int], relative: bool = False) -> list[float]:
     values = []
     for s in seeds:
@@ -117,33 +127,43 @@ def architecture_verdicts(runs: dict[str, dict[str, Any]], seeds: list[int]) -> 
     """MMoE / PLE over shared-bottom, Lattice over PLE (relative), and the FLOPs condition."""
     out: dict[str, Any] = {}
     for arm in [a for a in ("mmoe", "ple", "mmoe_interaction", "ple_interaction") if runs.get(a)]:
-        diff = _paired(runs, arm, "shared_bottom", seeds)
+        both = _both(runs, arm, "shared_bottom", seeds)
+        diff = _paired(runs, arm, "shared_bottom", both)
         interval = t_interval(diff)
-        out[f"{arm}_minus_shared_bottom"] = {"per_seed": diff, "interval": interval, "verdict": at_least(interval, 0)}
-    flops = {arm: runs[arm][str(seeds[0])]["train_flops_per_example"] for arm in runs}
+        out[f"{arm}_minus_shared_bottom"] = {
+            "seeds": both,
+            "per_seed": diff,
+            "interval": interval,
+            "verdict": at_least(interval, 0),
+        }
+    flops = {arm: next(iter(runs[arm].values()))["train_flops_per_example"] for arm in runs}
     lattices = ("lattice", "lattice_tied", "lattice_small", "lattice_tied_small")
     for arm, ple in [(a, p) for a in lattices for p in ("ple", "ple_interaction")]:
         if not runs.get(arm) or not runs.get(ple):
             continue
-        rel = _paired(runs, arm, ple, seeds, relative=True)
+        both = _both(runs, arm, ple, seeds)
+        rel = _paired(runs, arm, ple, both, relative=True)
         interval = t_interval(rel)
         out[f"{arm}_over_{ple}_relative"] = {
+            "seeds": both,
             "per_seed": rel,
             "interval": interval,
             "verdict": at_least(interval, 0.001),
             f"flops_le_{ple}": flops[arm] <= flops[ple],
         }
     out["train_flops_per_example"] = flops
-    out["mean"] = {
+    every = [s for s in seeds if all(str(s) in runs[arm] for arm in runs)]
+    out["mean"] = {  # over the seeds every arm ran, so that the rows compare
         arm: {
-            "mean_auc": statistics.mean(runs[arm][str(s)]["mean_auc"] for s in seeds),
+            "mean_auc": statistics.mean(runs[arm][str(s)]["mean_auc"] for s in every),
             **{
-                f"{task}_gap_to_oracle": statistics.mean(runs[arm][str(s)][task]["auc_gap"] for s in seeds)
+                f"{task}_gap_to_oracle": statistics.mean(runs[arm][str(s)][task]["auc_gap"] for s in every)
                 for task in TASKS
             },
         }
         for arm in runs
     }
+    out["mean_over_seeds"] = every
     return out
 
 
@@ -184,7 +204,14 @@ def main() -> int:
     parser.add_argument(
         "--arms", default="", help="run only these arms (comma-separated); the others' runs are read from --out"
     )
+    parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="architectures: keep every recorded run and add --seeds to --arms (pairs are judged on shared seeds)",
+    )
     args = parser.parse_args()
+    if args.extend and args.part != "architectures":
+        parser.error("--extend: only --part architectures judges arms that ran different seeds")
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
     common = [
@@ -200,7 +227,12 @@ def main() -> int:
     merged = json.loads(path.read_text()) if path.is_file() else {}
     chosen = args.arms.split(",") if args.arms else list(arms)
     runs: dict[str, dict[str, Any]] = {arm: {} for arm in arms}
-    if args.arms:
+    if args.extend:
+        before = merged.get(args.part, {})
+        if before.get("train_rows", args.train_rows) != args.train_rows or not before.get("runs"):
+            raise SystemExit(f"--extend: {path} has no {args.part} runs of {args.train_rows} training rows")
+        runs.update({arm: dict(r) for arm, r in before["runs"].items()})
+    elif args.arms:
         runs.update({arm: r for arm, r in merged[args.part]["runs"].items() if arm not in chosen})
     for seed in seeds:
         for arm in chosen:
@@ -209,6 +241,8 @@ def main() -> int:
             runs[arm][str(seed)] = run(work, seeded, seed, common)
             print(f"seed {seed} {arm}: mean AUC {runs[arm][str(seed)]['mean_auc']:.5f}", flush=True)
     judge = {"architectures": architecture_verdicts, "teacher": teacher_verdicts, "esmm": esmm_verdicts}[args.part]
+    if args.extend:
+        seeds = sorted({*merged[args.part]["seeds"], *seeds})
     result = {
         "what": __doc__.split("\n\n")[0],
         "machine": f"{cpu_model()}, 2 ranks (gloo, CPU)",
@@ -221,7 +255,7 @@ def main() -> int:
         "verdicts": judge(runs, seeds),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    if args.arms:  # the kept arms' time counts too
+    if args.arms or args.extend:  # the kept runs' time counts too
         result["seconds"] = round(result["seconds"] + merged[args.part]["seconds"], 1)
     write_result_key(path, args.part, result)
     print(json.dumps(result["verdicts"], indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+from exfm import _recorded  # noqa: E402
 from frappe_quality import hilomoe_vs_backbone, judge  # noqa: E402
 from kunlun_quality import paired_verdict  # noqa: E402
+from multitask import architecture_verdicts  # noqa: E402
 from verdicts import at_least, at_most, t_interval  # noqa: E402
 
 
@@ -81,3 +84,43 @@ def test_compskip_equal_quality_verdict(paired: list[float], confirmed: str) -> 
     out = paired_verdict(paired)
     assert out["confirmed"] == confirmed
     assert out["gap_minus_full_gap"] == pytest.approx(sum(paired) / len(paired))
+
+
+def _arm(aucs: dict[int, float], flops: int) -> dict[str, dict]:
+    gap = {"auc_gap": 0.1}
+    return {
+        str(s): {"mean_auc": a, "train_flops_per_example": flops, "click": gap, "purchase": gap}
+        for s, a in aucs.items()
+    }
+
+
+def test_extended_arms_are_paired_on_the_seeds_both_ran() -> None:
+    """``multitask.py --extend`` adds seeds to two arms only: each pair uses the seeds both have, and the
+    table of means stays on the seeds every arm ran."""
+    runs = {
+        "shared_bottom": _arm({0: 0.70, 1: 0.71, 2: 0.72}, 100),
+        "ple_interaction": _arm({0: 0.71, 1: 0.72, 2: 0.73, 3: 0.70, 4: 0.74}, 300),
+        "lattice_small": _arm({0: 0.72, 1: 0.72, 2: 0.74, 3: 0.71, 4: 0.74}, 290),
+    }
+    out = architecture_verdicts(runs, [0, 1, 2, 3, 4])
+    lattice = out["lattice_small_over_ple_interaction_relative"]
+    assert lattice["seeds"] == [0, 1, 2, 3, 4]
+    assert lattice["per_seed"] == pytest.approx([0.72 / 0.71 - 1, 0.0, 0.74 / 0.73 - 1, 0.71 / 0.70 - 1, 0.0])
+    assert lattice["flops_le_ple_interaction"] is True
+    assert out["ple_interaction_minus_shared_bottom"]["seeds"] == [0, 1, 2]
+    assert out["ple_interaction_minus_shared_bottom"]["per_seed"] == pytest.approx([0.01, 0.01, 0.01])
+    assert out["mean_over_seeds"] == [0, 1, 2]
+    assert out["mean"]["lattice_small"]["mean_auc"] == pytest.approx((0.72 + 0.72 + 0.74) / 3)
+
+
+def test_exfm_extend_refuses_another_recipe(tmp_path: Path) -> None:
+    arms = {"plain": ["model.teacher.loss_weight=0"]}
+    out = tmp_path / "exfm.json"
+    out.write_text(json.dumps({"longer": {"arms": arms, "generator": ["a=1"], "runs": {"0": {}}, "seeds": [0]}}))
+    assert _recorded(out, "longer", arms, ["a=1"])["seeds"] == [0]
+    with pytest.raises(SystemExit, match="other generator"):
+        _recorded(out, "longer", arms, ["a=2"])
+    with pytest.raises(SystemExit, match="other arms"):
+        _recorded(out, "longer", {"single_head": []}, ["a=1"])
+    with pytest.raises(SystemExit, match="no runs under other"):
+        _recorded(out, "other", arms, ["a=1"])
