@@ -25,10 +25,11 @@ ExFM's order (``model.teacher.adapter_update: before``: its own Adam steps first
 the auxiliary head alone and with the jointly trained adapter. ``--extend`` adds ``--seeds`` to the seeds
 already recorded (under ``--key``, with the same arms and generator) and judges them all together.
 
-A longer stream, where the student has more rows a day (key ``rows_120k_a_day``)::
+Longer streams, where the student has more rows a day (keys ``rows_120k_a_day``, 10 seeds, and
+``rows_60k_a_day``, 5 seeds, with ``num_train=480000,seconds_per_row=1.44``)::
 
     .venv/bin/python benchmarks/exfm.py --work ~/recscale-data/benchmarks/exfm_4x --key rows_120k_a_day \
-        --generator data.synthetic.num_train=960000,data.synthetic.seconds_per_row=0.72
+        --generator data.synthetic.num_train=960000,data.synthetic.seconds_per_row=0.72 --seeds 0,1,2,3,4,5,6,7,8,9
 """
 
 from __future__ import annotations
