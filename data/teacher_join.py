@@ -12,14 +12,21 @@ same schema).
 
 The teacher scores the traffic of every domain once; ``domain`` keeps one domain's rows after the join, so
 each domain's model reads its own rows with the teacher's scores attached.
+
+The join also scores the teacher on the rows it wrote: per period of ``train/`` and per task whose label
+column the data holds, its normalized entropy and calibration on the scored rows with a 0/1 label (after the
+domain filter, so on the student's own rows). Beside a plain student's progressive NE it says how the
+student should use the teacher (docs/distillation.md).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -36,10 +43,47 @@ SIDECARS = ("claims.json", "schema.json")
 
 @dataclass(frozen=True)
 class JoinResult:
-    """What a join wrote: rows per split, and how many of them carry a teacher score."""
+    """What a join wrote: rows per split, how many carry a teacher score, and the teacher's quality.
+
+    ``teacher`` is measured on the written rows of ``train/``: ``{task: {"mean_ne", "by_period": {period:
+    {"rows", "ne", "calibration"}}}}``; ``mean_ne`` is the mean over periods, as ``trainer.streaming``
+    averages its progressive NE.
+    """
 
     rows: dict[str, int]
     scored: dict[str, int]
+    teacher: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class _Quality:
+    """Running sums of the teacher's scores against one task's 0/1 labels: rows, positives, Σp, Σ logloss."""
+
+    def __init__(self) -> None:
+        self.rows, self.positives, self.predicted, self.loss = 0, 0.0, 0.0, 0.0
+
+    def add(self, labels: np.ndarray, logits: np.ndarray) -> None:
+        keep = np.isfinite(labels) & np.isfinite(logits)
+        y, z = labels[keep], logits[keep].astype(np.float64)
+        p = np.clip(1 / (1 + np.exp(-z)), 1e-7, 1 - 1e-7)
+        self.rows += len(y)
+        self.positives += float(y.sum())
+        self.predicted += float(p.sum())
+        self.loss -= float(np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+    def summary(self) -> dict[str, float] | None:
+        """NE (logloss over the entropy of the rows' base rate) and calibration (Σp / Σy).
+
+        None when the rows hold only one of the two labels.
+        """
+        if not 0 < self.positives < self.rows:
+            return None
+        rate = self.positives / self.rows
+        entropy = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+        return {
+            "rows": self.rows,
+            "ne": self.loss / self.rows / entropy,
+            "calibration": self.predicted / self.positives,
+        }
 
 
 def read_scored_file(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -105,6 +149,7 @@ def attach_teacher(
     splits = [s for s in SPLITS if (data / s).is_dir()] or [""]
     rows: dict[str, int] = {}
     scored: dict[str, int] = {}
+    quality: dict[str, dict[str, dict[str, float]]] = {name: {} for name in names}
     with atomic_dir(out) as tmp:
         for split in splits:
             source = data / split if split else data
@@ -113,13 +158,22 @@ def attach_teacher(
             for period in periods or [source]:
                 target = tmp / split / period.name if periods else tmp / split
                 logits = scores.get(period.name) if split in ("train", "") else None  # the teacher streamed train/
-                n, hit = _join_period(period, logits, len(names), target, column, domain_column, domain)
+                sums = {name: _Quality() for name in names}
+                n, hit = _join_period(period, logits, names, target, column, domain_column, domain, sums)
                 rows[split or "."] += n
                 scored[split or "."] += hit
+                for name, q in sums.items():
+                    if (summary := q.summary()) is not None:
+                        quality[name][period.name] = summary
         for name in SIDECARS:
             if (data / name).is_file():
                 shutil.copy2(data / name, tmp / name)
-    return JoinResult(rows, scored)
+    teacher = {
+        name: {"mean_ne": sum(q["ne"] for q in by.values()) / len(by), "by_period": by}
+        for name, by in quality.items()
+        if by
+    }
+    return JoinResult(rows, scored, teacher)
 
 
 def _split_by_period(flat: np.ndarray, split: Path) -> dict[str, np.ndarray]:
@@ -138,13 +192,17 @@ def _split_by_period(flat: np.ndarray, split: Path) -> dict[str, np.ndarray]:
 def _join_period(
     period: Path,
     logits: np.ndarray | None,
-    num_tasks: int,
+    names: list[str],
     target: Path,
     column: str,
     domain_column: str,
     domain: int | None,
+    sums: dict[str, _Quality],
 ) -> tuple[int, int]:
-    """One period's files with the column added; returns (rows written, rows with a score)."""
+    """One period's files with the column added; returns (rows written, rows with a score).
+
+    The written scored rows of each task with a label column of that name are added to ``sums``.
+    """
     files = parquet_files(period)
     total = sum(pq.read_metadata(f).num_rows for f in files)
     if logits is not None and len(logits) != total:
@@ -160,15 +218,36 @@ def _join_period(
             raise DataError(f"{file}: already has a column {column!r}; choose another --column")
         part = None if logits is None else logits[first : first + table.num_rows]
         first += table.num_rows
-        table = table.append_column(column, _teacher_array(part, table.num_rows, num_tasks))
+        table = table.append_column(column, _teacher_array(part, table.num_rows, len(names)))
         if domain is not None:
             if domain_column not in table.column_names:
                 raise DataError(f"{file}: no domain column {domain_column!r} to keep domain {domain} by")
             table = table.filter(pc.equal(table[domain_column], domain))
         pq.write_table(table, target / f"part-{i:05d}.parquet")
+        if part is not None:
+            _add_quality(table, column, names, sums)
         written += table.num_rows
         hits += table.num_rows - table[column].null_count
     return written, hits
+
+
+def _add_quality(table: pa.Table, column: str, names: list[str], sums: dict[str, _Quality]) -> None:
+    """Add the written rows' teacher logits against each task's label column.
+
+    Only 0/1 labels count: a task whose labels are not 0/1 (a regression) is dropped from ``sums``.
+    """
+    scores = table[column]  # every row of a scored file has its score
+    if len(names) > 1:
+        scores = pc.list_flatten(scores)
+    logits = scores.to_numpy().astype(np.float64).reshape(table.num_rows, len(names))
+    for t, name in enumerate(names):
+        if name not in table.column_names or name not in sums:
+            continue
+        labels = table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+        if not np.isin(labels[np.isfinite(labels)], (0.0, 1.0)).all():
+            del sums[name]
+            continue
+        sums[name].add(labels, logits[:, t])
 
 
 def _teacher_array(logits: np.ndarray | None, n: int, num_tasks: int) -> pa.Array:

@@ -190,7 +190,14 @@ def attach_teacher(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     result = join(Path(args.data).expanduser(), predictions, out, args.column, args.domain_column, args.domain)
     print(f"wrote {out}: train with data.features.teacher={args.column}", file=sys.stderr)
-    _print({"rows": result.rows, "rows_with_a_teacher_score": result.scored})
+    _print({"rows": result.rows, "rows_with_a_teacher_score": result.scored, "teacher_on_these_rows": result.teacher})
+    for task, quality in result.teacher.items():
+        print(
+            f"the teacher's mean NE on these rows ({task}): {quality['mean_ne']:.4f}, beside a plain student's "
+            "(summary.json: streaming.mean_ne over the same periods): where the teacher was the worse of the two, "
+            "model.teacher.head=auxiliary did better than distilling into the served head (docs/distillation.md)",
+            file=sys.stderr,
+        )
     return 0
 
 

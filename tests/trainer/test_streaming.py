@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -11,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 
 from recscale.configs import load_config, validate
 from recscale.configs.loader import ConfigError
@@ -19,6 +20,7 @@ from recscale.data.errors import DataError
 from recscale.data.prepare import prepare_data
 from recscale.data.teacher_join import attach_teacher
 from recscale.data.zipper import build_zipper
+from recscale.launch import data_cli
 from recscale.reports.report import write_report
 from recscale.trainer.streaming import PREDICTIONS
 from tests.distributed import run_distributed
@@ -100,6 +102,15 @@ def test_attach_teacher_joins_the_scores_row_by_row_and_keeps_one_domain(streame
     out = tmp_path / "joined"
     result = attach_teacher(paths.train.parent, run_dir / PREDICTIONS, out)
     assert result.rows["train"] == 3072 and result.scored["train"] == 3072 - 864  # day 0 has no scores
+    # the teacher's quality on the joined rows is its own progressive validation of each period
+    progressive = {r["period"]: r for r in _records(run_dir, "progressive")}
+    by_period = result.teacher[COLUMN]["by_period"]
+    assert sorted(by_period) == sorted(progressive)
+    for day, quality in by_period.items():
+        assert quality["rows"] == progressive[day]["num_examples"]
+        assert quality["ne"] == pytest.approx(progressive[day]["ne"], rel=1e-5)
+        assert quality["calibration"] == pytest.approx(progressive[day]["calibration"], rel=1e-5)
+    assert result.teacher[COLUMN]["mean_ne"] == pytest.approx(np.mean([r["ne"] for r in progressive.values()]))
     for day in ("day=00000", "day=00002"):
         joined = pq.read_table(out / "train" / day)
         source = pq.read_table(paths.train / day)
@@ -125,6 +136,11 @@ def test_attach_teacher_joins_the_scores_row_by_row_and_keeps_one_domain(streame
     joined = pq.read_table(tmp_path / "one_d1" / "train")
     full_scores = pa.concat_tables([pq.read_table(p) for p in sorted((run_dir / PREDICTIONS / "day=00001").glob("*"))])
     np.testing.assert_array_equal(joined["teacher"].to_numpy(), full_scores[COLUMN].to_numpy()[1::3])
+    # its quality is measured on the kept domain's rows only
+    y, p = joined["label"].to_numpy(), 1 / (1 + np.exp(-joined["teacher"].to_numpy().astype(np.float64)))
+    rate = y.mean()
+    expected = log_loss(y, p) / -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    assert kept.teacher[COLUMN]["by_period"]["day=00001"]["ne"] == pytest.approx(expected, rel=1e-6)
     # a recscale predict output over train/ (probabilities, rows in file order) joins as logits
     logits = np.linspace(-3, 3, 3072)
     pq.write_table(pa.table({"p_label": 1 / (1 + np.exp(-logits))}), tmp_path / "scored.parquet")
@@ -137,6 +153,26 @@ def test_attach_teacher_joins_the_scores_row_by_row_and_keeps_one_domain(streame
     pq.write_table(table.slice(0, 100), short / "part-00000.parquet")
     with pytest.raises(DataError, match="864 rows of period day=00001"):
         attach_teacher(tmp_path / "short", run_dir / PREDICTIONS, tmp_path / "short_out")
+
+
+def test_the_attach_teacher_command_prints_the_join_and_the_teachers_ne_on_the_rows(streamed, tmp_path, capsys):
+    cfg, run_dir, _ = streamed
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    parser = argparse.ArgumentParser(prog="recscale")
+    data_cli.register(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "joined"
+    args = parser.parse_args(
+        ["data", "attach-teacher", str(paths.train.parent), "--predictions", str(run_dir), "--out", str(out)]
+    )
+    assert args.func(args) == 0
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
+    assert report["rows_with_a_teacher_score"]["train"] == 3072 - 864
+    progressive = _records(run_dir, "progressive")
+    mean_ne = report["teacher_on_these_rows"][COLUMN]["mean_ne"]
+    assert mean_ne == pytest.approx(np.mean([r["ne"] for r in progressive]), rel=1e-5)
+    assert f"the teacher's mean NE on these rows ({COLUMN}): {mean_ne:.4f}" in printed.err
+    assert "model.teacher.head=auxiliary" in printed.err and (out / "train" / "day=00003").is_dir()
 
 
 def test_streaming_settings_that_cannot_work_are_refused_by_key(tmp_path):
