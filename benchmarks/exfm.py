@@ -24,6 +24,8 @@ the adapter at least 0.02 % better than the auxiliary head alone. Writes ``bench
 ExFM's order (``model.teacher.adapter_update: before``: its own Adam steps first, each step), compared with
 the auxiliary head alone and with the jointly trained adapter. ``--extend`` adds ``--seeds`` to the seeds
 already recorded (under ``--key``, with the same arms and generator) and judges them all together.
+``--recalibration`` trains nothing: from the joined data in ``--work`` it records how far the best shift or
+affine map of the teacher's logit, fitted on each day's labels, would lower its NE (what an adapter could fix).
 
 Longer streams, where the student has more rows a day (keys ``rows_120k_a_day``, 10 seeds, and
 ``rows_60k_a_day``, 5 seeds, with ``num_train=480000,seconds_per_row=1.44``)::
@@ -109,15 +111,59 @@ def run_seed(work: Path, seed: int, common: list[str], arms: dict[str, list[str]
 
 def teacher_ne(student_data: Path) -> dict[str, Any]:
     """The teacher's own NE on the students' rows, day by day (its joined logits against their labels)."""
-    by_day = {}
-    for day in sorted((student_data / "train").iterdir())[1:]:  # day 0 has no scores
-        table = pq.read_table(day, columns=["label", "teacher"])
-        y = table["label"].to_numpy().astype(np.float64)
-        p = 1 / (1 + np.exp(-table["teacher"].to_numpy(zero_copy_only=False).astype(np.float64)))
-        q = y.mean()
-        entropy = -(q * math.log(q) + (1 - q) * math.log(1 - q))
-        by_day[day.name] = float(log_loss(y, p, labels=[0, 1]) / entropy)
+    by_day = {name: _ne(y, _sigmoid(z)) for name, y, z in _scored_days(student_data)}
     return {"mean_ne": statistics.mean(by_day.values()), "ne_by_day": by_day}
+
+
+def teacher_recalibration(student_data: Path) -> dict[str, Any]:
+    """What a recalibration of the teacher's logit could fix, in hindsight: per scored day, the teacher's NE on
+    the students' rows raw, after the best shift ``z + b`` and after the best affine map ``a·z + b``, each
+    fitted on that day's own labels (the student adapter learns such a map from the labels as they come)."""
+    out: dict[str, Any] = {"raw_ne": [], "shift_ne": [], "affine_ne": [], "shift": [], "slope": []}
+    for _, y, z in _scored_days(student_data):
+        _, shift = _best_map(y, z, affine=False)
+        slope, offset = _best_map(y, z, affine=True)
+        out["raw_ne"].append(_ne(y, _sigmoid(z)))
+        out["shift_ne"].append(_ne(y, _sigmoid(z + shift)))
+        out["affine_ne"].append(_ne(y, _sigmoid(slope * z + offset)))
+        out["shift"].append(shift)
+        out["slope"].append(slope)
+    return {k: statistics.mean(v) if k.endswith("_ne") else v for k, v in out.items()}
+
+
+def _scored_days(student_data: Path) -> Any:
+    """``(day, labels [n], teacher logits [n])`` of each scored day of the students' data (day 0 has none)."""
+    for day in sorted((student_data / "train").iterdir())[1:]:
+        table = pq.read_table(day, columns=["label", "teacher"])
+        z = table["teacher"].to_numpy(zero_copy_only=False).astype(np.float64)
+        yield day.name, table["label"].to_numpy().astype(np.float64), z
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
+def _ne(y: np.ndarray, p: np.ndarray) -> float:
+    """Normalized entropy: the logloss over the entropy of the rows' base rate."""
+    q = y.mean()
+    return float(log_loss(y, p, labels=[0, 1]) / -(q * math.log(q) + (1 - q) * math.log(1 - q)))
+
+
+def _best_map(y: np.ndarray, z: np.ndarray, affine: bool) -> tuple[float, float]:
+    """``(a, b)`` minimising the logloss of ``σ(a·z + b)`` on these rows (``a`` = 1 unless ``affine``): Newton."""
+    a, b = 1.0, 0.0
+    for _ in range(50):
+        p = _sigmoid(a * z + b)
+        w = p * (1 - p)
+        if affine:
+            hess = np.array([[np.sum(w * z * z), np.sum(w * z)], [np.sum(w * z), np.sum(w)]])
+            da, db = np.linalg.solve(hess, np.array([np.sum((p - y) * z), np.sum(p - y)]))
+        else:
+            da, db = 0.0, np.sum(p - y) / np.sum(w)
+        a, b = a - float(da), b - float(db)
+        if abs(da) + abs(db) < 1e-10:
+            break
+    return a, b
 
 
 def _seed_of(data: Path) -> int:
@@ -189,6 +235,27 @@ def _recorded(out: Path, key: str, arms: dict[str, list[str]], generator: list[s
     return before
 
 
+def recalibration(work: Path, seeds: list[int], out: Path, key: str) -> int:
+    """``--recalibration``: ``teacher_recalibration`` of the seeds' joined data in ``work``, added to the result
+    under ``key`` (the top level without one): per seed, and the means over seeds."""
+    per_seed = {str(seed): teacher_recalibration(work / f"student-s{seed}") for seed in seeds}
+    stored = json.loads(out.read_text()) if out.is_file() else {}
+    result = stored.get(key, {}) if key else stored
+    slopes = [a for r in per_seed.values() for a in r["slope"]]
+    shifts = [b for r in per_seed.values() for b in r["shift"]]
+    result["teacher_recalibration"] = {
+        "what": "the teacher's NE on the students' rows: raw, after the best shift of its logit and after the best "
+        "affine map, each fitted on the day's own labels (hindsight); days 1-7 averaged, then seeds",
+        **{k: statistics.mean(r[k] for r in per_seed.values()) for k in ("raw_ne", "shift_ne", "affine_ne")},
+        "slope_range": [min(slopes), max(slopes)],
+        "shift_range": [min(shifts), max(shifts)],
+        "per_seed": per_seed,
+    }
+    write_result_or_key(out, result, key)
+    print(json.dumps({k: v for k, v in result["teacher_recalibration"].items() if k != "per_seed"}, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=str(Path.home() / "recscale-data" / "benchmarks" / "exfm"))
@@ -202,6 +269,9 @@ def main() -> int:
     parser.add_argument(
         "--extend", action="store_true", help="keep the recorded seeds (same arms and generator), add --seeds"
     )
+    parser.add_argument(
+        "--recalibration", action="store_true", help="only add teacher_recalibration (from --work's joined data)"
+    )
     args = parser.parse_args()
     work = Path(args.work).expanduser()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -209,6 +279,8 @@ def main() -> int:
     started = time.perf_counter()
     if args.grid:
         return sweep(work, seeds, common, args.out)
+    if args.recalibration:
+        return recalibration(work, seeds, Path(args.out), args.key)
     extra = [x for x in args.auxiliary.split(",") if x]
     chosen = [a for a in args.arms.split(",") if a]
     if unknown := sorted(set(chosen) - set(ARMS)):

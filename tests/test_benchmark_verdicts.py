@@ -6,11 +6,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from exfm import _recorded  # noqa: E402
+from exfm import _best_map, _recorded  # noqa: E402
 from frappe_quality import hilomoe_vs_backbone, judge  # noqa: E402
 from kunlun_quality import paired_verdict  # noqa: E402
 from multitask import architecture_verdicts  # noqa: E402
@@ -124,3 +125,18 @@ def test_exfm_extend_refuses_another_recipe(tmp_path: Path) -> None:
         _recorded(out, "longer", {"single_head": []}, ["a=1"])
     with pytest.raises(SystemExit, match="no runs under other"):
         _recorded(out, "other", arms, ["a=1"])
+
+
+def test_the_teachers_best_recalibration_is_the_logistic_fit_of_its_logit() -> None:
+    """``exfm.py --recalibration`` fits σ(a·z + b) to a day's labels: the maximum-likelihood fit, as an
+    unregularised logistic regression on the logit finds it; a shift-only fit keeps a = 1."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(-2.0, 1.0, 20_000)
+    y = (rng.random(z.size) < 1 / (1 + np.exp(-(0.8 * z + 0.3)))).astype(np.float64)
+    a, b = _best_map(y, z, affine=True)
+    fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(z[:, None], y)
+    assert (a, b) == pytest.approx((fit.coef_[0, 0], fit.intercept_[0]), abs=1e-4)
+    one, shift = _best_map(y, z, affine=False)
+    assert one == 1.0 and np.sum(1 / (1 + np.exp(-(z + shift))) - y) == pytest.approx(0.0, abs=1e-6)
