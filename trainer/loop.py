@@ -256,7 +256,11 @@ class StepLoop:
         wall_s = time.time() - started
         stop_reason = self.evals.stop_reason() if self.evals.plateau.state.stopped else ""
         span = RunSpan(start_step, self.total_steps, stop_reason)
-        extra = streaming_summary(self.run_dir, self.stream.names) if self.stream and self.info.is_main else None
+        extra = (
+            streaming_summary(self.run_dir, self.stream.names, self.stream.skipped)
+            if self.stream and self.info.is_main
+            else None
+        )
         parts = (self.cfg, self.run_dir, self.info, self.parallel, self.meter, self.schedule)
         summary = run_summary(*parts, step, final, wall_s, span, extra)
         self.metrics.close()

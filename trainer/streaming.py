@@ -55,6 +55,9 @@ def period_dirs(train: Path) -> list[Path]:
     return periods
 
 
+SKIP_HINT = "; if the stream starts part-way through its first period, trainer.streaming.skip_short_first=true skips it"
+
+
 class StreamingTrainData(TrainData):
     """This rank's training batches, period after period, resumable at any trained step.
 
@@ -64,6 +67,7 @@ class StreamingTrainData(TrainData):
         valid_path: the validation data scored at the end.
         passes: passes over each period.
         pin_memory: hand out batches in pinned host memory (GPU runs).
+        skipped: the leading periods left out as too short for one step (``skip_short_first``).
     """
 
     def __init__(
@@ -73,15 +77,18 @@ class StreamingTrainData(TrainData):
         valid_path: str,
         passes: int = 1,
         pin_memory: bool = False,
+        skipped: list[str] | None = None,
     ) -> None:
         self.readers = readers
         self.names = names
         self.valid_path = valid_path
         self.passes = passes
         self.pin_memory = pin_memory
-        for reader in readers:
+        self.skipped = list(skipped or [])
+        for i, reader in enumerate(readers):
             if reader.num_batches() == 0:
-                raise ValueError(f"trainer.streaming: period {Path(reader.path).name}: {too_few_rows(reader)}")
+                hint = "" if i or self.skipped else SKIP_HINT
+                raise ValueError(f"trainer.streaming: period {Path(reader.path).name}: {too_few_rows(reader)}{hint}")
         self.reader = readers[0]
         self.period_steps = [r.num_batches() * passes for r in readers]
         self.period_ends = np.cumsum(self.period_steps).tolist()
@@ -129,7 +136,21 @@ def make_streaming_data(
     """This rank's streaming data over the periods under ``train``."""
     periods = period_dirs(train)
     readers = [train_reader(cfg, p, per_rank_batch, rank, world_size) for p in periods]
-    return StreamingTrainData(readers, [p.name for p in periods], valid, cfg.trainer.streaming.passes, pin_memory)
+    short = next((i for i, r in enumerate(readers) if r.num_batches() > 0), len(readers))
+    if cfg.trainer.streaming.skip_short_first and short:
+        if len(readers) - short < 2:
+            raise ValueError(
+                f"trainer.streaming.skip_short_first: {train}: {len(readers) - short} period(s) left after skipping "
+                f"{short} too short for one step; a stream needs at least two"
+            )
+        if rank == 0:
+            for reader in readers[:short]:
+                log.warning("trainer.streaming.skip_short_first: skipped %s", too_few_rows(reader))
+    else:
+        short = 0
+    names = [p.name for p in periods]
+    passes = cfg.trainer.streaming.passes
+    return StreamingTrainData(readers[short:], names[short:], valid, passes, pin_memory, skipped=names[:short])
 
 
 def progressive_record(period: str, index: int, result: dict[str, Any]) -> dict[str, Any]:
@@ -175,10 +196,11 @@ def task_names(model: Any, num_logits: int = 1) -> list[str]:
     return [f"task{t}" for t in range(num_logits)]
 
 
-def streaming_summary(run_dir: Path, names: list[str]) -> dict[str, Any]:
-    """The summary keys of a streaming run: every ``progressive`` record of ``metrics.jsonl`` and the mean NE.
+def streaming_summary(run_dir: Path, names: list[str], skipped: list[str] | None = None) -> dict[str, Any]:
+    """The summary keys of a streaming run: the progressive records, their mean NE, the skipped periods.
 
-    Read from the file, so a resumed run reports the periods scored before the interruption too.
+    ``skipped``: the leading periods left out as too short (``skip_short_first``). Read from the file, so a
+    resumed run reports the periods scored before the interruption too.
     """
     records = []
     path = run_dir / METRICS
@@ -189,4 +211,5 @@ def streaming_summary(run_dir: Path, names: list[str]) -> dict[str, Any]:
             continue
         if record.get("kind") == "progressive":
             records.append({k: v for k, v in record.items() if k not in ("kind", "time")})
-    return {"streaming": {"periods": names, "progressive": records, "mean_ne": mean_ne(records)}}
+    summary = {"periods": names, "progressive": records, "mean_ne": mean_ne(records)}
+    return {"streaming": {**summary, "skipped": list(skipped)} if skipped else summary}

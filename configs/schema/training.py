@@ -139,6 +139,10 @@ class StreamingConfig:
     ``<run_dir>/predictions/<period>/rank<R>.parquet``: the predictions of a model that has seen only
     earlier periods, in the period's row order; ``recscale data attach-teacher`` joins them to data as a
     teacher column."""
+    skip_short_first: bool = False
+    """Skip the leading periods too short for one step (a stream that starts part-way through its first day),
+    with a warning; their rows are neither trained on nor scored, and the summary lists them
+    (``streaming.skipped``). Off: such a period is refused by name, as is a short period anywhere else."""
 
 
 @dataclass(kw_only=True)

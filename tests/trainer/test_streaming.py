@@ -22,9 +22,9 @@ from recscale.data.teacher_join import attach_teacher
 from recscale.data.zipper import build_zipper
 from recscale.launch import data_cli
 from recscale.reports.report import write_report
-from recscale.trainer.streaming import PREDICTIONS
+from recscale.trainer.streaming import PREDICTIONS, make_streaming_data
 from tests.distributed import run_distributed
-from tests.trainer.runs import losses, new_run, small_job, train_worker
+from tests.trainer.runs import SMALL, losses, new_run, small_job, train_worker
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -173,6 +173,29 @@ def test_the_attach_teacher_command_prints_the_join_and_the_teachers_ne_on_the_r
     assert mean_ne == pytest.approx(np.mean([r["ne"] for r in progressive]), rel=1e-5)
     assert f"the teacher's mean NE on these rows ({COLUMN}): {mean_ne:.4f}" in printed.err
     assert "model.teacher.head=auxiliary" in printed.err and (out / "train" / "day=00003").is_dir()
+
+
+def test_a_short_first_period_is_refused_or_skipped_by_choice(streamed, tmp_path):
+    """A stream that starts part-way through its first day: refused, naming the option; with
+    ``trainer.streaming.skip_short_first`` that day is left out and listed, and the rest streams as usual."""
+    cfg, _, _ = streamed
+    paths = prepare_data(cfg.data, cfg.embeddings)
+    train = tmp_path / "late_start" / "train"
+    for day in sorted(paths.train.iterdir()):
+        (train / day.name).mkdir(parents=True)
+        table = pq.read_table(day)
+        pq.write_table(table.slice(0, 100) if day.name == "day=00000" else table, train / day.name / "part.parquet")
+    job = ["data.source=parquet", f"data.train_path={train}", f"data.valid_path={paths.valid}"]
+    refused = load_config("quickstart", [*SMALL, *STREAM, *job])
+    with pytest.raises(ValueError, match=r"day=00000: .*100 training rows .*skip_short_first=true"):
+        make_streaming_data(refused, train, str(paths.valid), 0, 2, 192, False)
+    skipping = load_config("quickstart", [*SMALL, *STREAM, *job, "trainer.streaming.skip_short_first=true"])
+    run_dir = new_run(tmp_path, "skipping", skipping)
+    assert run_distributed(train_worker, 2, skipping, run_dir, False) == [5, 5]  # 2 + 2 + 1 steps, days 1-3
+    summary = json.loads((run_dir / "summary.json").read_text())["streaming"]
+    assert summary["skipped"] == ["day=00000"]
+    assert summary["periods"] == ["day=00001", "day=00002", "day=00003"]
+    assert [r["period"] for r in summary["progressive"]] == ["day=00002", "day=00003"]
 
 
 def test_streaming_settings_that_cannot_work_are_refused_by_key(tmp_path):
