@@ -24,8 +24,9 @@ the adapter at least 0.02 % better than the auxiliary head alone. Writes ``bench
 ExFM's order (``model.teacher.adapter_update: before``: its own Adam steps first, each step), compared with
 the auxiliary head alone and with the jointly trained adapter. ``--extend`` adds ``--seeds`` to the seeds
 already recorded (under ``--key``, with the same arms and generator) and judges them all together.
-``--recalibration`` trains nothing: from the joined data in ``--work`` it records how far the best shift or
-affine map of the teacher's logit, fitted on each day's labels, would lower its NE (what an adapter could fix).
+``--recalibration`` trains nothing: from the joined data in ``--work`` it records how far the best shift, affine
+or monotone map of the teacher's logit, fitted on each day's labels, would lower its NE (what an adapter could
+fix).
 
 Longer streams, where the student has more rows a day (keys ``rows_120k_a_day``, 10 seeds, and
 ``rows_60k_a_day``, 5 seeds, with ``num_train=480000,seconds_per_row=1.44``)::
@@ -41,6 +42,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +138,7 @@ def teacher_recalibration(student_data: Path) -> dict[str, Any]:
     return {k: statistics.mean(v) if k.endswith("_ne") else v for k, v in out.items()}
 
 
-def _scored_days(student_data: Path) -> Any:
+def _scored_days(student_data: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """``(day, labels [n], teacher logits [n])`` of each scored day of the students' data (day 0 has none)."""
     for day in sorted((student_data / "train").iterdir())[1:]:
         table = pq.read_table(day, columns=["label", "teacher"])
