@@ -39,3 +39,9 @@ def streaming_section(report: Report, run: RunData) -> None:
         "(progressive validation); NE = logloss / the entropy of the period's positive rate, lower is better.",
         note=True,
     )
+    if skipped := streaming.get("skipped"):
+        report.text(
+            f"Left out as too short for one step (trainer.streaming.skip_short_first): {', '.join(skipped)}; "
+            "their rows were neither trained on nor scored.",
+            note=True,
+        )

@@ -196,6 +196,9 @@ def test_a_short_first_period_is_refused_or_skipped_by_choice(streamed, tmp_path
     assert summary["skipped"] == ["day=00000"]
     assert summary["periods"] == ["day=00001", "day=00002", "day=00003"]
     assert [r["period"] for r in summary["progressive"]] == ["day=00002", "day=00003"]
+    assert "Left out as too short for one step (trainer.streaming.skip_short_first): day=00000" in (
+        write_report([run_dir]).read_text()
+    )
 
 
 def test_streaming_settings_that_cannot_work_are_refused_by_key(tmp_path):
