@@ -136,18 +136,16 @@ def make_streaming_data(
     """This rank's streaming data over the periods under ``train``."""
     periods = period_dirs(train)
     readers = [train_reader(cfg, p, per_rank_batch, rank, world_size) for p in periods]
-    short = next((i for i, r in enumerate(readers) if r.num_batches() > 0), len(readers))
-    if cfg.trainer.streaming.skip_short_first and short:
-        if len(readers) - short < 2:
-            raise ValueError(
-                f"trainer.streaming.skip_short_first: {train}: {len(readers) - short} period(s) left after skipping "
-                f"{short} too short for one step; a stream needs at least two"
-            )
-        if rank == 0:
-            for reader in readers[:short]:
-                log.warning("trainer.streaming.skip_short_first: skipped %s", too_few_rows(reader))
-    else:
-        short = 0
+    short = 0  # leading periods left out (skip_short_first); otherwise a short one is refused below
+    if cfg.trainer.streaming.skip_short_first:
+        short = next((i for i, r in enumerate(readers) if r.num_batches() > 0), len(readers))
+    if short and len(readers) - short < 2:
+        raise ValueError(
+            f"trainer.streaming.skip_short_first: {train}: {len(readers) - short} period(s) left after skipping "
+            f"{short} too short for one step; a stream needs at least two"
+        )
+    for reader in readers[:short] if rank == 0 else []:
+        log.warning("trainer.streaming.skip_short_first: skipped %s", too_few_rows(reader))
     names = [p.name for p in periods]
     passes = cfg.trainer.streaming.passes
     return StreamingTrainData(readers[short:], names[short:], valid, passes, pin_memory, skipped=names[:short])
